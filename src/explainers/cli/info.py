@@ -1,0 +1,29 @@
+"""``explainers info`` and ``explainers methods``: describe an explainee, list the methods."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from explainers.cli.app import app
+
+
+@app.command()
+def info(
+    explainee: str = typer.Option("embedded", "--explainee", "-m", help="Model directory, hub id, timm:NAME or 'embedded'."),
+) -> None:
+    """Print what the adapter reads off an explainee (size, normalisation, patch grid, prefix tokens)."""
+    from explainers.models import load_explainee
+
+    adapter = load_explainee(explainee)
+    typer.echo(json.dumps(adapter.describe(), indent=2))
+
+
+@app.command()
+def methods() -> None:
+    """List the attribution methods available to ``explainers explain --method``."""
+    from explainers.methods import available_methods
+
+    for name in available_methods():
+        typer.echo(name)

@@ -1,0 +1,134 @@
+"""One dataset interface for every source: raw image in [0,1], label (or -1), mask (or None), id."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from explainers.errors import DatasetError
+
+
+@dataclass
+class Sample:
+    """One image of a dataset.
+
+    image: float32 tensor 3×H×W in [0, 1] at the image's own size.
+    label: class index, or -1 when unknown.
+    mask: bool tensor H×W of the ground-truth object, or None.
+    id: a string identifier, unique within the dataset.
+    """
+
+    image: torch.Tensor
+    label: int
+    mask: torch.Tensor | None
+    id: str
+
+
+@dataclass
+class Batch:
+    """Samples resized to one size and stacked (images bilinear, masks nearest)."""
+
+    images: torch.Tensor  # B×3×H×W in [0, 1]
+    labels: torch.Tensor  # B, int64, -1 where unknown
+    masks: torch.Tensor | None  # B×H×W bool, None if no sample has one
+    ids: list[str]
+
+
+class ImageDataset(Sequence[Sample]):
+    """Base class: subclasses implement ``__len__`` and ``__getitem__`` returning :class:`Sample`."""
+
+    #: Names of the classes when known (index = label).
+    class_names: list[str] | None = None
+    #: Human-readable description, e.g. ``synthetic:/data/scenes (test)``.
+    name: str = "dataset"
+
+    def __len__(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> Sample:  # type: ignore[override]  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def num_classes(self) -> int | None:
+        return None if self.class_names is None else len(self.class_names)
+
+    @property
+    def ids(self) -> list[str]:
+        return [self[i].id for i in range(len(self))]
+
+
+def load_image(path: str | Path) -> torch.Tensor:
+    """Decode an image file to a 3×H×W float tensor in [0,1]; grayscale, RGBA and palette become RGB."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            rgb = _to_rgb(img)
+    except FileNotFoundError:
+        raise DatasetError(f"image file not found: {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DatasetError(f"cannot decode image {path}: {exc}. Remove or replace the file.") from None
+    return pil_to_tensor(rgb)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        # Composite on black: transparent pixels carry no evidence, like removed pixels.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def pil_to_tensor(img: Image.Image) -> torch.Tensor:
+    array = np.asarray(img, dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize (align_corners=False, antialias off: the reference's plain resize) of B×C×H×W."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False).clamp_(0.0, 1.0)
+
+
+def resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Nearest-neighbour resize of B×H×W boolean masks."""
+    if tuple(masks.shape[-2:]) == tuple(size):
+        return masks
+    out = F.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0]
+    return out > 0.5
+
+
+def collate(samples: Sequence[Sample], size: tuple[int, int]) -> Batch:
+    """Resize every sample to ``size`` and stack them."""
+    if not samples:
+        raise DatasetError("cannot build a batch from zero samples")
+    images = torch.stack([resize_images(s.image[None], size)[0] for s in samples])
+    labels = torch.tensor([s.label for s in samples], dtype=torch.long)
+    masks = None
+    if any(s.mask is not None for s in samples):
+        if not all(s.mask is not None for s in samples):
+            raise DatasetError("some samples have a ground-truth mask and others do not")
+        masks = torch.stack([resize_masks(s.mask[None], size)[0] for s in samples])  # type: ignore[index]
+    return Batch(images=images, labels=labels, masks=masks, ids=[s.id for s in samples])
+
+
+def iter_batches(
+    dataset: ImageDataset,
+    batch_size: int,
+    size: tuple[int, int],
+    indices: Sequence[int] | None = None,
+) -> Iterator[Batch]:
+    """Yield batches of ``dataset`` (optionally only ``indices``), resized to ``size``."""
+    order = list(range(len(dataset))) if indices is None else list(indices)
+    for start in range(0, len(order), batch_size):
+        yield collate([dataset[i] for i in order[start : start + batch_size]], size)

@@ -1,0 +1,340 @@
+"""The explainee adapter: one object per classifier that hides where a model keeps things."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from explainers.errors import ModelError
+
+Targets = int | Sequence[int] | torch.Tensor | None
+
+
+@dataclass
+class ViTBlockParts:
+    """One pre-norm transformer block as plain pieces (views of the model's own parameters).
+
+    ``x = x + ls1 * proj(attn(norm1(x)))``, ``x = x + ls2 * fc2(act(fc1(norm2(x))))``; attention
+    ``softmax(q kᵀ · scale) v`` per head. Fused qkv projections are exposed as their three slices.
+    """
+
+    norm1: nn.LayerNorm
+    q_weight: torch.Tensor
+    q_bias: torch.Tensor | None
+    k_weight: torch.Tensor
+    k_bias: torch.Tensor | None
+    v_weight: torch.Tensor
+    v_bias: torch.Tensor | None
+    proj: nn.Linear
+    norm2: nn.LayerNorm
+    fc1: nn.Linear
+    act: Callable[[torch.Tensor], torch.Tensor]
+    fc2: nn.Linear
+    num_heads: int
+    scale: float
+    ls1: torch.Tensor | None = None
+    ls2: torch.Tensor | None = None
+
+
+@dataclass
+class HeadPart:
+    """A linear classifier reading one token; DeiT-distilled averages two (weight 0.5 each)."""
+
+    token_index: int
+    linear: nn.Linear
+    weight: float = 1.0
+
+
+@dataclass
+class ViTParts:
+    patch_embed: nn.Conv2d
+    blocks: list[ViTBlockParts]
+    final_norm: nn.Module
+    heads: list[HeadPart]
+
+
+@dataclass
+class AttentionOutput:
+    """Logits and per-block attention probabilities (B×heads×T×T, first block first).
+
+    The attention tensors are the ones used in the forward graph, so ``torch.autograd.grad`` on them works.
+    """
+
+    logits: torch.Tensor
+    attentions: list[torch.Tensor]
+
+
+def resolve_targets(targets: Targets, logits: torch.Tensor) -> torch.Tensor:
+    """Targets as a LongTensor[B]: None → argmax of ``logits``; an int → that class for every image."""
+    batch, num_classes = logits.shape
+    if targets is None:
+        return logits.argmax(dim=-1)
+    if isinstance(targets, int):
+        out = torch.full((batch,), targets, dtype=torch.long, device=logits.device)
+    else:
+        out = torch.as_tensor(targets, dtype=torch.long, device=logits.device).reshape(-1)
+        if out.numel() == 1 and batch != 1:
+            out = out.expand(batch).clone()
+    if out.shape[0] != batch:
+        raise ModelError(f"got {out.shape[0]} targets for a batch of {batch} images; pass one per image")
+    bad = (out < 0) | (out >= num_classes)
+    if bad.any():
+        raise ModelError(
+            f"target class {int(out[bad][0])} is out of range: the explainee has {num_classes} classes "
+            f"(0..{num_classes - 1})"
+        )
+    return out
+
+
+class ExplaineeAdapter:
+    """Uniform access to a classifier.
+
+    Inputs to :meth:`logits` and the other model calls are *normalised* pixel values (what the network
+    sees). Raw images are in [0, 1]; :meth:`normalize` and :meth:`preprocess` turn them into pixel values.
+    ViT adapters also describe the token layout (patch grid, prefix tokens) and give attention maps,
+    their gradients, the final features and the model's parts.
+    """
+
+    #: Whether attention maps can be reached (ViT-like models only).
+    supports_attention: bool = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        image_size: tuple[int, int],
+        mean: Sequence[float],
+        std: Sequence[float],
+        num_classes: int,
+        class_names: list[str] | None = None,
+        identifier: str = "model",
+    ) -> None:
+        self.model = model.eval()
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self._mean = torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1)
+        self._std = torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)
+        self.num_classes = int(num_classes)
+        self.class_names = class_names
+        self.identifier = identifier
+
+    # ----------------------------------------------------------------- description
+    @property
+    def device(self) -> torch.device:
+        param = next(self.model.parameters(), None)
+        return param.device if param is not None else torch.device("cpu")
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self._mean.flatten()
+
+    @property
+    def std(self) -> torch.Tensor:
+        return self._std.flatten()
+
+    def describe(self) -> dict:
+        """A JSON-able description, stored with mask files and checkpoints to recognise the explainee."""
+        return {
+            "identifier": self.identifier,
+            "adapter": type(self).__name__,
+            "image_size": list(self.image_size),
+            "num_classes": self.num_classes,
+            "mean": [round(float(v), 6) for v in self.mean],
+            "std": [round(float(v), 6) for v in self.std],
+        }
+
+    def to(self, device: torch.device | str) -> ExplaineeAdapter:
+        self.model.to(device)
+        return self
+
+    # ----------------------------------------------------------------- preprocessing
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """[0,1] images (B×3×H×W) → normalised pixel values with the model's own mean/std."""
+        mean = self._mean.to(device=images.device, dtype=images.dtype)
+        std = self._std.to(device=images.device, dtype=images.dtype)
+        return (images - mean) / std
+
+    def resize(self, images: torch.Tensor) -> torch.Tensor:
+        """Resize [0,1] images to the explainee's size (bilinear, no centre crop, like the reference)."""
+        if tuple(images.shape[-2:]) == self.image_size:
+            return images
+        return F.interpolate(images, size=self.image_size, mode="bilinear", align_corners=False).clamp(0, 1)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        return self.normalize(self.resize(images))
+
+    # ----------------------------------------------------------------- forward
+    def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Class logits B×C for normalised pixel values (fast path: the model's own forward)."""
+        return self.model(pixel_values)
+
+    def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.logits(pixel_values)
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits for raw [0,1] images at the explainee's size (normalises first)."""
+        return self.logits(self.normalize(images))
+
+    # ----------------------------------------------------------------- ViT-only API
+    def _needs_vit(self, what: str) -> ModelError:
+        return ModelError(
+            f"{what} needs a ViT-like explainee with reachable attention, but {self.identifier} "
+            f"({type(self.model).__name__}) is a plain module; use a Hugging Face ViT/DeiT or timm "
+            "VisionTransformer, or a model-agnostic method (rise, integrated-gradients, random)"
+        )
+
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        raise self._needs_vit("the patch size")
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Patch grid (rows, columns); tokens after the prefix are in row-major order."""
+        raise self._needs_vit("the patch grid")
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        raise self._needs_vit("the token layout")
+
+    @property
+    def num_patches(self) -> int:
+        gh, gw = self.grid
+        return gh * gw
+
+    def forward_attentions(self, pixel_values: torch.Tensor) -> AttentionOutput:
+        raise self._needs_vit("attention maps")
+
+    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """All tokens after the final LayerNorm, B×T×D (prefix tokens first)."""
+        raise self._needs_vit("token features")
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from :meth:`features` output."""
+        parts = self.parts()
+        return sum(h.weight * h.linear(features[:, h.token_index]) for h in parts.heads)  # type: ignore[return-value]
+
+    def cls_embedding(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The post-LayerNorm CLS token, B×D (the embedding LETA explains)."""
+        return self.features(pixel_values)[:, 0]
+
+    def parts(self) -> ViTParts:
+        raise self._needs_vit("the model's parts")
+
+    def backbone(self) -> nn.Module:
+        """The encoder (embeddings, blocks, final norm) as a module: pixel values → features."""
+        raise self._needs_vit("the backbone")
+
+    # ----------------------------------------------------------------- derived helpers
+    def attention_gradients(
+        self, pixel_values: torch.Tensor, targets: Targets = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """(logits, attentions, d target-logit / d attention, targets), all per image.
+
+        The gradient is of the sum over the batch of each image's target logit; images do not interact,
+        so each image gets its own gradient.
+        """
+        with torch.enable_grad():
+            out = self.forward_attentions(pixel_values)
+            targets_t = resolve_targets(targets, out.logits.detach())
+            score = out.logits.gather(1, targets_t[:, None]).sum()
+            grads = torch.autograd.grad(score, out.attentions)
+        return out.logits.detach(), [a.detach() for a in out.attentions], list(grads), targets_t
+
+    def patch_map_to_image(self, patch_scores: torch.Tensor) -> torch.Tensor:
+        """B×P (row-major) or B×gh×gw patch scores → B×H×W, bilinear (align_corners=False)."""
+        gh, gw = self.grid
+        grid = patch_scores.reshape(-1, 1, gh, gw)
+        return F.interpolate(grid, size=self.image_size, mode="bilinear", align_corners=False)[:, 0]
+
+
+class ViTAdapterBase(ExplaineeAdapter):
+    """Shared pieces of the ViT adapters: token layout from the parts, hooks for attention capture."""
+
+    supports_attention = True
+
+    def __init__(self, model: nn.Module, *, patch_size: tuple[int, int], num_prefix_tokens: int, **kw) -> None:
+        super().__init__(model, **kw)
+        self._patch_size = (int(patch_size[0]), int(patch_size[1]))
+        self._num_prefix_tokens = int(num_prefix_tokens)
+        gh, gw = self.image_size[0] // self._patch_size[0], self.image_size[1] // self._patch_size[1]
+        self._grid = (gh, gw)
+
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        return self._patch_size
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self._grid
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return self._num_prefix_tokens
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.parts().blocks)
+
+    @property
+    def num_heads(self) -> int:
+        return self.parts().blocks[0].num_heads
+
+    @property
+    def embed_dim(self) -> int:
+        return self.parts().patch_embed.out_channels
+
+    def describe(self) -> dict:
+        desc = super().describe()
+        desc.update(
+            patch_size=list(self.patch_size),
+            grid=list(self.grid),
+            num_prefix_tokens=self.num_prefix_tokens,
+            num_blocks=self.num_blocks,
+            num_heads=self.num_heads,
+            embed_dim=self.embed_dim,
+        )
+        return desc
+
+    @contextlib.contextmanager
+    def _capture(self, modules: Sequence[nn.Module], pick: Callable[[object], torch.Tensor]) -> Iterator[list]:
+        """Collect ``pick(output)`` of each module's forward; hooks are removed even on error."""
+        store: list[torch.Tensor] = []
+        handles = [m.register_forward_hook(lambda _m, _i, out: store.append(pick(out))) for m in modules]
+        try:
+            yield store
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Tokens after the embedding layer (prefix tokens and position embeddings added), B×T×D."""
+        raise NotImplementedError
+
+    def reference_forward(self, pixel_values: torch.Tensor) -> AttentionOutput:
+        """Forward through :meth:`parts` written out by hand. Checks that the parts describe the model
+        exactly, and is the template relevance propagation follows."""
+        parts = self.parts()
+        x = self.embed(pixel_values)
+        attentions = []
+        for blk in parts.blocks:
+            h = blk.norm1(x)
+            b, t, d = h.shape
+            heads = blk.num_heads
+
+            def split(w: torch.Tensor, bias: torch.Tensor | None, h=h, b=b, t=t, heads=heads) -> torch.Tensor:
+                return F.linear(h, w, bias).reshape(b, t, heads, -1).transpose(1, 2)
+
+            q, k, v = split(blk.q_weight, blk.q_bias), split(blk.k_weight, blk.k_bias), split(blk.v_weight, blk.v_bias)
+            attn = torch.softmax(q @ k.transpose(-1, -2) * blk.scale, dim=-1)
+            attentions.append(attn)
+            out = blk.proj((attn @ v).transpose(1, 2).reshape(b, t, -1))
+            x = x + (out * blk.ls1 if blk.ls1 is not None else out)
+            mlp = blk.fc2(blk.act(blk.fc1(blk.norm2(x))))
+            x = x + (mlp * blk.ls2 if blk.ls2 is not None else mlp)
+        x = parts.final_norm(x)
+        logits = sum(hd.weight * hd.linear(x[:, hd.token_index]) for hd in parts.heads)
+        return AttentionOutput(logits=logits, attentions=attentions)  # type: ignore[arg-type]

@@ -1,0 +1,143 @@
+"""Adapter for Hugging Face ``transformers`` ViT and DeiT image classifiers."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from explainers.errors import ModelError
+from explainers.models.base import AttentionOutput, HeadPart, ViTAdapterBase, ViTBlockParts, ViTParts
+
+# model_type -> (attribute holding the encoder model, number of prefix tokens)
+_SUPPORTED = {"vit": ("vit", 1), "deit": ("deit", 2)}
+
+
+class _HFBackbone(nn.Module):
+    """pixel values → tokens after the final LayerNorm, for a HF ViT/DeiT encoder."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.encoder(pixel_values).last_hidden_state
+
+
+class HFViTAdapter(ViTAdapterBase):
+    """``ViTForImageClassification``, ``DeiTForImageClassification`` and ``...WithTeacher``."""
+
+    def __init__(self, model: nn.Module, *, mean=None, std=None, image_size=None, identifier=None,
+                 class_names=None) -> None:
+        config = model.config
+        model_type = getattr(config, "model_type", None)
+        if model_type not in _SUPPORTED:
+            raise ModelError(
+                f"Hugging Face model type {model_type!r} ({type(model).__name__}) is not supported; "
+                f"supported: {', '.join(_SUPPORTED)} image classifiers"
+            )
+        attr, prefix = _SUPPORTED[model_type]
+        self.encoder = getattr(model, attr, None)
+        if self.encoder is None:
+            raise ModelError(f"{type(model).__name__} has no '{attr}' encoder: pass an image-classification model")
+        size = config.image_size if image_size is None else image_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        patch = config.patch_size
+        patch = (patch, patch) if isinstance(patch, int) else tuple(patch)
+        if class_names is None and getattr(config, "id2label", None):
+            class_names = [config.id2label[i] for i in sorted(config.id2label)]
+        super().__init__(
+            model,
+            image_size=size,
+            mean=[0.5, 0.5, 0.5] if mean is None else mean,
+            std=[0.5, 0.5, 0.5] if std is None else std,
+            num_classes=config.num_labels,
+            class_names=class_names,
+            identifier=identifier or getattr(config, "_name_or_path", "") or type(model).__name__,
+            patch_size=patch,
+            num_prefix_tokens=prefix,
+        )
+        self._parts: ViTParts | None = None
+
+    # --------------------------------------------------------------------- forward paths
+    def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixel_values).logits
+
+    @contextlib.contextmanager
+    def eager_attention(self) -> Iterator[None]:
+        """Temporarily use the eager attention path (fused SDPA hides the attention probabilities)."""
+        config = self.model.config
+        previous = config._attn_implementation
+        if previous == "eager":
+            yield
+            return
+        self.model.set_attn_implementation("eager")
+        try:
+            yield
+        finally:
+            self.model.set_attn_implementation(previous)
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        """The transformer blocks (``encoder.layers`` in transformers 5, ``encoder.encoder.layer`` before)."""
+        layers = getattr(self.encoder, "layers", None)
+        return layers if layers is not None else self.encoder.encoder.layer
+
+    def forward_attentions(self, pixel_values: torch.Tensor) -> AttentionOutput:
+        attention_modules = [layer.attention for layer in self.layers]
+        with self.eager_attention(), self._capture(attention_modules, lambda out: out[1]) as store:
+            logits = self.model(pixel_values=pixel_values).logits
+        return AttentionOutput(logits=logits, attentions=list(store))
+
+    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.encoder(pixel_values).last_hidden_state
+
+    def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.encoder.embeddings(pixel_values)
+
+    def backbone(self) -> nn.Module:
+        return _HFBackbone(self.encoder)
+
+    def parts(self) -> ViTParts:
+        if self._parts is None:
+            self._parts = self._build_parts()
+        return self._parts
+
+    def _build_parts(self) -> ViTParts:
+        config = self.model.config
+        blocks = []
+        for layer in self.layers:
+            attn = layer.attention
+            blocks.append(
+                ViTBlockParts(
+                    norm1=layer.layernorm_before,
+                    q_weight=attn.q_proj.weight,
+                    q_bias=attn.q_proj.bias,
+                    k_weight=attn.k_proj.weight,
+                    k_bias=attn.k_proj.bias,
+                    v_weight=attn.v_proj.weight,
+                    v_bias=attn.v_proj.bias,
+                    proj=attn.o_proj,
+                    norm2=layer.layernorm_after,
+                    fc1=layer.mlp.fc1,
+                    act=layer.mlp.activation_fn,
+                    fc2=layer.mlp.fc2,
+                    num_heads=attn.num_attention_heads,
+                    scale=float(attn.scaling),
+                )
+            )
+        if hasattr(self.model, "distillation_classifier"):
+            heads = [HeadPart(0, self.model.cls_classifier, 0.5), HeadPart(1, self.model.distillation_classifier, 0.5)]
+        else:
+            heads = [HeadPart(0, self.model.classifier, 1.0)]
+        for head in heads:
+            if not isinstance(head.linear, nn.Linear):
+                raise ModelError(f"{type(self.model).__name__} has no linear classifier (num_labels={config.num_labels})")
+        return ViTParts(
+            patch_embed=self.encoder.embeddings.patch_embeddings.projection,
+            blocks=blocks,
+            final_norm=self.encoder.layernorm,
+            heads=heads,
+        )

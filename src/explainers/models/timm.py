@@ -1,0 +1,145 @@
+"""Adapter for timm ``VisionTransformer`` models (optional: timm is imported only when asked)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from explainers.errors import ModelError
+from explainers.models.base import AttentionOutput, HeadPart, ViTAdapterBase, ViTBlockParts, ViTParts
+
+
+def is_timm_vit(model: nn.Module) -> bool:
+    """Duck-typed: a timm VisionTransformer without importing timm."""
+    return all(hasattr(model, a) for a in ("patch_embed", "blocks", "num_prefix_tokens", "forward_features", "_pos_embed"))
+
+
+class _TimmBackbone(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(pixel_values)
+
+
+class TimmViTAdapter(ViTAdapterBase):
+    """timm ``VisionTransformer`` (class token, optional register tokens; DeiT-distilled via ``dist_token``)."""
+
+    def __init__(self, model: nn.Module, *, mean=None, std=None, image_size=None, identifier=None,
+                 class_names=None) -> None:
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        if image_size is None:
+            image_size = tuple(model.patch_embed.img_size)
+        patch = tuple(model.patch_embed.patch_size)
+        num_classes = getattr(model, "num_classes", 0)
+        if not num_classes:
+            raise ModelError(f"timm model {type(model).__name__} has no classifier head (num_classes=0)")
+        super().__init__(
+            model,
+            image_size=image_size,
+            mean=mean if mean is not None else cfg.get("mean", (0.5, 0.5, 0.5)),
+            std=std if std is not None else cfg.get("std", (0.5, 0.5, 0.5)),
+            num_classes=num_classes,
+            class_names=class_names,
+            identifier=identifier or f"timm:{cfg.get('architecture', type(model).__name__)}",
+            patch_size=patch,
+            num_prefix_tokens=model.num_prefix_tokens,
+        )
+        self._parts: ViTParts | None = None
+
+    def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values)
+
+    @contextlib.contextmanager
+    def _manual_attention(self) -> Iterator[None]:
+        attns = [blk.attn for blk in self.model.blocks]
+        previous = [a.fused_attn for a in attns]
+        try:
+            for a in attns:
+                a.fused_attn = False
+            yield
+        finally:
+            for a, prev in zip(attns, previous, strict=True):
+                a.fused_attn = prev
+
+    def forward_attentions(self, pixel_values: torch.Tensor) -> AttentionOutput:
+        # attn_drop's output is the probability tensor multiplied with v (identity in eval mode).
+        drops = [blk.attn.attn_drop for blk in self.model.blocks]
+        with self._manual_attention(), self._capture(drops, lambda out: out) as store:
+            logits = self.model(pixel_values)
+        return AttentionOutput(logits=logits, attentions=list(store))
+
+    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(pixel_values)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(features)
+
+    def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        return m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(pixel_values))))
+
+    def backbone(self) -> nn.Module:
+        return _TimmBackbone(self.model)
+
+    def parts(self) -> ViTParts:
+        if self._parts is None:
+            self._parts = self._build_parts()
+        return self._parts
+
+    def _build_parts(self) -> ViTParts:
+        m = self.model
+        blocks = []
+        for blk in m.blocks:
+            attn = blk.attn
+            if not isinstance(attn.q_norm, nn.Identity) or not isinstance(getattr(attn, "norm", nn.Identity()), nn.Identity):
+                raise ModelError("timm ViTs with q/k or attention-output norms are not supported by relevance methods")
+            d = attn.qkv.out_features // 3
+            w, b = attn.qkv.weight, attn.qkv.bias
+            blocks.append(
+                ViTBlockParts(
+                    norm1=blk.norm1,
+                    q_weight=w[:d], q_bias=None if b is None else b[:d],
+                    k_weight=w[d:2 * d], k_bias=None if b is None else b[d:2 * d],
+                    v_weight=w[2 * d:], v_bias=None if b is None else b[2 * d:],
+                    proj=attn.proj,
+                    norm2=blk.norm2,
+                    fc1=blk.mlp.fc1,
+                    act=blk.mlp.act,
+                    fc2=blk.mlp.fc2,
+                    num_heads=attn.num_heads,
+                    scale=float(attn.scale),
+                    ls1=getattr(blk.ls1, "gamma", None),
+                    ls2=getattr(blk.ls2, "gamma", None),
+                )
+            )
+        if getattr(m, "global_pool", "token") != "token" or not isinstance(m.fc_norm, nn.Identity):
+            raise ModelError(
+                f"timm model pools with {m.global_pool!r}; relevance methods need CLS-token pooling (global_pool='token')"
+            )
+        heads = [HeadPart(0, m.head, 1.0)]
+        if getattr(m, "head_dist", None) is not None:  # timm DeiT-distilled averages two heads in eval
+            heads = [HeadPart(0, m.head, 0.5), HeadPart(1, m.head_dist, 0.5)]
+        return ViTParts(patch_embed=m.patch_embed.proj, blocks=blocks, final_norm=m.norm, heads=heads)
+
+
+def load_timm(name: str, *, image_size=None, mean=None, std=None) -> TimmViTAdapter:
+    """Create a timm model by name with pretrained weights (needs the hub or timm's local cache)."""
+    from explainers._compat import patch_torchvision
+
+    patch_torchvision()
+    try:
+        import timm
+    except ImportError:
+        raise ModelError("timm is not installed: pip install 'explainers[timm]'") from None
+    try:
+        model = timm.create_model(name, pretrained=True)
+    except Exception as exc:
+        raise ModelError(f"could not create timm model {name!r} with weights: {exc}") from None
+    if not is_timm_vit(model):
+        raise ModelError(f"timm model {name!r} is not a VisionTransformer; only timm ViTs are supported")
+    return TimmViTAdapter(model, mean=mean, std=std, image_size=image_size)

@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny models built from configs (no hub access) and made-up images."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import explainers  # noqa: F401  (applies the torchvision import workaround before transformers)
+
+torch.set_num_threads(2)
+
+
+def tiny_vit_config(model_type: str = "vit", image_size: int = 32, patch_size: int = 8, num_labels: int = 5, **kw):
+    from transformers import DeiTConfig, ViTConfig
+
+    cls = {"vit": ViTConfig, "deit": DeiTConfig}[model_type]
+    return cls(
+        image_size=image_size,
+        patch_size=patch_size,
+        hidden_size=kw.pop("hidden_size", 32),
+        num_hidden_layers=kw.pop("num_hidden_layers", 3),
+        num_attention_heads=kw.pop("num_attention_heads", 4),
+        intermediate_size=kw.pop("intermediate_size", 64),
+        num_labels=num_labels,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        **kw,
+    )
+
+
+def build_hf_model(kind: str = "vit", seed: int = 0, **kw):
+    """kind: vit | deit | deit-distilled. Random weights, eval mode, SDPA attention (the default)."""
+    from transformers import DeiTForImageClassification, DeiTForImageClassificationWithTeacher, ViTForImageClassification
+
+    torch.manual_seed(seed)
+    model_type = "vit" if kind == "vit" else "deit"
+    config = tiny_vit_config(model_type, **kw)
+    cls = {
+        "vit": ViTForImageClassification,
+        "deit": DeiTForImageClassification,
+        "deit-distilled": DeiTForImageClassificationWithTeacher,
+    }[kind]
+    model = cls(config).eval()
+    # Random init leaves LayerNorms at identity and small weights; perturb so tests are not degenerate.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(3, 3, 32, 32, generator=g)
