@@ -13,3 +13,5 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Make and inspect datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+pretrain_app = typer.Typer(help="Pre-train learned explainers (pLTE, LETA).", no_args_is_help=True)
+app.add_typer(pretrain_app, name="pretrain")
