@@ -11,9 +11,9 @@ import datetime
 from pathlib import Path
 
 import torch
-from _timing import interleaved_medians, machine
 
 import explainers  # noqa: F401  (torchvision workaround before transformers)
+from _timing import interleaved_medians, machine
 from explainers.models import load_explainee
 
 
@@ -21,8 +21,15 @@ def build(image_size: int, patch: int, width: int, depth: int, heads: int, class
     from transformers import ViTConfig, ViTForImageClassification
 
     torch.manual_seed(0)
-    config = ViTConfig(image_size=image_size, patch_size=patch, hidden_size=width, num_hidden_layers=depth,
-                       num_attention_heads=heads, intermediate_size=4 * width, num_labels=classes)
+    config = ViTConfig(
+        image_size=image_size,
+        patch_size=patch,
+        hidden_size=width,
+        num_hidden_layers=depth,
+        num_attention_heads=heads,
+        intermediate_size=4 * width,
+        num_labels=classes,
+    )
     return ViTForImageClassification(config).eval()
 
 
@@ -59,7 +66,8 @@ def main() -> None:
         )
     table = "\n".join(
         [
-            "| explainee | batch | raw model img/s | adapter.logits overhead | adapter.predict (incl. normalise) | eager attention path |",
+            "| explainee | batch | raw model img/s | adapter.logits overhead "
+            "| adapter.predict (incl. normalise) | eager attention path |",
             "|---|---|---|---|---|---|",
             *rows,
         ]
@@ -67,7 +75,8 @@ def main() -> None:
     text = (
         "# Adapter forward overhead\n\n"
         f"Measured {datetime.date.today()} on {machine()} with `python benchmarks/adapter_overhead.py`.\n"
-        "Medians of interleaved repeats (inference mode). Overhead = adapter time / raw `model(pixel_values)` time − 1;\n"
+        "Medians of interleaved repeats (inference mode). "
+        "Overhead = adapter time / raw `model(pixel_values)` time − 1;\n"
         "target ≤ 5 %. The eager attention path (needed for attention maps and their gradients; SDPA hides them)\n"
         "is reported as a multiple of the raw SDPA forward.\n\n" + table + "\n"
     )

@@ -30,7 +30,11 @@ def tiny_vit_config(model_type: str = "vit", image_size: int = 32, patch_size: i
 
 def build_hf_model(kind: str = "vit", seed: int = 0, **kw):
     """kind: vit | deit | deit-distilled. Random weights, eval mode, SDPA attention (the default)."""
-    from transformers import DeiTForImageClassification, DeiTForImageClassificationWithTeacher, ViTForImageClassification
+    from transformers import (
+        DeiTForImageClassification,
+        DeiTForImageClassificationWithTeacher,
+        ViTForImageClassification,
+    )
 
     torch.manual_seed(seed)
     model_type = "vit" if kind == "vit" else "deit"

@@ -6,9 +6,9 @@ import importlib.util
 
 import pytest
 import torch
-from conftest import build_hf_model
 from torch import nn
 
+from conftest import build_hf_model
 from explainers import ExplaineeAdapter, ModelError, load_explainee
 
 HF_KINDS = ["vit", "deit", "deit-distilled"]
@@ -65,7 +65,7 @@ def test_hf_attention_gradients_match_autograd(kind, images):
     adapter = load_explainee(model)
     x = adapter.normalize(images)
     targets = torch.tensor([0, 3, 1])
-    logits, attns, grads, used = adapter.attention_gradients(x, targets)
+    _, _, grads, used = adapter.attention_gradients(x, targets)
     assert torch.equal(used, targets)
     # Independent computation: eager model, output_attentions, autograd on the returned maps.
     model.set_attn_implementation("eager")
@@ -128,9 +128,9 @@ def test_hf_directory_roundtrip_and_errors(tmp_path, images):
 
     model = build_hf_model("vit")
     model.save_pretrained(tmp_path / "m")
-    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.1, 0.2, 0.3], image_std=[0.3, 0.3, 0.3]).save_pretrained(
-        tmp_path / "m"
-    )
+    ViTImageProcessor(
+        size={"height": 32, "width": 32}, image_mean=[0.1, 0.2, 0.3], image_std=[0.3, 0.3, 0.3]
+    ).save_pretrained(tmp_path / "m")
     adapter = load_explainee(tmp_path / "m")
     assert adapter.image_size == (32, 32)
     torch.testing.assert_close(adapter.mean, torch.tensor([0.1, 0.2, 0.3]))
@@ -149,9 +149,9 @@ def test_hf_directory_roundtrip_and_errors(tmp_path, images):
 def test_unsupported_hf_architecture(tmp_path):
     from transformers import ResNetConfig, ResNetForImageClassification
 
-    ResNetForImageClassification(ResNetConfig(num_labels=3, hidden_sizes=[8, 8, 8, 8], embedding_size=8)).save_pretrained(
-        tmp_path / "r"
-    )
+    ResNetForImageClassification(
+        ResNetConfig(num_labels=3, hidden_sizes=[8, 8, 8, 8], embedding_size=8)
+    ).save_pretrained(tmp_path / "r")
     with pytest.raises(ModelError, match="'resnet' model"):
         load_explainee(tmp_path / "r")
 
@@ -167,7 +167,9 @@ def test_timm_vit_adapter(distilled, images):
 
     torch.manual_seed(0)
     common = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, num_classes=5)
-    model = (deit.VisionTransformerDistilled(**common) if distilled else vt.VisionTransformer(reg_tokens=2, **common)).eval()
+    model = (
+        deit.VisionTransformerDistilled(**common) if distilled else vt.VisionTransformer(reg_tokens=2, **common)
+    ).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)

@@ -78,7 +78,9 @@ def test_imagenet_val(tmp_path):
     (tmp_path / "labels.txt").write_text(f"{names[0]} 65\n{names[1]} 970\n")
     with pytest.raises(DatasetError, match="does not match .*1 images have no label"):
         open_dataset(f"imagenet-val:{tmp_path}")
-    (tmp_path / "labels.txt").write_text(f"{names[0]} 65\n{names[1]} 970\n{names[2]} 0\nILSVRC2012_val_00000009.JPEG 3\n")
+    (tmp_path / "labels.txt").write_text(
+        f"{names[0]} 65\n{names[1]} 970\n{names[2]} 0\nILSVRC2012_val_00000009.JPEG 3\n"
+    )
     with pytest.raises(DatasetError, match="1 listed but not in the folder"):
         open_dataset(f"imagenet-val:{tmp_path}")
     (tmp_path / "labels.txt").write_text(f"{names[0]} sixty-five\n")
@@ -96,3 +98,10 @@ def test_dataset_spec_errors(tmp_path):
         open_dataset("just-a-path")
     with pytest.raises(DatasetError, match="does not exist"):
         open_dataset(f"folder:{tmp_path / 'missing'}")
+
+
+def test_ids_match_samples(tmp_path):
+    for cls in ("a", "b"):
+        _save(tmp_path / cls / "x.png", np.zeros((4, 4, 3), np.uint8))
+    ds = open_dataset(f"folder:{tmp_path}")
+    assert ds.ids == [ds[i].id for i in range(len(ds))] == ["a/x.png", "b/x.png"]

@@ -8,7 +8,7 @@ import sys
 from explainers.cli.app import app
 
 # Each module registers its commands on ``app`` when imported.
-_COMMAND_MODULES = ("info",)
+_COMMAND_MODULES = ("info", "explain", "evaluate", "pretrain", "leta")
 
 
 def _load_commands() -> None:

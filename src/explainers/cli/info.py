@@ -11,7 +11,9 @@ from explainers.cli.app import app
 
 @app.command()
 def info(
-    explainee: str = typer.Option("embedded", "--explainee", "-m", help="Model directory, hub id, timm:NAME or 'embedded'."),
+    explainee: str = typer.Option(
+        "embedded", "--explainee", "-m", help="Model directory, hub id, timm:NAME or 'embedded'."
+    ),
 ) -> None:
     """Print what the adapter reads off an explainee (size, normalisation, patch grid, prefix tokens)."""
     from explainers.models import load_explainee

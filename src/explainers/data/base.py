@@ -22,12 +22,15 @@ class Sample:
     label: class index, or -1 when unknown.
     mask: bool tensor H×W of the ground-truth object, or None.
     id: a string identifier, unique within the dataset.
+    ignore: bool tensor H×W of pixels to leave out of every segmentation count (e.g. Pascal VOC's void
+        boundary with ``void="ignore"``), or None when every pixel counts. Only set together with ``mask``.
     """
 
     image: torch.Tensor
     label: int
     mask: torch.Tensor | None
     id: str
+    ignore: torch.Tensor | None = None
 
 
 @dataclass
@@ -38,6 +41,7 @@ class Batch:
     labels: torch.Tensor  # B, int64, -1 where unknown
     masks: torch.Tensor | None  # B×H×W bool, None if no sample has one
     ids: list[str]
+    ignore: torch.Tensor | None = None  # B×H×W bool (nearest), None if no sample has one
 
 
 class ImageDataset(Sequence[Sample]):
@@ -119,7 +123,12 @@ def collate(samples: Sequence[Sample], size: tuple[int, int]) -> Batch:
         if not all(s.mask is not None for s in samples):
             raise DatasetError("some samples have a ground-truth mask and others do not")
         masks = torch.stack([resize_masks(s.mask[None], size)[0] for s in samples])  # type: ignore[index]
-    return Batch(images=images, labels=labels, masks=masks, ids=[s.id for s in samples])
+    ignore = None
+    if any(s.ignore is not None for s in samples):
+        # A sample without an ignore region simply ignores nothing.
+        nothing = torch.zeros(size, dtype=torch.bool)
+        ignore = torch.stack([nothing if s.ignore is None else resize_masks(s.ignore[None], size)[0] for s in samples])
+    return Batch(images=images, labels=labels, masks=masks, ids=[s.id for s in samples], ignore=ignore)
 
 
 def iter_batches(

@@ -45,6 +45,10 @@ class FolderDataset(ImageDataset):
     def __len__(self) -> int:
         return len(self.files)
 
+    @property
+    def ids(self) -> list[str]:  # without decoding every image
+        return [path.relative_to(self.root).as_posix() for path, _ in self.files]
+
     def __getitem__(self, index: int) -> Sample:
         path, label = self.files[index]
         return Sample(image=load_image(path), label=label, mask=None, id=path.relative_to(self.root).as_posix())

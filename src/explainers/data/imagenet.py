@@ -20,7 +20,9 @@ def read_label_file(path: Path) -> dict[str, int]:
             continue
         parts = line.split()
         if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-            raise DatasetError(f"{path}:{number}: expected 'FILENAME LABEL' (e.g. 'ILSVRC2012_val_00000001.JPEG 65'), got {line!r}")
+            raise DatasetError(
+                f"{path}:{number}: expected 'FILENAME LABEL' (e.g. 'ILSVRC2012_val_00000001.JPEG 65'), got {line!r}"
+            )
         name, label = parts[0], int(parts[1])
         if not 0 <= label < 1000:
             raise DatasetError(f"{path}:{number}: label {label} is outside 0..999")
@@ -43,7 +45,11 @@ class ImageNetValDataset(ImageDataset):
             raise DatasetError(f"imagenet-val has only the 'val' split, not {split!r}")
         self.root = root
         self.name = f"imagenet-val:{root}"
-        label_file = Path(labels) if labels is not None else next((root / n for n in LABEL_FILE_NAMES if (root / n).exists()), None)
+        label_file = (
+            Path(labels)
+            if labels is not None
+            else next((root / n for n in LABEL_FILE_NAMES if (root / n).exists()), None)
+        )
         if label_file is None:
             raise DatasetError(
                 f"no label file in {root} (looked for {', '.join(LABEL_FILE_NAMES)}); pass --labels FILE with lines "
@@ -68,6 +74,10 @@ class ImageNetValDataset(ImageDataset):
 
     def __len__(self) -> int:
         return len(self.files)
+
+    @property
+    def ids(self) -> list[str]:  # without decoding every image
+        return [path.name for path, _ in self.files]
 
     def __getitem__(self, index: int) -> Sample:
         path, label = self.files[index]

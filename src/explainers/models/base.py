@@ -322,7 +322,7 @@ class ViTAdapterBase(ExplaineeAdapter):
         attentions = []
         for blk in parts.blocks:
             h = blk.norm1(x)
-            b, t, d = h.shape
+            b, t, _ = h.shape
             heads = blk.num_heads
 
             def split(w: torch.Tensor, bias: torch.Tensor | None, h=h, b=b, t=t, heads=heads) -> torch.Tensor:

@@ -29,8 +29,9 @@ class _HFBackbone(nn.Module):
 class HFViTAdapter(ViTAdapterBase):
     """``ViTForImageClassification``, ``DeiTForImageClassification`` and ``...WithTeacher``."""
 
-    def __init__(self, model: nn.Module, *, mean=None, std=None, image_size=None, identifier=None,
-                 class_names=None) -> None:
+    def __init__(
+        self, model: nn.Module, *, mean=None, std=None, image_size=None, identifier=None, class_names=None
+    ) -> None:
         config = model.config
         model_type = getattr(config, "model_type", None)
         if model_type not in _SUPPORTED:
@@ -134,7 +135,9 @@ class HFViTAdapter(ViTAdapterBase):
             heads = [HeadPart(0, self.model.classifier, 1.0)]
         for head in heads:
             if not isinstance(head.linear, nn.Linear):
-                raise ModelError(f"{type(self.model).__name__} has no linear classifier (num_labels={config.num_labels})")
+                raise ModelError(
+                    f"{type(self.model).__name__} has no linear classifier (num_labels={config.num_labels})"
+                )
         return ViTParts(
             patch_embed=self.encoder.embeddings.patch_embeddings.projection,
             blocks=blocks,

@@ -19,7 +19,12 @@ log = logging.getLogger(__name__)
 #: Name of the small ViT explainee shipped with the package (trained on the embedded benchmark).
 EMBEDDED_EXPLAINEE = "embedded"
 
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 def embedded_explainee_dir() -> Path:
@@ -125,11 +130,13 @@ def _load_by_name(spec: str, *, image_size, mean, std) -> ExplaineeAdapter:
     if spec.startswith("timm:"):
         from explainers.models.timm import load_timm
 
-        return load_timm(spec[len("timm:"):], image_size=_size_pair(image_size), mean=mean, std=std)
+        return load_timm(spec[len("timm:") :], image_size=_size_pair(image_size), mean=mean, std=std)
     path = Path(spec).expanduser()
     if path.exists():
         return load_hf_directory(path, image_size=image_size, mean=mean, std=std)
-    looks_like_path = spec.startswith((".", "/", "~")) or spec.count("/") > 1 or spec.endswith((".json", ".safetensors"))
+    looks_like_path = (
+        spec.startswith((".", "/", "~")) or spec.count("/") > 1 or spec.endswith((".json", ".safetensors"))
+    )
     if looks_like_path:
         raise ModelError(f"explainee directory not found: {spec}")
     return _load_from_hub(spec, image_size=image_size, mean=mean, std=std)

@@ -14,7 +14,9 @@ from explainers.models.base import AttentionOutput, HeadPart, ViTAdapterBase, Vi
 
 def is_timm_vit(model: nn.Module) -> bool:
     """Duck-typed: a timm VisionTransformer without importing timm."""
-    return all(hasattr(model, a) for a in ("patch_embed", "blocks", "num_prefix_tokens", "forward_features", "_pos_embed"))
+    return all(
+        hasattr(model, a) for a in ("patch_embed", "blocks", "num_prefix_tokens", "forward_features", "_pos_embed")
+    )
 
 
 class _TimmBackbone(nn.Module):
@@ -29,8 +31,9 @@ class _TimmBackbone(nn.Module):
 class TimmViTAdapter(ViTAdapterBase):
     """timm ``VisionTransformer`` (class token, optional register tokens; DeiT-distilled via ``dist_token``)."""
 
-    def __init__(self, model: nn.Module, *, mean=None, std=None, image_size=None, identifier=None,
-                 class_names=None) -> None:
+    def __init__(
+        self, model: nn.Module, *, mean=None, std=None, image_size=None, identifier=None, class_names=None
+    ) -> None:
         cfg = getattr(model, "pretrained_cfg", None) or {}
         if image_size is None:
             image_size = tuple(model.patch_embed.img_size)
@@ -96,16 +99,21 @@ class TimmViTAdapter(ViTAdapterBase):
         blocks = []
         for blk in m.blocks:
             attn = blk.attn
-            if not isinstance(attn.q_norm, nn.Identity) or not isinstance(getattr(attn, "norm", nn.Identity()), nn.Identity):
+            if not isinstance(attn.q_norm, nn.Identity) or not isinstance(
+                getattr(attn, "norm", nn.Identity()), nn.Identity
+            ):
                 raise ModelError("timm ViTs with q/k or attention-output norms are not supported by relevance methods")
             d = attn.qkv.out_features // 3
             w, b = attn.qkv.weight, attn.qkv.bias
             blocks.append(
                 ViTBlockParts(
                     norm1=blk.norm1,
-                    q_weight=w[:d], q_bias=None if b is None else b[:d],
-                    k_weight=w[d:2 * d], k_bias=None if b is None else b[d:2 * d],
-                    v_weight=w[2 * d:], v_bias=None if b is None else b[2 * d:],
+                    q_weight=w[:d],
+                    q_bias=None if b is None else b[:d],
+                    k_weight=w[d : 2 * d],
+                    k_bias=None if b is None else b[d : 2 * d],
+                    v_weight=w[2 * d :],
+                    v_bias=None if b is None else b[2 * d :],
                     proj=attn.proj,
                     norm2=blk.norm2,
                     fc1=blk.mlp.fc1,
@@ -119,7 +127,8 @@ class TimmViTAdapter(ViTAdapterBase):
             )
         if getattr(m, "global_pool", "token") != "token" or not isinstance(m.fc_norm, nn.Identity):
             raise ModelError(
-                f"timm model pools with {m.global_pool!r}; relevance methods need CLS-token pooling (global_pool='token')"
+                f"timm model pools with {m.global_pool!r}; relevance methods need CLS-token pooling "
+                "(global_pool='token')"
             )
         heads = [HeadPart(0, m.head, 1.0)]
         if getattr(m, "head_dist", None) is not None:  # timm DeiT-distilled averages two heads in eval
