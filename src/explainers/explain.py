@@ -1,0 +1,236 @@
+"""Explain a dataset with any registered method and write a mask file (SPEC §7), resumably.
+
+Images are taken in dataset order (the first ``limit`` of them), resized with :func:`data.base.collate`
+to the explainee's size, explained in batches and appended to ``OUT.partial``; the file is renamed to
+``OUT`` only when every image is written. A rerun after an interruption skips the images already
+committed and ends with the same file as an uninterrupted run (for deterministic methods — a method that
+draws random numbers continues from a different generator state).
+
+Per-method extras: a method object may set ``last_extras`` (``{name: array with one row per image}``)
+during each call; those rows are stored in datasets of the same name (LTE: ``selected_step``,
+``selected_score``).
+
+Sharding: under ``torchrun`` / ``accelerate launch`` with several processes, each process explains its
+slice of every round of ``batch_size × processes`` images and the main process gathers and writes them in
+dataset order, so the file equals the single-process one.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from explainers.data.base import ImageDataset, collate
+from explainers.errors import ExplainersError
+from explainers.io.maskfile import MaskFileWriter
+from explainers.methods.base import Method
+from explainers.metrics.sharding import barrier, broadcast_from_main, current_shard, gather_to_main
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExplainSummary:
+    """What one :func:`explain_dataset` call did."""
+
+    path: Path
+    images: int
+    written: int  # images explained by this call (the rest were already in a resumed file)
+    seconds: float
+    nonfinite_ids: list[str] = field(default_factory=list)
+
+
+def _png_name(image_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "__", image_id) + ".png"
+
+
+def explain_dataset(
+    method: Method,
+    dataset: ImageDataset,
+    out: str | Path,
+    *,
+    batch_size: int = 16,
+    targets: str = "predicted",
+    resume: bool = True,
+    overwrite: bool = False,
+    progress: bool = True,
+    limit: int | None = None,
+    png_dir: str | Path | None = None,
+    dtype: str = "float32",
+    dataset_spec: str | None = None,
+) -> ExplainSummary | None:
+    """Run ``method`` over ``dataset`` and write the mask file ``out``.
+
+    targets: ``predicted`` (explain the explainee's argmax on the clean image) or ``target`` (the
+    ground-truth label; every image needs one). resume: continue ``out.partial`` if present (False:
+    start over). overwrite: replace an existing complete ``out``. png_dir: also write heatmap overlays
+    there, one ``<id>.png`` per image (:func:`explainers.heatmap.overlay`: jet, opacity 0.4, the explained
+    class's name in the corner). dtype: ``float32`` or ``float16`` maps. Returns the summary on the
+    main process (None on the others when sharded).
+    """
+    t0 = time.perf_counter()
+    if targets not in ("predicted", "target"):
+        raise ExplainersError(f"--class must be predicted or target, got {targets!r}")
+    if batch_size < 1:
+        raise ExplainersError(f"batch size must be at least 1, got {batch_size}")
+    if limit is not None and limit < 1:
+        raise ExplainersError(f"--limit must be at least 1, got {limit}")
+    adapter = method.adapter
+    ids = dataset.ids
+    if len(set(ids)) != len(ids):
+        raise ExplainersError(f"dataset {dataset.name} has duplicate image ids; mask files need unique ids")
+    order = list(range(len(ids) if limit is None else min(limit, len(ids))))
+    if not order:
+        raise ExplainersError(f"dataset {dataset.name} is empty")
+    wanted = [ids[i] for i in order]
+    png = Path(png_dir) if png_dir is not None else None
+    if png is not None:
+        png.mkdir(parents=True, exist_ok=True)
+
+    shard = current_shard()
+    writer: MaskFileWriter | None = None
+    status: tuple[str, Any]
+    if shard.is_main:
+        try:
+            writer = MaskFileWriter(
+                out,
+                method=method.name,
+                method_config=method.config(),
+                explainee=adapter.describe(),
+                image_size=adapter.image_size,
+                dataset=dataset_spec or dataset.name,
+                targets=targets,
+                dtype=dtype,
+                resume=resume,
+                overwrite=overwrite,
+                chunk_images=min(batch_size, 64),
+            )
+            status = ("ok", sorted(writer.done_ids))
+        except ExplainersError as exc:
+            status = ("error", str(exc))
+    else:
+        status = ("ok", [])
+    status = broadcast_from_main(status, shard)
+    if status[0] == "error":
+        raise ExplainersError(status[1])
+    done = set(status[1])
+    pending = [i for i in order if ids[i] not in done]
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=len(order),
+        initial=len(order) - len(pending),
+        desc=f"explain {method.name}",
+        unit="img",
+        disable=not progress or not shard.is_main,
+    )
+    nonfinite: list[str] = []
+    round_size = batch_size * shard.world_size
+    try:
+        for start in range(0, len(pending), round_size):
+            rnd = pending[start : start + round_size]
+            mine = rnd[shard.rank * batch_size : (shard.rank + 1) * batch_size]
+            part = _explain_batch(method, dataset, mine, targets=targets, png=png) if mine else None
+            parts = gather_to_main(part, shard)
+            if writer is not None and parts is not None:
+                for p in parts:
+                    if p is None:
+                        continue
+                    writer.append(
+                        p["ids"], p["maps"], p["labels"], p["predicted"], p["explained"], p["extras"]
+                    )
+                    bad = ~np.isfinite(p["maps"].reshape(len(p["ids"]), -1)).all(axis=1)
+                    nonfinite.extend(i for i, b in zip(p["ids"], bad, strict=True) if b)
+            bar.update(len(rnd))
+        bar.close()
+        path = Path(out)
+        if writer is not None:
+            path = writer.finalize(expected_ids=wanted)
+        barrier(shard)
+    finally:
+        if writer is not None:
+            writer.close()
+    if nonfinite:
+        log.warning(
+            "%d map(s) contain NaN or inf (e.g. %s); the evaluation will refuse them unless told "
+            "--nonfinite exclude",
+            len(nonfinite),
+            ", ".join(nonfinite[:3]),
+        )
+    if not shard.is_main:
+        return None
+    return ExplainSummary(
+        path=path,
+        images=len(order),
+        written=len(pending),
+        seconds=time.perf_counter() - t0,
+        nonfinite_ids=nonfinite,
+    )
+
+
+def _explain_batch(
+    method: Method, dataset: ImageDataset, indices: list[int], *, targets: str, png: Path | None
+) -> dict[str, Any]:
+    adapter = method.adapter
+    batch = collate([dataset[i] for i in indices], adapter.image_size)
+    images = batch.images.to(adapter.device)
+    # no_grad, not inference_mode: the classes go on into gradient-based methods (gather saves its index).
+    with torch.no_grad():
+        predicted = adapter.predict(images).argmax(dim=1)
+    if targets == "target":
+        unknown = (batch.labels < 0).nonzero().flatten()
+        if len(unknown):
+            raise ExplainersError(
+                f"--class target needs labels but image {batch.ids[int(unknown[0])]} has none; "
+                "use --class predicted"
+            )
+        explained = batch.labels.to(adapter.device)
+    else:
+        explained = predicted
+    maps = method(images, explained)
+    if tuple(maps.shape) != (len(indices), *adapter.image_size):
+        raise ExplainersError(
+            f"method {method.name} returned maps of shape {tuple(maps.shape)}, expected "
+            f"{(len(indices), *adapter.image_size)}"
+        )
+    maps_np = maps.detach().float().cpu().numpy()
+    extras = _extras(method, len(indices))
+    if png is not None:
+        from explainers.heatmap import _class_name, overlay
+
+        for k, image_id in enumerate(batch.ids):
+            label = _class_name(adapter.class_names, int(explained[k]))
+            overlay(batch.images[k], maps[k], label=label).save(png / _png_name(image_id))
+    return {
+        "ids": batch.ids,
+        "maps": maps_np,
+        "labels": batch.labels.numpy(),
+        "predicted": predicted.cpu().numpy(),
+        "explained": explained.cpu().numpy(),
+        "extras": extras,
+    }
+
+
+def _extras(method: Method, n: int) -> dict[str, np.ndarray]:
+    raw: Mapping[str, Any] | None = getattr(method, "last_extras", None)
+    if not raw:
+        return {}
+    out = {}
+    for name, values in raw.items():
+        arr = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+        if arr.ndim == 0 or arr.shape[0] != n:
+            raise ExplainersError(
+                f"method {method.name}: last_extras[{name!r}] must have one row per image ({n}), "
+                f"got {arr.shape}"
+            )
+        out[name] = arr
+    return out
