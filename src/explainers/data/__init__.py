@@ -26,8 +26,7 @@ def parse_dataset_spec(spec: str) -> tuple[str, Path]:
     kind, sep, path = spec.partition(":")
     if not sep or not path:
         raise DatasetError(
-            f"dataset spec {spec!r} is not KIND:PATH; valid kinds: {', '.join(DATASET_KINDS)} "
-            "(e.g. synthetic:./scenes)"
+            f"dataset spec {spec!r} is not KIND:PATH; valid kinds: {', '.join(DATASET_KINDS)} (e.g. synthetic:./scenes)"
         )
     if kind not in DATASET_KINDS:
         raise DatasetError(f"unknown dataset kind {kind!r} in {spec!r}; valid kinds: {', '.join(DATASET_KINDS)}")

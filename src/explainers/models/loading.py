@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -184,7 +185,8 @@ def load_hf_directory(path: Path, *, image_size=None, mean=None, std=None, ident
             f"{path} holds a {config.model_type!r} model; supported Hugging Face types: {', '.join(_SUPPORTED)}"
         )
     try:
-        model = AutoModelForImageClassification.from_pretrained(path, attn_implementation="sdpa")
+        with _quiet_transformers():
+            model = AutoModelForImageClassification.from_pretrained(path, attn_implementation="sdpa")
     except Exception as exc:
         raise ModelError(f"cannot load the model in {path}: {exc}") from None
     pre = _read_preprocessing(path)
@@ -195,6 +197,20 @@ def load_hf_directory(path: Path, *, image_size=None, mean=None, std=None, ident
         image_size=_size_pair(image_size) or _processor_size(pre),
         identifier=identifier or str(path),
     )
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """No per-tensor "Loading weights" progress bar for a local load (it floods logs for small models)."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _load_from_hub(name: str, *, image_size, mean, std) -> ExplaineeAdapter:

@@ -1,0 +1,75 @@
+"""``explainers data synth`` and ``explainers train-classifier``: the embedded benchmark's data and explainee."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from explainers.cli.app import app, data_app
+from explainers.cli.explain import parse_key_values
+from explainers.errors import ExplainersError
+
+
+def build_config(cls: type, config_file: Path | None, overrides: list[str] | None, flag: str = "--set") -> Any:
+    """A config dataclass from defaults, then a JSON file, then ``KEY=VALUE`` overrides; unknown keys are
+    refused with the list of valid ones."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            values.update(json.loads(Path(config_file).read_text()))
+        except FileNotFoundError:
+            raise ExplainersError(f"config file not found: {config_file}") from None
+        except json.JSONDecodeError as exc:
+            raise ExplainersError(f"config file {config_file} is not valid JSON: {exc}") from None
+    values.update(parse_key_values(overrides, flag))
+    valid = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - valid)
+    if unknown:
+        raise ExplainersError(f"unknown {cls.__name__} keys {unknown}; valid keys: {', '.join(sorted(valid))}")
+    return cls(**values)
+
+
+@data_app.command("synth")
+def synth(
+    out: Path = typer.Option(..., "--out", help="Folder to write (must not exist or be empty)."),
+    config: Path = typer.Option(None, "--config", help="JSON file of SyntheticConfig values."),
+    set_: list[str] = typer.Option(None, "--set", help="Override a config value, KEY=VALUE (repeatable)."),
+    seed: int = typer.Option(None, "--seed", help="Random seed (default: the config's)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing non-empty folder."),
+) -> None:
+    """Generate the procedural scenes with exact object masks (SPEC §8). Defaults = the shipped explainee's data."""
+    from explainers.data.synthetic import SyntheticConfig, generate_synthetic
+
+    cfg = build_config(SyntheticConfig, config, [*(set_ or []), *([f"seed={seed}"] if seed is not None else [])])
+    path = generate_synthetic(out, cfg, overwrite=overwrite)
+    counts = ", ".join(f"{s} {cfg.split_size(s)}" for s in ("train", "val", "test"))
+    typer.echo(f"wrote {path} ({counts}; classes: {', '.join(cfg.class_names())})")
+
+
+@app.command("train-classifier")
+def train_classifier_cmd(
+    data: str = typer.Option(..., "--data", help="synthetic:DIR made by 'explainers data synth'."),
+    out: Path = typer.Option(..., "--out", help="Folder for the Hugging Face model directory."),
+    config: Path = typer.Option(None, "--config", help="JSON file of ClassifierTrainConfig values."),
+    set_: list[str] = typer.Option(None, "--set", help="Override a config value, KEY=VALUE (repeatable)."),
+    seed: int = typer.Option(None, "--seed", help="Random seed (default: the config's)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing non-empty folder."),
+) -> None:
+    """Train the small ViT explainee from scratch on synthetic scenes and save it as a HF model directory."""
+    from explainers.data import parse_dataset_spec
+    from explainers.training.classifier import ClassifierTrainConfig, train_classifier
+
+    kind, path = parse_dataset_spec(data)
+    if kind != "synthetic":
+        raise ExplainersError(f"train-classifier trains on synthetic:DIR data, got {kind}:")
+    cfg = build_config(ClassifierTrainConfig, config, [*(set_ or []), *([f"seed={seed}"] if seed is not None else [])])
+    record = train_classifier(path, out, cfg, overwrite=overwrite)
+    typer.echo(
+        f"saved {out}: test accuracy {record['test_accuracy']:.2%} "
+        f"(val {record['val_accuracy']:.2%}, epoch {record['selected_epoch']}) "
+        f"after {record['train_wall_seconds']:.0f} s"
+    )

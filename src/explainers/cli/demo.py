@@ -1,0 +1,39 @@
+"""``explainers demo``: the embedded benchmark end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from explainers.cli.app import app
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("explainers-demo"), "--out", help="Output folder."),
+    retrain: bool = typer.Option(
+        False, "--retrain", help="Train the explainee again instead of loading the shipped one."
+    ),
+    explainee: str = typer.Option(
+        None, "--explainee", help="A model directory trained on the default scenes, instead of the shipped one."
+    ),
+    images: int = typer.Option(32, "--images", help="Test images to explain and evaluate."),
+    accuracy_images: int = typer.Option(1000, "--accuracy-images", help="Test images for the explainee's accuracy."),
+    methods: str = typer.Option(None, "--methods", help="Comma-separated methods (default: all the demo runs)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Generate the embedded data, load the shipped explainee, explain and evaluate every method."""
+    from explainers.demo import run_demo
+
+    names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+    run_demo(
+        out,
+        retrain=retrain,
+        explainee=explainee,
+        num_images=images,
+        accuracy_images=accuracy_images,
+        methods=names,
+        progress=not quiet,
+        echo=typer.echo,
+    )

@@ -1,0 +1,223 @@
+"""``explainers demo``: the whole pipeline on the embedded benchmark, offline, in a few minutes on a CPU.
+
+1. generate the synthetic scenes (the test split of the shipped explainee's data; everything with
+   ``retrain``);
+2. load the shipped small ViT explainee (or train it again) and measure its test accuracy;
+3. explain test images with the baselines and the learned explainers whose weights ship;
+4. score every method with the evaluation suite and write the comparison table, curves and heatmaps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from explainers.errors import ExplainersError
+
+
+@dataclass(frozen=True)
+class DemoMethod:
+    name: str
+    options: dict[str, Any]
+    #: Shipped asset the method needs (relative to the package's assets folder), if any.
+    asset: str | None = None
+
+
+# RISE and IG are far costlier than the rest; the demo uses lighter settings and says so in the report.
+DEMO_METHODS: tuple[DemoMethod, ...] = (
+    DemoMethod("random", {}),
+    DemoMethod("raw-attention", {}),
+    DemoMethod("rollout", {}),
+    DemoMethod("attention-gradcam", {}),
+    DemoMethod("gae", {}),
+    DemoMethod("transformer-attribution", {}),
+    DemoMethod("partial-lrp", {}),
+    DemoMethod("lrp", {}),
+    DemoMethod("integrated-gradients", {"steps": 20}),
+    DemoMethod("rise", {"num_masks": 1000}),
+    DemoMethod("plte", {}, asset="plte"),
+    DemoMethod("lte", {}, asset="plte"),
+)
+
+
+def assets_dir() -> Path:
+    from importlib import resources
+
+    return Path(str(resources.files("explainers") / "assets"))
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def prepare_data(out: Path, n_test: int, full: bool, progress: bool) -> Path:
+    """The demo's synthetic data: the first ``n_test`` test scenes of the default config (identical to the
+    shipped explainee's test split, which is deterministic per index), or the whole default dataset."""
+    from explainers.data.synthetic import SyntheticConfig, generate_synthetic
+
+    default = SyntheticConfig()
+    config = default if full else dataclasses.replace(default, train_size=0, val_size=0, test_size=n_test)
+    folder = out / ("data-full" if full else "data")
+    manifest = folder / "manifest.json"
+    if manifest.exists() and json.loads(manifest.read_text()).get("config") == config.to_dict():
+        return folder  # already generated with this exact config
+    generate_synthetic(folder, config, progress=progress, overwrite=True)
+    return folder
+
+
+def run_demo(
+    out: str | Path = "explainers-demo",
+    *,
+    retrain: bool = False,
+    explainee: str | None = None,
+    num_images: int = 32,
+    accuracy_images: int = 1000,
+    methods: list[str] | None = None,
+    progress: bool = True,
+    echo=print,
+) -> dict[str, Any]:
+    """Run the demo into ``out``; returns the summary written to ``out/summary.json``."""
+    from explainers.data import open_dataset
+    from explainers.explain import explain_dataset
+    from explainers.methods import get_method
+    from explainers.metrics.evaluate import evaluate_maskfiles
+    from explainers.metrics.report import to_markdown, write_report
+    from explainers.models import embedded_explainee_dir, load_explainee
+    from explainers.training.classifier import evaluate_accuracy
+
+    if retrain and explainee is not None:
+        raise ExplainersError("--retrain and --explainee exclude each other")
+    if num_images < 2 or accuracy_images < 1:
+        raise ExplainersError("--images must be at least 2 and --accuracy-images at least 1")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    echo("[1/4] generating the embedded benchmark scenes")
+    data_dir = prepare_data(out, max(num_images, accuracy_images), full=retrain, progress=progress)
+    timings["data_s"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    if retrain:
+        from explainers.training.classifier import train_classifier
+
+        echo("[2/4] training the small ViT explainee from scratch (--retrain)")
+        train_classifier(data_dir, out / "explainee", progress=progress, overwrite=True)
+        explainee_spec = str(out / "explainee")
+    elif explainee is not None:
+        echo(f"[2/4] loading the explainee {explainee}")
+        explainee_spec = explainee
+    else:
+        echo("[2/4] loading the shipped small ViT explainee")
+        explainee_spec = "embedded"
+    explainee_dir = embedded_explainee_dir() if explainee_spec == "embedded" else Path(explainee_spec)
+    adapter = load_explainee(explainee_spec)
+    test = open_dataset(f"synthetic:{data_dir}", split="test")
+    accuracy_set = _first(test, accuracy_images)
+    accuracy = evaluate_accuracy(explainee_dir, accuracy_set)
+    timings["explainee_s"] = time.perf_counter() - t
+    echo(f"      explainee test accuracy: {accuracy:.2%} on {len(accuracy_set)} images")
+
+    t = time.perf_counter()
+    chosen = _choose_methods(methods)
+    echo(f"[3/4] explaining {num_images} test images with {len(chosen)} methods: {', '.join(m.name for m in chosen)}")
+    mask_dir = out / "masks"
+    mask_dir.mkdir(exist_ok=True)
+    mask_files, method_seconds = [], {}
+    for spec in chosen:
+        options = dict(spec.options)
+        if spec.asset is not None:
+            options.setdefault("explainer", str(assets_dir() / spec.asset))
+        method = get_method(spec.name, adapter, **options)
+        start = time.perf_counter()
+        path = mask_dir / f"{spec.name}.h5"
+        explain_dataset(
+            method,
+            test,
+            path,
+            batch_size=16,
+            limit=num_images,
+            overwrite=True,
+            resume=False,
+            progress=progress,
+            dataset_spec=f"synthetic:{data_dir}",
+        )
+        method_seconds[spec.name] = round(time.perf_counter() - start, 2)
+        mask_files.append(path)
+    timings["explain_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    echo("[4/4] evaluating: perturbation AUCs, deletion/insertion, ADP/PIC, segmentation against exact masks")
+    result = evaluate_maskfiles(
+        adapter,
+        _first(test, num_images),
+        mask_files,
+        "all",
+        classes="auto",
+        progress=progress,
+        dataset_spec=f"synthetic:{data_dir}",
+    )
+    paths = write_report(result, out / "report")
+    timings["evaluate_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - t0
+
+    summary = {
+        "explainee": explainee_spec,
+        "explainee_test_accuracy": accuracy,
+        "accuracy_images": len(accuracy_set),
+        "explained_images": num_images,
+        "methods": {m.name: {"options": m.options, "explain_seconds": method_seconds[m.name]} for m in chosen},
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "report": {k: str(v) for k, v in paths.items()},
+    }
+    _write_json(out / "summary.json", summary)
+    echo("")
+    echo(to_markdown(result))
+    echo(
+        f"explainee accuracy {accuracy:.2%}; report in {out / 'report'} (metrics.md, curves.png, heatmaps.png); "
+        f"total {timings['total_s']:.0f} s"
+    )
+    return summary
+
+
+def _first(dataset, n: int):
+    """The first ``n`` images of a dataset as a dataset (a view, no copies)."""
+    from explainers.data.base import ImageDataset
+
+    class _Prefix(ImageDataset):
+        def __init__(self) -> None:
+            self.name, self.class_names = f"{dataset.name} (first {n})", dataset.class_names
+
+        def __len__(self) -> int:
+            return min(n, len(dataset))
+
+        def __getitem__(self, index: int):
+            if not 0 <= index < len(self):
+                raise IndexError(index)
+            return dataset[index]
+
+    return _Prefix()
+
+
+def _choose_methods(names: list[str] | None) -> list[DemoMethod]:
+    from explainers.methods import available_methods
+
+    registered = set(available_methods())
+    by_name = {m.name: m for m in DEMO_METHODS}
+    if names:
+        unknown = [n for n in names if n not in registered]
+        if unknown:
+            raise ExplainersError(f"unknown method(s) {unknown}; available: {', '.join(sorted(registered))}")
+        chosen = [by_name.get(n, DemoMethod(n, {})) for n in names]
+    else:
+        chosen = [m for m in DEMO_METHODS if m.name in registered]
+    missing = [m for m in chosen if m.asset is not None and not (assets_dir() / m.asset / "config.json").exists()]
+    return [m for m in chosen if m not in missing]
