@@ -1,6 +1,18 @@
 """Attribution methods, one file each, registered by name (``get_method("gae", adapter)``)."""
 
-from explainers.methods import random  # noqa: F401  (registers)
+# Importing a method's module registers it: the baselines, then the learned explainers.
+from explainers.methods import (  # noqa: F401
+    attention_gradcam,
+    gae,
+    integrated_gradients,
+    lrp,
+    partial_lrp,
+    random,
+    raw_attention,
+    rise,
+    rollout,
+    transformer_attribution,
+)
 from explainers.methods.base import Method, available_methods, get_method, minmax_normalize, register_method
 
 __all__ = ["Method", "available_methods", "get_method", "minmax_normalize", "register_method"]

@@ -1,0 +1,152 @@
+"""Cost of each attribution method as a multiple of one explainee forward on the same batch.
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/methods.py [--out benchmarks/results/methods.md] [--quick]
+
+(On a shared 2-core machine, OpenMP's default busy-waiting made 2-thread torch ops up to 10× slower
+while other processes ran; passive waiting keeps the numbers meaningful. The policy is recorded.)
+
+Two explainees built from configs (random weights; cost does not depend on the weights): a small ViT
+(64×64, patch 8, 6 blocks, width 192) and a ViT-B/16-sized one (224, patch 16, 12 blocks, width 768).
+Every method is called the uniform way, ``method(images)`` (targets=None: explain the predicted class,
+so a method that needs the class pays for finding it). The reference is ``adapter.predict(images)``
+under ``torch.no_grad`` (the model's default SDPA attention). All methods of one explainee are timed
+round-robin with the forward in the same run (medians), so load changes hit all alike.
+RISE and IG costs are linear in their number of masks / steps; where the run uses fewer than the
+defaults (N = 4000, 50 steps), the table also gives the cost extrapolated to the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+import explainers  # noqa: F401  (torchvision workaround before transformers)
+from _timing import interleaved_medians, machine
+from explainers.methods import get_method
+from explainers.models import load_explainee
+
+METHODS = [
+    "raw-attention",
+    "rollout",
+    "attention-gradcam",
+    "gae",
+    "partial-lrp",
+    "transformer-attribution",
+    "lrp",
+    "integrated-gradients",
+    "rise",
+]
+TARGETS = {"gae": 3.0, "rollout": 3.0, "transformer-attribution": 6.0}
+
+NOTES = """### Where the cost goes
+
+- raw attention, rollout: one forward on the eager attention path (the attention maps), no class needed.
+- attention Grad-CAM, GAE: eager forward + backward to the attention maps (≈ 2×); the predicted class
+  comes from that same forward.
+- partial LRP: the hand-written forward over the adapter's parts + relevance through the last block only.
+- Transformer Attribution: forward (kept for autograd) + backward to every attention map (≈ 1×) +
+  relevance through every block. α1β0 costs three matmuls per linear layer (the denominator
+  ½(xWᵀ + |x||W|ᵀ) reuses xWᵀ from the forward; the numerator needs SW and S|W|), so the relevance
+  pass is ≈ 3× a forward, and ≈ 5× in all is close to the floor of this rule set.
+- full LRP: forward + relevance through every block and the zβ convolution; no gradients.
+- IG: `steps` forward+backward passes per image, chunked to a 1 GiB activation budget by default.
+- RISE: N masked forwards per image; the default N = 4000 makes it by far the slowest baseline.
+"""
+
+
+def build(image_size: int, patch: int, width: int, depth: int, heads: int, classes: int):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    config = ViTConfig(
+        image_size=image_size,
+        patch_size=patch,
+        hidden_size=width,
+        num_hidden_layers=depth,
+        num_attention_heads=heads,
+        intermediate_size=4 * width,
+        num_labels=classes,
+    )
+    return ViTForImageClassification(config).eval()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "methods.md")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer repeats (a smoke run, not for the record)"
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    configs = [
+        # label, (size, patch, width, depth, heads, classes), batch, RISE masks, IG steps, repeats
+        ("small ViT (64², patch 8, 6×192)", (64, 8, 192, 6, 3, 10), 8, 200, 50, 3 if args.quick else 7),
+        ("ViT-B/16 config (224², 12×768)", (224, 16, 768, 12, 12, 1000), 2, 16, 4, 1 if args.quick else 5),
+    ]
+    load_before = os.getloadavg()
+    sections = []
+    for label, cfg, batch, masks, steps, repeats in configs:
+        adapter = load_explainee(build(*cfg))
+        images = torch.rand(batch, 3, *adapter.image_size, generator=torch.Generator().manual_seed(0))
+        options = {"rise": {"num_masks": masks}, "integrated-gradients": {"steps": steps}}
+        methods = {name: get_method(name, adapter, **options.get(name, {})) for name in METHODS}
+
+        def forward(adapter=adapter, images=images):
+            with torch.no_grad():
+                return adapter.predict(images)
+
+        fns = {"forward": forward}
+        for name, method in methods.items():
+            fns[name] = lambda method=method, images=images: method(images)
+        print(f"timing {label} …", file=sys.stderr)
+        t = interleaved_medians(fns, repeats=repeats, warmup=1)
+        base = t["forward"]
+        rows = [f"| forward (`adapter.predict`, no_grad) | {base * 1e3:.1f} | 1.00× | |"]
+        for name in METHODS:
+            ratio = t[name] / base
+            note = ""
+            if name == "rise":
+                note = f"N = {masks} masks; ≈ {ratio * 4000 / masks:.0f}× at the default N = 4000"
+            elif name == "integrated-gradients":
+                note = f"{steps} steps" + (
+                    "" if steps == 50 else f"; ≈ {ratio * 50 / steps:.0f}× at the default 50"
+                )
+            elif name in TARGETS:
+                note = f"target ≤ {TARGETS[name]:.0f}×: {'met' if ratio <= TARGETS[name] else 'MISSED'}"
+            rows.append(f"| {name} | {t[name] * 1e3:.1f} | {ratio:.2f}× | {note} |")
+        sections.append(
+            f"### {label}, batch {batch}, {repeats} repeats\n\n"
+            "| method | median ms per batch | × forward | notes |\n|---|---|---|---|\n"
+            + "\n".join(rows)
+            + "\n"
+        )
+        print(sections[-1], file=sys.stderr)
+    policy = os.environ.get("OMP_WAIT_POLICY", "default (active)")
+    load_after = os.getloadavg()
+    text = (
+        "# Method cost as a multiple of one explainee forward\n\n"
+        f"Measured {datetime.date.today()} on {machine()}, OMP_WAIT_POLICY={policy},\n"
+        "with `OMP_WAIT_POLICY=PASSIVE python benchmarks/methods.py`. Each method is called as\n"
+        "`method(images)` (targets=None, so it includes finding the predicted class where the method needs\n"
+        "it); the reference is one `adapter.predict(images)` forward under no_grad on the same batch (SDPA\n"
+        "attention). Medians of interleaved repeats, all in one run. The machine was shared with other\n"
+        f"jobs (1-minute load average {load_before[0]:.1f} at the start, {load_after[0]:.1f} at the end,\n"
+        "on 2 cores): absolute times are inflated, the ratios are the result.\n\n"
+        + "\n".join(sections)
+        + "\n"
+        + NOTES
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Shared pieces of the attention-based ViT methods: the deferred target, CLS-row slicing, rollout math."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+
+from explainers.errors import ExplainersError
+from explainers.methods.base import Method
+from explainers.models.base import ExplaineeAdapter, Targets
+
+#: Target placeholder meaning "the predicted class": the method resolves it from its own forward pass,
+#: which saves the extra forward the base class would spend on predicting the class first.
+PREDICTED = -1
+
+
+class AttentionMethod(Method):
+    """Base of the methods that read a ViT's attention (or its relevance): checks the token layout and
+    lets :meth:`attribute` take the predicted class from the forward it runs anyway."""
+
+    needs_attention: ClassVar[bool] = True
+
+    def __init__(self, adapter: ExplaineeAdapter, *, normalize: bool = True) -> None:
+        super().__init__(adapter, normalize=normalize)
+        if adapter.num_prefix_tokens < 1:
+            raise ExplainersError(
+                f"method {self.name!r} reads the class token's row, but explainee {adapter.identifier} "
+                "has no class token; use a model-agnostic method (integrated-gradients, rise)"
+            )
+
+    def predict_targets(self, images: torch.Tensor, targets: Targets) -> torch.Tensor:
+        if targets is None:  # resolved later from the method's own forward (see PREDICTED)
+            return torch.full((images.shape[0],), PREDICTED, dtype=torch.long, device=images.device)
+        return super().predict_targets(images, targets)
+
+    @staticmethod
+    def targets_or_none(targets: torch.Tensor) -> torch.Tensor | None:
+        """``None`` (explain the predicted class) for the placeholder, else the given classes."""
+        return None if bool((targets == PREDICTED).all()) else targets
+
+    def cls_patches(self, matrix: torch.Tensor) -> torch.Tensor:
+        """B×T×T (or B×heads×T×T) token matrix → the CLS row's patch columns, B×P (or B×heads×P).
+
+        The CLS token is token 0 for every supported layout (CLS, then distillation/register tokens);
+        the patch columns are those after ``num_prefix_tokens``, in row-major grid order.
+        """
+        return matrix[..., 0, self.adapter.num_prefix_tokens :]
+
+
+def rollout(
+    matrices: Sequence[torch.Tensor], *, add_identity: bool = True, normalize_rows: bool = True
+) -> torch.Tensor:
+    """Product of per-block token-mixing matrices, first block applied first: M_L ⋯ M_1.
+
+    ``matrices``: per block B×T×T (already averaged over heads). Each becomes ``A + I`` when
+    ``add_identity`` (the residual connection), with rows rescaled to sum to 1 when ``normalize_rows``
+    (attention rollout); Transformer Attribution and GAE use ``I + Ā`` without normalisation.
+    Returns the B×T×T joint matrix: row i says how output token i draws on the input tokens.
+    """
+    if not matrices:
+        raise ExplainersError("rollout needs at least one block")
+    joint: torch.Tensor | None = None
+    for mat in matrices:
+        if add_identity:
+            mat = mat + torch.eye(mat.shape[-1], dtype=mat.dtype, device=mat.device)
+        if normalize_rows:
+            mat = mat / mat.sum(dim=-1, keepdim=True)
+        joint = mat if joint is None else mat @ joint
+    assert joint is not None
+    return joint

@@ -1,0 +1,22 @@
+"""Generic attention explainability (GAE, Chefer et al., ICCV 2021) for self-attention ViTs.
+
+R = I; for each block (first to last) Ā = mean_heads(relu(∇A ⊙ A)), R ← R + Ā R; the CLS row's patch
+columns. The recursion is the product (I + Ā_L) ⋯ (I + Ā_1), computed by :func:`rollout` without row
+normalisation.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from explainers.methods._attention import AttentionMethod, rollout
+from explainers.methods.attention_gradcam import attention_gradients
+from explainers.methods.base import register_method
+
+
+@register_method("gae")
+class GenericAttentionExplainability(AttentionMethod):
+    def attribute(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        attentions, grads = attention_gradients(self, images, targets)
+        cams = [(g * a).clamp_min(0).mean(dim=1) for a, g in zip(attentions, grads, strict=True)]
+        return self.cls_patches(rollout(cams, add_identity=True, normalize_rows=False))
