@@ -189,3 +189,12 @@ def test_timm_vit_adapter(distilled, images):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     _, attns, grads, _ = adapter.attention_gradients(x, 2)
     assert len(grads) == 2 and grads[0].shape == attns[0].shape and grads[0].abs().sum() > 0
+
+
+def test_normalisation_from_model_config():
+    model = build_hf_model("vit")
+    assert torch.equal(load_explainee(model).mean, torch.full((3,), 0.5))  # ViT processors' default
+    model.config.image_mean, model.config.image_std = [0.1, 0.2, 0.3], [0.2, 0.2, 0.2]
+    adapter = load_explainee(model)
+    torch.testing.assert_close(adapter.mean, torch.tensor([0.1, 0.2, 0.3]))
+    torch.testing.assert_close(load_explainee(model, std=[1.0, 1.0, 1.0]).std, torch.ones(3))

@@ -52,8 +52,10 @@ class HFViTAdapter(ViTAdapterBase):
         super().__init__(
             model,
             image_size=size,
-            mean=[0.5, 0.5, 0.5] if mean is None else mean,
-            std=[0.5, 0.5, 0.5] if std is None else std,
+            # Explicit values, else what the config carries (our trained explainees store it), else
+            # the ViT processors' default of 0.5.
+            mean=mean if mean is not None else getattr(config, "image_mean", None) or [0.5, 0.5, 0.5],
+            std=std if std is not None else getattr(config, "image_std", None) or [0.5, 0.5, 0.5],
             num_classes=config.num_labels,
             class_names=class_names,
             identifier=identifier or getattr(config, "_name_or_path", "") or type(model).__name__,
