@@ -1,0 +1,1 @@
+"""Training utilities shared by the learned explainers and downstream tasks (linear probes)."""

@@ -1,0 +1,469 @@
+"""Train the embedded benchmark's explainee: a small Hugging Face ViT, from scratch, on synthetic scenes.
+
+The output is an ordinary Hugging Face image-classification directory::
+
+    OUT/config.json                 ViTConfig (+ id2label/label2id, image_mean/image_std)
+    OUT/model.safetensors           weights
+    OUT/preprocessor_config.json    ViTImageProcessor: size, mean and std (the model sees (x - mean) / std)
+    OUT/training.json               config, seed, command, per-epoch history, accuracies, time, versions
+
+Speed matters (two CPU cores): the whole split is held in memory as one normalised tensor, batches are
+index slices of it, and augmentation is one dihedral transform (rotation by k·90° and an optional flip)
+per batch, which keeps every label valid (the shape and colour tasks are invariant; the quadrant label is
+permuted accordingly).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from explainers._compat import patch_torchvision
+from explainers.data.base import ImageDataset, iter_batches
+from explainers.data.synthetic import SyntheticDataset
+from explainers.errors import ExplainersError, ModelError
+
+AUGMENTATIONS = ("dihedral", "none")
+
+
+@dataclass
+class ClassifierTrainConfig:
+    """How the explainee is built and trained (defaults: the shipped explainee)."""
+
+    # Model (ViT): the patch grid is image_size / patch_size per side.
+    patch_size: int = 8
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    mlp_size: int = 256
+    # Std of the normal init of every linear layer, the patch embedding, the position embeddings and the
+    # CLS token (ViTConfig.initializer_range). HF's default 0.02 left this model on a loss plateau at
+    # chance for one to two epochs; 0.06 (about the Xavier scale at width 128) escapes it in ~100 steps.
+    init_std: float = 0.06
+    # Optimisation: AdamW, linear warm-up then cosine decay to 0, label smoothing, gradient clipping.
+    epochs: int = 8
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup: float = 0.05  # fraction of all steps
+    label_smoothing: float = 0.1
+    grad_clip: float = 1.0
+    augment: str = "dihedral"
+    # Data and bookkeeping.
+    task: str = "shape"
+    seed: int = 0
+    threads: int | None = 2  # torch threads; None leaves torch's default
+    eval_batch_size: int = 500
+    select: str = "best"  # keep the epoch with the best validation accuracy ("best") or the last ("last")
+
+    def __post_init__(self) -> None:
+        if self.augment not in AUGMENTATIONS:
+            raise ExplainersError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
+        if self.select not in ("best", "last"):
+            raise ExplainersError(f"select must be 'best' or 'last', got {self.select!r}")
+        if self.hidden_size % self.num_heads:
+            raise ExplainersError(
+                f"hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})"
+            )
+        if min(self.epochs, self.batch_size, self.num_layers, self.patch_size) < 1:
+            raise ExplainersError("epochs, batch_size, num_layers and patch_size must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ClassifierTrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ExplainersError(f"unknown classifier training keys {unknown}; valid keys: {sorted(known)}")
+        return cls(**data)
+
+
+def _vit_classes() -> tuple[Any, Any, Any]:
+    patch_torchvision()  # transformers imports torchvision when present (SPEC §9)
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    return ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+
+def build_vit(
+    config: ClassifierTrainConfig,
+    image_size: int,
+    class_names: list[str],
+    mean: list[float],
+    std: list[float],
+) -> Any:
+    """A freshly initialised ``ViTForImageClassification`` for ``class_names`` (seeded by ``config.seed``)."""
+    ViTConfig, ViTForImageClassification, _ = _vit_classes()
+    if image_size % config.patch_size:
+        raise ExplainersError(f"image size {image_size} is not a multiple of patch_size {config.patch_size}")
+    vit_config = ViTConfig(
+        image_size=image_size,
+        patch_size=config.patch_size,
+        num_channels=3,
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        intermediate_size=config.mlp_size,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        initializer_range=config.init_std,
+        num_labels=len(class_names),
+        id2label=dict(enumerate(class_names)),
+        label2id={name: i for i, name in enumerate(class_names)},
+        # Also kept in config.json so that a model object alone knows its input normalisation.
+        image_mean=mean,
+        image_std=std,
+    )
+    torch.manual_seed(config.seed)
+    return ViTForImageClassification(vit_config)
+
+
+def _normalise(images_u8: np.ndarray, mean: list[float], std: list[float]) -> torch.Tensor:
+    """uint8 N×H×W×3 → float32 N×3×H×W, ``(x/255 - mean) / std``."""
+    x = torch.from_numpy(images_u8).permute(0, 3, 1, 2).float().div_(255.0)
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return x.sub_(m).div_(s).contiguous()
+
+
+def _dihedral(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    x = torch.rot90(x, k, (-2, -1)) if k else x
+    return x.flip(-1) if flip else x
+
+
+def _quadrant_permutation(k: int, flip: bool) -> torch.Tensor:
+    """New quadrant label of each old one under the same dihedral transform as the image."""
+    grid = torch.arange(4).view(1, 2, 2)  # [[TL, TR], [BL, BR]]
+    moved = _dihedral(grid, k, flip).flatten()  # moved[new position] = old label
+    perm = torch.empty(4, dtype=torch.long)
+    perm[moved] = torch.arange(4)
+    return perm
+
+
+def _lr_lambda(total: int, warmup: int) -> Any:
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    return f
+
+
+@torch.no_grad()
+def _accuracy(model: Any, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for start in range(0, len(x), batch_size):
+        logits = model(pixel_values=x[start : start + batch_size]).logits
+        correct += int((logits.argmax(-1) == y[start : start + batch_size]).sum())
+    model.train(was_training)
+    return correct / max(1, len(x))
+
+
+def train_classifier(
+    data_dir: Path | str,
+    out: Path | str,
+    config: ClassifierTrainConfig | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Train a ViT from scratch on ``data_dir`` (a synthetic dataset) and save it to ``out``.
+
+    Model selection on the validation split (``config.select``); the test accuracy is reported for the
+    selected weights. Returns the ``training.json`` record. ``out`` is written under a temporary name
+    and renamed at the end; a non-empty ``out`` is refused unless ``overwrite=True``.
+    """
+    from tqdm.auto import tqdm
+
+    config = config or ClassifierTrainConfig()
+    data_dir, out = Path(data_dir).expanduser(), Path(out).expanduser().resolve()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise ExplainersError(
+            f"{out} already exists and is not empty; choose another --out or pass --overwrite"
+        )
+    started = time.time()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+
+    train_set = SyntheticDataset(data_dir, split="train", task=config.task)
+    val_set = SyntheticDataset(data_dir, split="val", task=config.task)
+    test_set = SyntheticDataset(data_dir, split="test", task=config.task)
+    if len(train_set) == 0:
+        raise ExplainersError(f"{data_dir} has an empty train split; generate a dataset with train images")
+    class_names = list(train_set.class_names or [])
+    image_size = train_set.config.image_size
+
+    train_u8, _, train_y = train_set.load_arrays()
+    # Per-channel statistics of the training images, rounded so they read well in the configs.
+    flat = train_u8.reshape(-1, 3)[:: max(1, len(train_u8) // 2000)].astype(np.float64) / 255.0
+    mean = [round(float(v), 4) for v in flat.mean(0)]
+    std = [round(float(v), 4) for v in flat.std(0)]
+    x_train, y_train = _normalise(train_u8, mean, std), torch.from_numpy(train_y)
+    del train_u8
+    x_val, y_val = _split_tensors(val_set, mean, std)
+    x_test, y_test = _split_tensors(test_set, mean, std)
+    load_s = time.time() - started
+
+    model = build_vit(config, image_size, class_names, mean, std)
+    model.train()
+    # No weight decay on biases, LayerNorms, position embeddings and the CLS token.
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embeddings" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embeddings" not in n)]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr,
+    )
+    steps_per_epoch = max(1, len(x_train) // config.batch_size)  # drop the ragged last batch
+    total = steps_per_epoch * config.epochs
+    warmup = max(1, round(config.warmup * total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total, warmup))
+    generator = torch.Generator().manual_seed(config.seed)
+    augment = config.augment == "dihedral"
+
+    history: list[dict[str, Any]] = []
+    best_acc, best_state, best_epoch = -1.0, None, 0
+    train_started = time.time()
+    for epoch in range(1, config.epochs + 1):
+        epoch_started = time.time()
+        order = torch.randperm(len(x_train), generator=generator)
+        loss_sum, correct, seen = 0.0, 0, 0
+        bar = tqdm(
+            range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", unit="batch", disable=not progress
+        )
+        for step in bar:
+            idx = order[step * config.batch_size : (step + 1) * config.batch_size]
+            x, y = x_train[idx], y_train[idx]
+            if augment:
+                k = int(torch.randint(4, (1,), generator=generator))
+                flip = bool(torch.randint(2, (1,), generator=generator))
+                x = _dihedral(x, k, flip)
+                if config.task == "quadrant":
+                    y = _quadrant_permutation(k, flip)[y]
+            logits = model(pixel_values=x).logits
+            loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            loss_sum += float(loss.detach()) * len(y)
+            correct += int((logits.argmax(-1) == y).sum())
+            seen += len(y)
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+        bar.close()
+        train_s = time.time() - epoch_started
+        val_acc = _accuracy(model, x_val, y_val, config.eval_batch_size) if len(x_val) else float("nan")
+        record = {
+            "epoch": epoch,
+            "loss": round(loss_sum / max(1, seen), 5),
+            "train_acc": round(correct / max(1, seen), 5),
+            "val_acc": round(val_acc, 5),
+            "seconds": round(time.time() - epoch_started, 2),
+            "train_img_per_s": round(seen / max(train_s, 1e-9), 1),
+        }
+        history.append(record)
+        if progress:
+            tqdm.write(
+                f"epoch {epoch}: loss {record['loss']:.4f}  train acc {record['train_acc']:.4f}  "
+                f"val acc {record['val_acc']:.4f}  ({record['seconds']:.0f} s)"
+            )
+        # With no validation images, "best" degrades to "last".
+        if config.select == "last" or not len(x_val) or val_acc > best_acc:
+            best_acc, best_epoch = val_acc, epoch
+            best_state = copy.deepcopy(model.state_dict())
+    train_wall = time.time() - train_started
+
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    model.eval()
+    test_acc = _accuracy(model, x_test, y_test, config.eval_batch_size) if len(x_test) else float("nan")
+    images_seen = steps_per_epoch * config.batch_size * config.epochs
+
+    import transformers
+
+    record = {
+        "format": "explainers-classifier-training",
+        "version": 1,
+        "data": {
+            "path": str(data_dir.resolve()),
+            "manifest": train_set.manifest,
+            "task": config.task,
+            "class_names": class_names,
+            "split_sizes": {"train": len(train_set), "val": len(val_set), "test": len(test_set)},
+        },
+        "config": config.to_dict(),
+        "seed": config.seed,
+        "model": {
+            "image_size": image_size,
+            "patch_grid": image_size // config.patch_size,
+            "parameters": sum(p.numel() for p in model.parameters()),
+        },
+        "normalisation": {"mean": mean, "std": std},
+        "command": shlex.join([os.path.basename(sys.executable), *sys.argv]),
+        "history": history,
+        "selected_epoch": best_epoch,
+        "val_accuracy": round(best_acc, 5),
+        "test_accuracy": round(test_acc, 5),
+        "train_wall_seconds": round(train_wall, 1),
+        "total_wall_seconds": round(time.time() - started, 1),
+        "data_load_seconds": round(load_s, 1),
+        "images_seen": images_seen,
+        "train_img_per_s": round(images_seen / max(train_wall, 1e-9), 1),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "numpy": np.__version__,
+        },
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "processor": _cpu_name(),
+    }
+    _save(model, out, image_size, mean, std, record, overwrite)
+    return record
+
+
+def _split_tensors(
+    dataset: SyntheticDataset, mean: list[float], std: list[float]
+) -> tuple[torch.Tensor, ...]:
+    images, _, labels = dataset.load_arrays()
+    return _normalise(images, mean, std), torch.from_numpy(labels)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _save(
+    model: Any, out: Path, image_size: int, mean: list[float], std: list[float], record: dict, overwrite: bool
+) -> None:
+    """Write the HF directory next to ``out`` under a temporary name, then rename it into place."""
+    _, _, ViTImageProcessor = _vit_classes()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        processor = ViTImageProcessor(
+            do_resize=True,
+            size={"height": image_size, "width": image_size},
+            do_rescale=True,
+            do_normalize=True,
+            image_mean=mean,
+            image_std=std,
+        )
+        processor.save_pretrained(tmp)
+        (tmp / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+        _make_readable(tmp)
+        if out.exists():
+            if not overwrite and out.is_dir() and any(out.iterdir()):
+                raise ExplainersError(
+                    f"{out} appeared while training; choose another --out or pass --overwrite"
+                )
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _make_readable(folder: Path) -> None:
+    """mkdtemp and some writers create owner-only entries; a model directory is meant to be shared."""
+    os.chmod(folder, 0o755)
+    for path in folder.iterdir():
+        if path.is_file():
+            os.chmod(path, 0o644)
+
+
+def _load_model(model_dir_or_model: Any) -> tuple[Any, list[float], list[float], int]:
+    """The model, its normalisation mean/std and its input size."""
+    _, ViTForImageClassification, _ = _vit_classes()
+    if isinstance(model_dir_or_model, (str, Path)):
+        path = Path(model_dir_or_model).expanduser()
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{path} is not a Hugging Face model directory (no config.json)")
+        model = ViTForImageClassification.from_pretrained(path)
+        pre_file = path / "preprocessor_config.json"
+        pre = json.loads(pre_file.read_text()) if pre_file.is_file() else {}
+        mean = pre.get("image_mean", getattr(model.config, "image_mean", [0.5] * 3))
+        std = pre.get("image_std", getattr(model.config, "image_std", [0.5] * 3))
+    else:
+        model = model_dir_or_model
+        mean = getattr(model.config, "image_mean", [0.5] * 3)
+        std = getattr(model.config, "image_std", [0.5] * 3)
+    return model, list(mean), list(std), int(model.config.image_size)
+
+
+def evaluate_accuracy(
+    model_dir_or_model: Path | str | Any, dataset: ImageDataset, batch_size: int = 256
+) -> float:
+    """Top-1 accuracy of a ViT classifier (a directory or a model object) on a labelled dataset.
+
+    The model's normalisation comes from ``preprocessor_config.json`` (directory) or from
+    ``config.image_mean``/``image_std`` (object; 0.5 when absent). Images are resized to the model's size.
+    """
+    model, mean, std, size = _load_model(model_dir_or_model)
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        if isinstance(dataset, SyntheticDataset) and dataset.config.image_size == size:
+            images, _, labels = dataset.load_arrays()  # fast path: no per-sample tensors
+            batches = (
+                (
+                    _normalise(images[i : i + batch_size], mean, std),
+                    torch.from_numpy(labels[i : i + batch_size]),
+                )
+                for i in range(0, len(images), batch_size)
+            )
+        else:
+            batches = (
+                ((b.images - m) / s, b.labels) for b in iter_batches(dataset, batch_size, (size, size))
+            )
+        for x, y in batches:
+            keep = y >= 0
+            if not bool(keep.any()):
+                continue
+            logits = model(pixel_values=x[keep].to(device)).logits
+            correct += int((logits.argmax(-1).cpu() == y[keep]).sum())
+            total += int(keep.sum())
+    model.train(was_training)
+    if total == 0:
+        raise ExplainersError(f"{getattr(dataset, 'name', 'the dataset')} has no labelled images to score")
+    return correct / total
+
+
+__all__ = ["ClassifierTrainConfig", "build_vit", "evaluate_accuracy", "train_classifier"]
