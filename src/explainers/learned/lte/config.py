@@ -1,0 +1,205 @@
+"""LTE configuration: one flat, JSON-serialisable record of every knob (explainer, loss, training,
+refinement).
+
+Defaults are the published method's (SPEC §3), including its quirks, except where SPEC says to fix them
+(the learning-rate schedule: correct by default, the reference's bug as ``schedule="reference"``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from explainers.errors import ExplainersError
+
+ACTIVATIONS = ("sigmoid", "relu", "softmax", "none")
+PREDICTION_LOSSES = ("ce", "logit", "ce-neg")
+MASK_LOSSES = ("softplus", "l1", "entropy")
+CLASS_MODES = ("target", "predicted")
+SCHEDULES = ("linear", "reference", "constant")
+SELECTIONS = ("pos", "neg")
+
+
+class LTEConfigError(ExplainersError):
+    """An LTE configuration value or key that cannot be used."""
+
+
+@dataclass
+class LTEConfig:
+    """Every LTE setting. Unknown keys are refused (:meth:`from_dict`) with the list of valid ones.
+
+    Explainer (SPEC §3.1):
+        activation: patch-score activation: ``sigmoid`` (published), ``relu``, ``softmax`` over patches,
+            ``none`` (raw scores; the upsampled mask is clamped to [0, 1], as it is for ``relu``).
+        freeze_blocks: freeze the first k encoder blocks too (the embeddings are always frozen).
+        head_init_std: std of the normal init of the head's weights (biases start at zero).
+    Loss (SPEC §3.3):
+        class_mode: ``target`` (ground-truth label) or ``predicted`` (the explainee's clean argmax).
+        prediction_loss: ``ce`` (published), ``logit`` (−logit of c), ``ce-neg`` ((CE(pos) − CE(neg))/2).
+        mask_loss: ``softplus`` = mean softplus(s), what the reference calls "bce" (the faithful default);
+            ``l1`` = mean |s|; ``entropy`` = entropy of the patch distribution (softmax activation only).
+        lambda_pred, lambda_mask: loss weights (published λ_mask: 50 for ViT-B, 30 for ViT-S).
+    Data:
+        split: dataset split the subsets are drawn from (None: ``train`` for synthetic data, else the
+            dataset's default); train_per_class / val_per_class: class-uniform, disjoint subset sizes.
+    Pre-training (SPEC §3.4):
+        epochs, batch_size (global, over all processes), lr, weight_decay (AdamW), warmup_fraction,
+        schedule: ``linear`` (warm-up over ``warmup_fraction`` of the real steps, then linear decay to 0),
+            ``reference`` (the published code's bug: warm-up length computed from a folder of
+            ``reference_folder_size`` images, so the LR only ramps from 0 to ≈ lr·steps/warmup — for the
+            published setup 1,000 images, batch 32, 52 epochs, 50k folder: 0 → ≈ 2e-4), ``constant``.
+        seed, eval_batch_size (perturbed images per explainee forward when scoring), checkpoint_every (also
+            save the training state every N optimiser steps; 0 = only at epoch ends), validate_initial
+            (also score the untrained explainer, logged as epoch 0; never selected).
+    Refinement (LTE, SPEC §3.5):
+        refine_steps (scored masks per image, the first being the pLTE mask), refine_lr,
+        refine_weight_decay, refine_select (``pos``: lowest POS-AUC wins, or ``neg``: highest NEG-AUC),
+        refine_stop_below (pos: stop once the best is below), refine_stop_above (neg: stop once above).
+    """
+
+    activation: str = "sigmoid"
+    freeze_blocks: int = 0
+    head_init_std: float = 0.02
+
+    class_mode: str = "target"
+    prediction_loss: str = "ce"
+    mask_loss: str = "softplus"
+    lambda_pred: float = 1.0
+    lambda_mask: float = 50.0
+
+    split: str | None = None
+    train_per_class: int = 1
+    val_per_class: int = 1
+
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.2
+    schedule: str = "linear"
+    reference_folder_size: int = 50000
+    seed: int = 42
+    eval_batch_size: int = 64
+    checkpoint_every: int = 0
+    validate_initial: bool = True
+
+    refine_steps: int = 25
+    refine_lr: float = 1e-4
+    refine_weight_decay: float = 0.01
+    refine_select: str = "pos"
+    refine_stop_below: float = 6.0
+    refine_stop_above: float = 89.0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> None:
+        choices = {
+            "activation": ACTIVATIONS,
+            "prediction_loss": PREDICTION_LOSSES,
+            "mask_loss": MASK_LOSSES,
+            "class_mode": CLASS_MODES,
+            "schedule": SCHEDULES,
+            "refine_select": SELECTIONS,
+        }
+        for key, valid in choices.items():
+            if getattr(self, key) not in valid:
+                raise LTEConfigError(f"{key} must be one of {', '.join(valid)}; got {getattr(self, key)!r}")
+        if self.mask_loss == "entropy" and self.activation != "softmax":
+            raise LTEConfigError(
+                "mask_loss 'entropy' needs activation 'softmax' (scores must sum to 1 per image)"
+            )
+        positive = (
+            "train_per_class",
+            "val_per_class",
+            "epochs",
+            "batch_size",
+            "eval_batch_size",
+            "refine_steps",
+            "reference_folder_size",
+        )
+        for key in positive:
+            if int(getattr(self, key)) < 1:
+                raise LTEConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
+        for key in ("freeze_blocks", "checkpoint_every"):
+            if int(getattr(self, key)) < 0:
+                raise LTEConfigError(f"{key} must be 0 or more, got {getattr(self, key)}")
+        for key in (
+            "lr",
+            "weight_decay",
+            "refine_lr",
+            "refine_weight_decay",
+            "lambda_pred",
+            "lambda_mask",
+            "head_init_std",
+        ):
+            if float(getattr(self, key)) < 0:
+                raise LTEConfigError(f"{key} must not be negative, got {getattr(self, key)}")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise LTEConfigError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+
+    # ------------------------------------------------------------------ (de)serialisation
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LTEConfig:
+        """Build from a mapping; unknown keys are an error naming the valid ones, values are coerced."""
+        unknown = sorted(set(data) - set(cls.keys()))
+        if unknown:
+            raise LTEConfigError(
+                f"unknown LTE config key(s): {', '.join(unknown)}; valid keys: {', '.join(cls.keys())}"
+            )
+        return cls(**{k: _coerce(k, v) for k, v in data.items()})
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> LTEConfig:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise LTEConfigError(f"config file not found: {path}") from None
+        except json.JSONDecodeError as exc:
+            raise LTEConfigError(f"config file {path} is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise LTEConfigError(f"config file {path} must hold a JSON object of settings")
+        return cls.from_dict(data)
+
+    def replace(self, **changes: Any) -> LTEConfig:
+        """A copy with ``changes`` applied (same key checks as :meth:`from_dict`)."""
+        return type(self).from_dict({**self.to_dict(), **changes})
+
+
+_TYPES: dict[str, type] = {f.name: f.type for f in fields(LTEConfig)}  # type: ignore[misc]
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Accept strings from the command line (``--set epochs=3``) and ints for floats."""
+    kind = str(_TYPES[key])
+    if kind == "bool":
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if isinstance(value, bool | int) and value in (0, 1):
+            return bool(value)
+        raise LTEConfigError(f"{key} must be true or false, got {value!r}")
+    if value is None:
+        if "None" in kind:
+            return None
+        raise LTEConfigError(f"{key} cannot be null")
+    try:
+        if kind == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            return float(value)
+    except (TypeError, ValueError):
+        raise LTEConfigError(f"{key} must be a {kind}, got {value!r}") from None
+    return str(value) if not isinstance(value, str) else value

@@ -1,0 +1,412 @@
+"""The LTE explainer (SPEC §3.1): the explainee's own ViT encoder, re-trained to output a patch mask.
+
+``ExplainerNet`` is the trainable module (pixel values → patch scores and upsampled mask);
+``LTEExplainer`` bundles it with its explainee and configuration and is the user-facing object:
+``LTEExplainer.from_pretrained(dir, explainee=...)``, ``explainer(images)`` (pLTE) and
+``explainer.refine(images)`` (LTE).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from explainers.errors import ExplainersError, ModelError
+from explainers.learned.lte.config import LTEConfig
+from explainers.models.base import ExplaineeAdapter, Targets
+
+log = logging.getLogger(__name__)
+
+FORMAT = "explainers-lte"
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+# describe() keys that define what an explainer checkpoint fits: architecture, patch grid, class count.
+_COMPAT_KEYS = (
+    "adapter",
+    "image_size",
+    "patch_size",
+    "grid",
+    "num_prefix_tokens",
+    "num_blocks",
+    "num_heads",
+    "embed_dim",
+    "num_classes",
+)
+
+
+class CheckpointMismatchError(ModelError):
+    """An explainer checkpoint made for a different explainee."""
+
+
+class PatchHead(nn.Module):
+    """``w2 · tanh(W1 t + b1) + b2`` per token (the activation is applied by the caller)."""
+
+    def __init__(self, dim: int, init_std: float = 0.02) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, dim)
+        self.fc2 = nn.Linear(dim, 1)
+        # Small weights and zero biases: the initial sigmoid mask is ≈ 0.5 everywhere (SPEC §3.1).
+        for layer in (self.fc1, self.fc2):
+            nn.init.normal_(layer.weight, std=init_std)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.tanh(self.fc1(tokens))).squeeze(-1)
+
+
+def _layout(backbone: nn.Module) -> tuple[list[nn.Module], nn.Module]:
+    """Blocks and final norm of a deep-copied ``adapter.backbone()`` (HF ViT/DeiT or timm ViT)."""
+    encoder = getattr(backbone, "encoder", None)
+    if encoder is not None and hasattr(encoder, "embeddings"):  # HF: _HFBackbone(encoder=ViTModel/DeiTModel)
+        layers = getattr(encoder, "layers", None)
+        layers = layers if layers is not None else encoder.encoder.layer
+        return list(layers), encoder.layernorm
+    model = getattr(backbone, "model", None)
+    if model is not None and hasattr(model, "blocks") and hasattr(model, "forward_features"):  # timm
+        # forward_features never reaches the classifier: drop it so no weight sits unused (DDP, file size).
+        for name in ("head", "head_dist", "fc_norm", "head_drop"):
+            if isinstance(getattr(model, name, None), nn.Module):
+                setattr(model, name, nn.Identity())
+        return list(model.blocks), model.norm
+    raise ModelError(
+        f"cannot find the encoder blocks of backbone {type(backbone).__name__}; "
+        "LTE supports Hugging Face ViT/DeiT and timm VisionTransformer explainees"
+    )
+
+
+def _attention_mode(backbone: nn.Module) -> Any:
+    """The backbone's current attention setting (restored by :func:`_set_attention_mode`)."""
+    encoder = getattr(backbone, "encoder", None)
+    if encoder is not None and hasattr(encoder, "embeddings"):
+        return encoder.config._attn_implementation
+    return [getattr(blk.attn, "fused_attn", False) for blk in backbone.model.blocks]
+
+
+def _set_attention_mode(backbone: nn.Module, mode: Any) -> None:
+    encoder = getattr(backbone, "encoder", None)
+    if encoder is not None and hasattr(encoder, "embeddings"):
+        if encoder.config._attn_implementation != mode:
+            encoder.set_attn_implementation(mode)
+        return
+    blocks = backbone.model.blocks
+    flags = [mode] * len(blocks) if isinstance(mode, bool) else mode
+    for blk, flag in zip(blocks, flags, strict=True):
+        blk.attn.fused_attn = flag
+
+
+class ExplainerNet(nn.Module):
+    """Pixel values → (patch scores B×gh×gw, mask B×H×W): encoder, per-patch head, activation, upsampling."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        *,
+        embed_dim: int,
+        num_prefix_tokens: int,
+        grid: tuple[int, int],
+        image_size: tuple[int, int],
+        activation: str = "sigmoid",
+        freeze_blocks: int = 0,
+        head_init_std: float = 0.02,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = PatchHead(embed_dim, head_init_std)
+        self.num_prefix_tokens = int(num_prefix_tokens)
+        self.grid = (int(grid[0]), int(grid[1]))
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.activation = activation
+        blocks, final_norm = _layout(backbone)
+        if freeze_blocks > len(blocks):
+            raise ExplainersError(f"freeze_blocks={freeze_blocks} but the encoder has {len(blocks)} blocks")
+        # Trainable: blocks (after the first k), final norm, head. Frozen: everything else — patch and
+        # position embeddings, CLS/distillation/register tokens, pre-norms.
+        trainable = {id(p) for blk in blocks[freeze_blocks:] for p in blk.parameters()}
+        trainable |= {id(p) for p in final_norm.parameters()}
+        for p in self.backbone.parameters():
+            p.requires_grad_(id(p) in trainable)
+
+    @contextlib.contextmanager
+    def eager_attention(self) -> Iterator[None]:
+        """Use the eager attention path: ``vmap`` has no batching rule for fused CPU attention."""
+        previous = _attention_mode(self.backbone)
+        _set_attention_mode(self.backbone, "eager" if isinstance(previous, str) else False)
+        try:
+            yield
+        finally:
+            _set_attention_mode(self.backbone, previous)
+
+    def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.activation == "sigmoid":
+            return torch.sigmoid(logits)
+        if self.activation == "relu":
+            return torch.relu(logits)
+        if self.activation == "softmax":
+            return torch.softmax(logits, dim=-1)
+        return logits
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = self.backbone(pixel_values)
+        scores = self.activate(self.head(tokens[:, self.num_prefix_tokens :]))  # B×P, row-major patches
+        patch = scores.reshape(-1, *self.grid)
+        mask = F.interpolate(patch[:, None], size=self.image_size, mode="bilinear", align_corners=False)[:, 0]
+        if self.activation in ("relu", "none"):
+            mask = mask.clamp(0.0, 1.0)  # unbounded scores: the reference clamps the mask to [0, 1]
+        return patch, mask
+
+
+def explainee_fingerprint(adapter: ExplaineeAdapter) -> str:
+    """A short hash of the classifier head's weights (same architecture, other weights: worth a warning)."""
+    h = hashlib.sha256()
+    try:
+        heads = adapter.parts().heads
+    except ExplainersError:
+        return ""
+    for head in heads:
+        h.update(head.linear.weight.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def check_compatible(saved: dict[str, Any], adapter: ExplaineeAdapter, where: str) -> None:
+    """Refuse a checkpoint whose explainee differs in architecture, patch grid or class count."""
+    current = adapter.describe()
+    diffs = [k for k in _COMPAT_KEYS if json.dumps(saved.get(k)) != json.dumps(current.get(k))]
+    if diffs:
+
+        def show(d: dict[str, Any]) -> str:
+            return f"{d.get('identifier')} (" + ", ".join(f"{k}={d.get(k)}" for k in diffs) + ")"
+
+        raise CheckpointMismatchError(
+            f"explainer checkpoint {where} was made for explainee {show(saved)}, but the given explainee is "
+            f"{show(current)}; pre-train an explainer for this explainee (`explainers pretrain lte`)"
+        )
+    for k in ("mean", "std"):
+        if saved.get(k) is not None and saved.get(k) != current.get(k):
+            log.warning(
+                "explainer %s was trained with input %s %s, the explainee now uses %s",
+                where,
+                k,
+                saved.get(k),
+                current.get(k),
+            )
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class LTEExplainer:
+    """A (pre-)trained LTE explainer bound to its explainee.
+
+    ``explainer(images)`` gives pLTE masks (one forward pass); ``explainer.refine(images)`` gives LTE masks
+    (per-image refinement, batched). Images are raw B×3×H×W in [0, 1]; maps are B×H×W in [0, 1] at the
+    explainee's input size (not min–max normalised; the ``plte``/``lte`` methods do that).
+    """
+
+    def __init__(self, explainee: ExplaineeAdapter, config: LTEConfig | None = None) -> None:
+        """A fresh explainer: the explainee's encoder weights plus a new head (where pre-training starts)."""
+        self.adapter = explainee
+        self.config = config or LTEConfig()
+        if not explainee.supports_attention:
+            raise ModelError(
+                f"LTE needs a ViT explainee (its encoder initialises the explainer); {explainee.identifier} "
+                f"({type(explainee.model).__name__}) is not one"
+            )
+        backbone = copy.deepcopy(explainee.backbone())
+        self.net = ExplainerNet(
+            backbone,
+            embed_dim=explainee.embed_dim,  # type: ignore[attr-defined]
+            num_prefix_tokens=explainee.num_prefix_tokens,
+            grid=explainee.grid,
+            image_size=explainee.image_size,
+            activation=self.config.activation,
+            freeze_blocks=self.config.freeze_blocks,
+            head_init_std=self.config.head_init_std,
+        ).to(explainee.device)
+        self.net.eval()
+        #: Free-form facts about how the weights were made (epoch, validation score, command), saved along.
+        self.training_info: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ convenience
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    def to(self, device: torch.device | str) -> LTEExplainer:
+        self.net.to(device)
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.net.parameters() if p.requires_grad]
+
+    def masks(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(patch scores, mask) for raw [0,1] images already at the explainee's size (keeps the graph)."""
+        return self.net(self.adapter.normalize(images))
+
+    # ------------------------------------------------------------------ explaining
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, targets: Targets = None) -> torch.Tensor:
+        """pLTE masks B×H×W in [0, 1]. ``targets`` is accepted for symmetry with :meth:`refine`: the
+        pre-trained explainer is class-agnostic (it was trained for one class convention, see
+        ``config.class_mode``), so the mask does not depend on it."""
+        images = self.adapter.resize(images.to(self.device, torch.float32))
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            return self.masks(images)[1]
+        finally:
+            self.net.train(was_training)
+
+    def refine(
+        self,
+        images: torch.Tensor,
+        targets: Targets = None,
+        *,
+        steps: int | None = None,
+        lr: float | None = None,
+        select: str | None = None,
+        stop_below: float | None = None,
+        stop_above: float | None = None,
+        batch_size: int = 16,
+        parallel: bool = True,
+        return_details: bool = False,
+    ) -> Any:
+        """LTE masks: each image refined from these weights with a fresh AdamW (SPEC §3.5).
+
+        Unset options come from ``config`` (``refine_*``). ``targets`` None explains the predicted class.
+        ``batch_size`` images are refined together (``parallel``: per-image weights through ``torch.func``);
+        ``parallel=False`` is the one-by-one reference loop. Returns the maps, or with ``return_details`` a
+        :class:`~explainers.learned.lte.refine.RefineResult` (maps, selected_step, selected_score).
+        """
+        from explainers.learned.lte.refine import refine_images
+
+        result = refine_images(
+            self,
+            images,
+            targets,
+            steps=steps,
+            lr=lr,
+            select=select,
+            stop_below=stop_below,
+            stop_above=stop_above,
+            batch_size=batch_size,
+            parallel=parallel,
+        )
+        return result if return_details else result.maps
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, path: str | Path, *, extra: dict[str, Any] | None = None) -> Path:
+        """Write ``config.json`` (config, explainee description) and ``model.safetensors`` into ``path``."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
+        tmp = path / (WEIGHTS_NAME + ".tmp")
+        save_file(state, str(tmp), metadata={"format": FORMAT})
+        os.replace(tmp, path / WEIGHTS_NAME)
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "config": self.config.to_dict(),
+            "explainee": self.adapter.describe(),
+            "explainee_fingerprint": explainee_fingerprint(self.adapter),
+            "training": {**self.training_info, **(extra or {})},
+        }
+        from explainers import __version__
+
+        meta["library_version"] = __version__
+        # config.json last: a directory with a config.json always has matching weights.
+        _atomic_write_text(path / CONFIG_NAME, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        return path
+
+    @staticmethod
+    def read_metadata(path: str | Path) -> dict[str, Any]:
+        """The checkpoint's ``config.json`` (format checked)."""
+        path = Path(path).expanduser()
+        file = path / CONFIG_NAME
+        if not path.is_dir() or not file.is_file():
+            raise ModelError(
+                f"{path} is not an LTE explainer checkpoint (no {CONFIG_NAME}); "
+                "make one with `explainers pretrain lte`"
+            )
+        try:
+            meta = json.loads(file.read_text())
+        except json.JSONDecodeError as exc:
+            raise ModelError(f"{file} is not valid JSON ({exc})") from None
+        if meta.get("format") != FORMAT:
+            raise ModelError(f"{path} is not an LTE explainer checkpoint (format {meta.get('format')!r})")
+        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+            raise ModelError(
+                f"{path} uses LTE checkpoint format {meta['format_version']}, newer than this "
+                f"library's {FORMAT_VERSION}; upgrade explainers"
+            )
+        return meta
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        explainee: ExplaineeAdapter | str | Path | nn.Module,
+        *,
+        device: str | torch.device | None = None,
+        **config_overrides: Any,
+    ) -> LTEExplainer:
+        """Load a checkpoint written by :meth:`save_pretrained` for ``explainee`` (adapter, spec or model).
+
+        A checkpoint made for a different explainee (architecture, patch grid or class count) is refused.
+        ``config_overrides`` change settings that do not affect the weights (e.g. ``refine_lr``).
+        """
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        from explainers.models import load_explainee
+
+        path = Path(path).expanduser()
+        meta = cls.read_metadata(path)
+        adapter = load_explainee(explainee, device=None if device is None else str(device))
+        check_compatible(meta.get("explainee", {}), adapter, str(path))
+        saved_fp, fp = meta.get("explainee_fingerprint"), explainee_fingerprint(adapter)
+        if saved_fp and fp and saved_fp != fp:
+            log.warning(
+                "explainer %s was trained for an explainee with other classifier weights than %s",
+                path,
+                adapter.identifier,
+            )
+        config = LTEConfig.from_dict(meta.get("config", {}))
+        structural = {"activation", "freeze_blocks", "head_init_std"} & set(config_overrides)
+        if structural:
+            raise ExplainersError(
+                f"cannot override {', '.join(sorted(structural))} when loading a checkpoint"
+            )
+        if config_overrides:
+            config = config.replace(**config_overrides)
+        explainer = cls(adapter, config)
+        try:
+            state = load_file(str(path / WEIGHTS_NAME))
+        except (FileNotFoundError, SafetensorError, OSError) as exc:
+            raise ModelError(f"cannot read the weights {path / WEIGHTS_NAME}: {exc}") from None
+        try:
+            explainer.net.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise CheckpointMismatchError(
+                f"weights in {path} do not fit explainee {adapter.identifier}: {exc}"
+            ) from None
+        explainer.training_info = dict(meta.get("training", {}))
+        explainer.net.eval()
+        return explainer

@@ -1,0 +1,77 @@
+"""pLTE: one forward pass of a pre-trained LTE explainer (SPEC §3.1, §3.4)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from explainers.errors import ExplainersError
+from explainers.methods.base import Method, register_method
+from explainers.models.base import ExplaineeAdapter, Targets
+
+
+def resolve_explainer_dir(adapter: ExplaineeAdapter, explainer: str | Path | None) -> Path:
+    """The checkpoint folder: as given, or the shipped one when explaining the embedded explainee."""
+    from explainers.models.loading import EMBEDDED_EXPLAINEE
+
+    if explainer is not None and str(explainer) != "embedded":
+        return Path(explainer).expanduser()
+    if adapter.identifier == EMBEDDED_EXPLAINEE or str(explainer) == "embedded":
+        from importlib import resources
+
+        path = Path(str(resources.files("explainers") / "assets" / "plte"))
+        if not (path / "config.json").is_file():
+            raise ExplainersError(
+                f"the shipped pLTE explainer is missing from the installation ({path}); "
+                "pass --option explainer=DIR"
+            )
+        return path
+    raise ExplainersError(
+        f"LTE methods need a pre-trained explainer for {adapter.identifier}: pass --option explainer=DIR "
+        "(made with `explainers pretrain lte`)"
+    )
+
+
+@register_method("plte")
+class PLTE(Method):
+    """Masks from a pre-trained LTE explainer (``explainer=DIR``; the shipped one for the embedded
+    explainee). The masks do not depend on the requested class: the explainer was trained for one class
+    convention (its ``class_mode``)."""
+
+    def __init__(
+        self,
+        adapter: ExplaineeAdapter,
+        *,
+        explainer: str | Path | None = None,
+        batch: int = 64,
+        normalize: bool = True,
+    ) -> None:
+        super().__init__(adapter, normalize=normalize)
+        from explainers.learned.lte.explainer import LTEExplainer
+
+        self.explainer_dir = resolve_explainer_dir(adapter, explainer)
+        self.explainer = LTEExplainer.from_pretrained(self.explainer_dir, explainee=adapter)
+        self.batch = int(batch)
+        if self.batch < 1:
+            raise ExplainersError(f"batch must be at least 1, got {batch}")
+
+    def config(self) -> dict[str, Any]:
+        return {
+            **super().config(),
+            "explainer": str(self.explainer_dir),
+            "class_mode": self.explainer.config.class_mode,
+        }
+
+    def predict_targets(self, images: torch.Tensor, targets: Targets) -> torch.Tensor:
+        # The masks do not depend on the class: skip the explainee forward that resolving None would cost
+        # (it would halve pLTE's throughput). The placeholder −1 is never read.
+        if targets is None:
+            return torch.full((images.shape[0],), -1, dtype=torch.long, device=images.device)
+        return super().predict_targets(images, targets)
+
+    def attribute(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return torch.cat(
+            [self.explainer(images[i : i + self.batch]) for i in range(0, len(images), self.batch)]
+        )

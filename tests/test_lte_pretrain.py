@@ -1,0 +1,270 @@
+"""pLTE pre-training (SPEC §3.4): schedule, subsets, outputs, model selection, resumption, CLI."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import build_hf_model
+from explainers import load_explainee
+from explainers.data import ImageDataset, Sample
+from explainers.errors import ExplainersError
+from explainers.learned import LTEConfig, LTEExplainer
+from explainers.learned.lte.pretrain import lr_factor, pretrain_lte, schedule_lengths, select_subsets
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+class TinyImages(ImageDataset):
+    """Random 32×32 images, labels i mod k."""
+
+    def __init__(self, n: int = 30, k: int = 5) -> None:
+        g = torch.Generator().manual_seed(1)
+        self.x = torch.rand(n, 3, 32, 32, generator=g)
+        self._labels = [i % k for i in range(n)]
+        self.class_names = [f"c{i}" for i in range(k)]
+        self.name = "tiny"
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def __getitem__(self, i: int) -> Sample:  # type: ignore[override]
+        return Sample(self.x[i], self._labels[i], None, f"img{i:03d}")
+
+    @property
+    def labels(self) -> list[int]:
+        return list(self._labels)
+
+
+TINY = dict(
+    train_per_class=4, val_per_class=1, epochs=3, batch_size=8, lambda_mask=1.0, lr=5e-3, eval_batch_size=50
+)
+
+
+@pytest.fixture(scope="module")
+def adapter():
+    return load_explainee(build_hf_model())
+
+
+def test_reference_schedule_reproduces_the_published_bug():
+    # 1,000 training images, batch 32, 52 epochs, warm-up computed from the 50k folder (SPEC §3.4)
+    cfg = LTEConfig(epochs=52, batch_size=32, schedule="reference", reference_folder_size=50_000)
+    real_steps = 52 * 32  # ceil(1000 / 32) = 32 steps per epoch
+    warmup, total = schedule_lengths(cfg, steps_per_epoch=32)
+    assert (warmup, total) == (16_244, 81_224)
+    lrs = [cfg.lr * lr_factor(s, warmup, total, cfg.schedule) for s in range(real_steps)]
+    assert lrs[0] == 0.0 and all(b > a for a, b in itertools.pairwise(lrs))  # a ramp, never decays
+    assert lrs[-1] == pytest.approx(2.05e-4, rel=0.01)
+
+
+def test_linear_schedule_warms_up_then_decays_to_zero():
+    cfg = LTEConfig(epochs=10, batch_size=32)
+    warmup, total = schedule_lengths(cfg, steps_per_epoch=10)
+    assert (warmup, total) == (20, 100)
+    assert lr_factor(0, warmup, total, "linear") == 0.0
+    assert lr_factor(10, warmup, total, "linear") == 0.5
+    assert lr_factor(20, warmup, total, "linear") == 1.0
+    assert lr_factor(60, warmup, total, "linear") == 0.5
+    assert lr_factor(100, warmup, total, "linear") == 0.0
+    assert lr_factor(5, warmup, total, "constant") == 1.0
+
+
+def test_subsets_are_class_uniform_and_disjoint():
+    labels = [i % 4 for i in range(40)]
+    train, val = select_subsets(labels, 3, 2, seed=42)
+    assert not set(train) & set(val)
+    assert sorted(labels[i] for i in train) == sorted(list(range(4)) * 3)
+    assert sorted(labels[i] for i in val) == sorted(list(range(4)) * 2)
+    assert (train, val) == select_subsets(labels, 3, 2, seed=42)
+    assert (train, val) != select_subsets(labels, 3, 2, seed=1)
+    with pytest.raises(ExplainersError, match="fewer"):
+        select_subsets(labels, 8, 3, seed=0)
+
+
+def test_pretraining_writes_the_best_checkpoint_log_and_plot(tmp_path, adapter):
+    out = tmp_path / "plte"
+    result = pretrain_lte(adapter, TinyImages(), out, LTEConfig(**TINY), progress=False)
+    assert {p.name for p in out.iterdir()} >= {
+        "config.json",
+        "model.safetensors",
+        "log.jsonl",
+        "training.png",
+        "train_state",
+        "subsets.json",
+    }
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1, 2, 3] and records == result.log
+    trained = [r for r in records if r["epoch"] > 0]
+    best = min(trained, key=lambda r: (r["val_pos_auc"], r["epoch"]))
+    assert result.best_epoch == best["epoch"] and result.best_val_auc == best["val_pos_auc"]
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["training"]["epoch"] == best["epoch"] and meta["training"]["train_images"] == 20
+    subsets = json.loads((out / "subsets.json").read_text())
+    assert len(subsets["train"]) == 20 and len(subsets["val"]) == 5
+    explainer = LTEExplainer.from_pretrained(out, explainee=adapter)
+    assert explainer(torch.rand(2, 3, 32, 32)).shape == (2, 32, 32)
+    # rerunning a finished run changes nothing
+    again = pretrain_lte(adapter, TinyImages(), out, LTEConfig(**TINY), progress=False)
+    assert again.resumed and again.best_epoch == result.best_epoch and again.epochs_done == 3
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _stop_at(step):
+    def hook(global_step):
+        if global_step == step:
+            raise Interrupt
+
+    return hook
+
+
+def _strip(records):
+    return [{k: v for k, v in r.items() if k != "time_s"} for r in records]
+
+
+@pytest.mark.parametrize("stop_step", [5, 6])  # mid-epoch (after the step-4 checkpoint) and at an epoch end
+def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, adapter, stop_step):
+    cfg = LTEConfig(**TINY, checkpoint_every=2)
+    full = pretrain_lte(adapter, TinyImages(), tmp_path / "full", cfg, progress=False)
+    with pytest.raises(Interrupt):
+        pretrain_lte(
+            adapter, TinyImages(), tmp_path / "cut", cfg, progress=False, on_step=_stop_at(stop_step)
+        )
+    resumed = pretrain_lte(adapter, TinyImages(), tmp_path / "cut", cfg, progress=False)
+    assert resumed.resumed
+    assert _strip(resumed.log) == _strip(full.log)
+    for name in ("model.safetensors", "train_state/model.safetensors"):
+        a, b = load_file(tmp_path / "full" / name), load_file(tmp_path / "cut" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_resume_refuses_a_changed_configuration(tmp_path, adapter):
+    cfg = LTEConfig(**TINY)
+    with pytest.raises(Interrupt):
+        pretrain_lte(adapter, TinyImages(), tmp_path / "run", cfg, progress=False, on_step=_stop_at(4))
+    with pytest.raises(ExplainersError, match="lambda_mask"):
+        pretrain_lte(adapter, TinyImages(), tmp_path / "run", cfg.replace(lambda_mask=3.0), progress=False)
+    # settings that do not change the weights may differ
+    with pytest.raises(Interrupt):
+        pretrain_lte(
+            adapter,
+            TinyImages(),
+            tmp_path / "run",
+            cfg.replace(eval_batch_size=10),
+            progress=False,
+            on_step=_stop_at(6),
+        )
+
+
+def test_predicted_class_mode_trains_on_unlabelled_targets(tmp_path, adapter):
+    cfg = LTEConfig(**{**TINY, "epochs": 1}, class_mode="predicted", validate_initial=False)
+    result = pretrain_lte(adapter, TinyImages(), tmp_path / "p", cfg, progress=False)
+    assert result.best_epoch == 1 and [r["epoch"] for r in result.log] == [1]
+
+
+# ------------------------------------------------------------------ command line
+@pytest.fixture(scope="module")
+def synthetic_dir(tmp_path_factory):
+    from explainers.data.synthetic import SyntheticConfig, generate_synthetic
+
+    out = tmp_path_factory.mktemp("synth") / "scenes"
+    generate_synthetic(
+        out, SyntheticConfig(image_size=32, train_size=24, val_size=4, test_size=6), progress=False
+    )
+    return out
+
+
+def _cli(args, capsys):
+    from explainers.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    captured = capsys.readouterr()
+    return exc.value.code, captured.out, captured.err
+
+
+def test_cli_pretrain_then_explain(tmp_path, synthetic_dir, capsys):
+    model = build_hf_model(num_labels=4)
+    model.save_pretrained(tmp_path / "explainee")
+    config = tmp_path / "lte.json"
+    config.write_text(json.dumps({"train_per_class": 3, "val_per_class": 1, "epochs": 1, "batch_size": 4}))
+    args = [
+        "pretrain",
+        "lte",
+        "--explainee",
+        str(tmp_path / "explainee"),
+        "--data",
+        f"synthetic:{synthetic_dir}",
+        "--out",
+        str(tmp_path / "plte"),
+        "--config",
+        str(config),
+        "--class",
+        "predicted",
+        "--set",
+        "lambda_mask=2.5",
+        "--no-progress",
+    ]
+    code, out, err = _cli(args, capsys)
+    assert code in (0, None), err
+    assert "best epoch 1" in out
+    meta = json.loads((tmp_path / "plte" / "config.json").read_text())
+    assert meta["config"]["lambda_mask"] == 2.5 and meta["config"]["class_mode"] == "predicted"
+    assert meta["training"]["split"] == "train" and "pretrain lte" in meta["training"]["command"]
+
+    import h5py
+
+    code, out, err = _cli(
+        [
+            "explain",
+            "--method",
+            "lte",
+            "--explainee",
+            str(tmp_path / "explainee"),
+            "--data",
+            f"synthetic:{synthetic_dir}",
+            "--out",
+            str(tmp_path / "lte.h5"),
+            "--option",
+            f"explainer={tmp_path / 'plte'}",
+            "--option",
+            "steps=2",
+            "--no-progress",
+        ],
+        capsys,
+    )
+    assert code in (0, None), err
+    with h5py.File(tmp_path / "lte.h5") as f:
+        assert f["maps"].shape == (6, 32, 32)
+        assert f["selected_step"].shape == (6,) and f["selected_score"].shape == (6,)
+
+
+def test_cli_unknown_config_key_is_one_line(tmp_path, synthetic_dir, capsys):
+    code, _, err = _cli(
+        [
+            "pretrain",
+            "lte",
+            "--explainee",
+            "x",
+            "--data",
+            f"synthetic:{synthetic_dir}",
+            "--out",
+            str(tmp_path / "o"),
+            "--set",
+            "lamda_mask=3",
+        ],
+        capsys,
+    )
+    assert code == 2 and "lamda_mask" in err and "valid keys" in err and err.strip().count("\n") == 0
