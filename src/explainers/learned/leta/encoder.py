@@ -1,0 +1,109 @@
+"""Recognising a target encoder: what LETA checkpoints and linear probes record about the encoder.
+
+An explainer or a probe is only meaningful for the exact embedding it was built on, so both store the
+adapter's description plus a fingerprint of the backbone weights (the classification head excluded: the
+same encoder with another head — a linear probe — is the same encoder).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from explainers.errors import ExplainersError, ModelError
+from explainers.models.base import ExplaineeAdapter
+
+# Description keys that define the embedding (identifier and class count do not: a probe changes them).
+_STRUCTURAL_KEYS = (
+    "adapter",
+    "image_size",
+    "mean",
+    "std",
+    "patch_size",
+    "grid",
+    "num_prefix_tokens",
+    "num_blocks",
+    "num_heads",
+    "embed_dim",
+)
+
+
+def require_vit(adapter: ExplaineeAdapter, what: str) -> None:
+    """LETA needs a patch grid and a CLS embedding: refuse plain modules with one clear line."""
+    if not adapter.supports_attention:
+        raise ModelError(
+            f"{what} needs a ViT-like encoder (patch grid + CLS embedding), but {adapter.identifier} "
+            f"({type(adapter.model).__name__}) is a plain module; use a Hugging Face ViT/DeiT or timm "
+            "VisionTransformer"
+        )
+
+
+def embed_dim(adapter: ExplaineeAdapter) -> int:
+    """Size D of the embedding z = post-LayerNorm CLS token."""
+    require_vit(adapter, "LETA")
+    return int(adapter.embed_dim)  # type: ignore[attr-defined]
+
+
+def backbone_fingerprint(adapter: ExplaineeAdapter) -> str:
+    """sha256 over the backbone's parameters and buffers (float32 bytes, sorted by name), heads excluded."""
+    require_vit(adapter, "LETA")
+    head_ids = set()
+    for head in adapter.parts().heads:
+        head_ids.update(id(p) for p in head.linear.parameters())
+    digest = hashlib.sha256()
+    backbone = adapter.backbone()
+    items = [(n, t) for n, t in backbone.state_dict(keep_vars=True).items() if id(t) not in head_ids]
+    for name, tensor in sorted(items, key=lambda kv: kv[0]):
+        digest.update(name.encode())
+        data = tensor.detach().to("cpu", torch.float32).contiguous()
+        digest.update(str(tuple(data.shape)).encode())
+        digest.update(data.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def encoder_signature(adapter: ExplaineeAdapter, spec: str | None = None) -> dict[str, Any]:
+    """What a checkpoint stores about its encoder: ``describe()`` + backbone fingerprint + how to load it."""
+    desc = dict(adapter.describe())
+    desc["fingerprint"] = backbone_fingerprint(adapter)
+    if spec is not None:
+        desc["spec"] = portable_spec(spec)
+    return desc
+
+
+def portable_spec(spec: str | Path) -> str:
+    """A spec that still loads from another working directory: local paths become absolute."""
+    text = str(spec)
+    if text == "embedded" or text.startswith(("timm:", "probe:")):
+        return text
+    path = Path(text).expanduser()
+    return str(path.resolve()) if path.exists() else text
+
+
+def _summary(desc: dict[str, Any]) -> str:
+    parts = [str(desc.get("identifier", "?"))]
+    if "num_blocks" in desc:
+        parts.append(f"{desc['num_blocks']} blocks × {desc.get('embed_dim')}-d")
+    if "image_size" in desc:
+        parts.append("{}×{} input".format(*desc["image_size"]))
+    if desc.get("fingerprint"):
+        parts.append(f"weights {desc['fingerprint'][:10]}")
+    return f"{parts[0]} ({', '.join(parts[1:])})"
+
+
+def check_same_encoder(
+    saved: dict[str, Any], adapter: ExplaineeAdapter, what: str, source: str | Path, hint: str | None = None
+) -> None:
+    """Refuse, naming both, when ``adapter`` is not the encoder ``saved`` describes."""
+    current = encoder_signature(adapter)
+    mismatched = [k for k in _STRUCTURAL_KEYS if k in saved and saved[k] != current.get(k)]
+    if saved.get("fingerprint") and saved["fingerprint"] != current["fingerprint"]:
+        mismatched.append("weights")
+    if mismatched:
+        raise ExplainersError(
+            f"the {what} in {source} was built for encoder {_summary(saved)}, not for the given encoder "
+            f"{_summary(current)} (differs in: {', '.join(mismatched)}); "
+            + (hint or f"use a {what} made for this encoder")
+        )

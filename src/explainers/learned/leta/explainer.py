@@ -1,0 +1,382 @@
+"""The LETA explainer: a pre-trained network bound to its target encoder, and the transfer rule (§4.3)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from explainers.errors import ExplainersError, ModelError
+from explainers.learned.leta.config import LETAConfig
+from explainers.learned.leta.encoder import (
+    check_same_encoder,
+    embed_dim,
+    encoder_signature,
+    require_vit,
+)
+from explainers.learned.leta.network import LETANetwork, build_network
+from explainers.learned.leta.windows import window_masks
+from explainers.models.base import ExplaineeAdapter, Targets, resolve_targets
+
+FORMAT_NAME = "explainers-leta"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+HeadLike = nn.Module | ExplaineeAdapter | str | Path | None
+
+
+@dataclass
+class LETAAttribution:
+    """What the transfer rule computes for a batch.
+
+    scores: B×gh×gw raw patch attributions a_c = λ⁺·h(ψ⁺_c)[ŷ] − λ⁻·h(ψ⁻_c)[ŷ].
+    maps: B×gh×gw after the (2r+1)² mean pool (padding not counted) and per-image min–max.
+    targets: B explained classes ŷ; logits: B×C head logits of the clean images.
+    """
+
+    scores: torch.Tensor
+    maps: torch.Tensor
+    targets: torch.Tensor
+    logits: torch.Tensor
+
+
+@dataclass
+class ResolvedHead:
+    linear: nn.Linear
+    class_names: list[str] | None
+    source: str
+
+
+def pool_patch_scores(scores: torch.Tensor, radius: int) -> torch.Tensor:
+    """(2r+1)×(2r+1) mean pool, stride 1, of B×gh×gw scores; border windows average only real patches."""
+    if radius == 0:
+        return scores
+    pooled = F.avg_pool2d(
+        scores[:, None], kernel_size=2 * radius + 1, stride=1, padding=radius, count_include_pad=False
+    )
+    return pooled[:, 0]
+
+
+def _minmax(maps: torch.Tensor) -> torch.Tensor:
+    from explainers.methods.base import minmax_normalize
+
+    return minmax_normalize(maps)
+
+
+def _linear_of_sequential(module: nn.Sequential) -> nn.Linear | None:
+    """The last Linear of a Sequential whose other layers do nothing at inference (dropout, identity)."""
+    layers = list(module)
+    if not layers or not isinstance(layers[-1], nn.Linear):
+        return None
+    passive = (nn.Dropout, nn.Identity, nn.Flatten)
+    return layers[-1] if all(isinstance(m, passive) for m in layers[:-1]) else None
+
+
+class LETAExplainer:
+    """A LETA explainer for one target encoder.
+
+    ``explainer(images, head=...)`` explains any linear head on the encoder's embedding without training
+    on the head's task. ``images`` are raw B×3×H×W in [0,1] (resized to the encoder's size).
+    """
+
+    def __init__(
+        self,
+        network: LETANetwork,
+        encoder: ExplaineeAdapter,
+        config: LETAConfig,
+        *,
+        encoder_info: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        require_vit(encoder, "LETA")
+        self.network = network.eval()
+        self.encoder = encoder
+        self.config = config
+        self.encoder_info = encoder_info if encoder_info is not None else encoder_signature(encoder)
+        self.metadata: dict[str, Any] = dict(metadata or {})
+        self._head_cache: dict[int | str, tuple[Any, ResolvedHead]] = {}
+
+    # ------------------------------------------------------------------ construction / files
+    @classmethod
+    def build(
+        cls, encoder: ExplaineeAdapter | str, config: LETAConfig | None = None, *, seed: int = 0
+    ) -> LETAExplainer:
+        """A new, untrained explainer for ``encoder`` (an adapter or a ``load_explainee`` spec)."""
+        spec = encoder if isinstance(encoder, (str, Path)) else None
+        adapter = _as_adapter(encoder)
+        config = config or LETAConfig()
+        config.validate()
+        network = build_network(config, adapter, seed=seed)
+        return cls(network, adapter, config, encoder_info=encoder_signature(adapter, spec=spec))
+
+    @property
+    def radius(self) -> int:
+        return self.config.radius
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.encoder.grid
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+    def to(self, device: torch.device | str) -> LETAExplainer:
+        self.network.to(device)
+        self.encoder.to(device)
+        return self
+
+    def windows(self) -> torch.Tensor:
+        """P×P window membership (row-major), radius ``config.radius``."""
+        return window_masks(self.grid, self.radius, device=self.device)
+
+    def save_pretrained(self, directory: str | Path, *, training: dict[str, Any] | None = None) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (no pickle); files are replaced atomically."""
+        from safetensors.torch import save_model
+
+        from explainers import __version__
+
+        directory = Path(directory).expanduser()
+        directory.mkdir(parents=True, exist_ok=True)
+        backbone = self.network.backbones[0]
+        if training is not None:
+            self.metadata["training"] = training
+        payload = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "library_version": __version__,
+            "config": asdict(self.config),
+            "encoder": self.encoder_info,
+            "backbone": backbone.arch,
+            "num_patches": self.network.num_patches,
+            "embed_dim": self.network.embed_dim,
+            "num_parameters": self.network.num_parameters(),
+            **self.metadata,
+        }
+        weights_tmp = _tmp_path(directory, WEIGHTS_FILE)
+        save_model(self.network, str(weights_tmp), metadata={"format": FORMAT_NAME})
+        config_tmp = _tmp_path(directory, CONFIG_FILE)
+        config_tmp.write_text(json.dumps(payload, indent=2) + "\n")
+        os.replace(weights_tmp, directory / WEIGHTS_FILE)
+        os.replace(config_tmp, directory / CONFIG_FILE)
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | Path,
+        encoder: ExplaineeAdapter | str | None = None,
+        *,
+        device: str | torch.device | None = None,
+    ) -> LETAExplainer:
+        """Load a saved explainer for ``encoder`` (default: the encoder spec recorded at pre-training).
+
+        An explainer pre-trained for another encoder is refused (architecture and weights are compared).
+        """
+        from safetensors.torch import load_model
+
+        directory = Path(directory).expanduser()
+        payload = read_leta_config(directory)
+        saved_encoder = payload.get("encoder", {})
+        if encoder is None:
+            if "spec" not in saved_encoder:
+                raise ModelError(f"{directory} does not record its encoder; pass encoder=...")
+            encoder = saved_encoder["spec"]
+        adapter = _as_adapter(encoder)
+        check_same_encoder(
+            saved_encoder,
+            adapter,
+            "LETA explainer",
+            directory,
+            hint="pre-train one for it: `explainers pretrain leta --encoder SPEC --data KIND:PATH --out DIR`",
+        )
+        config = LETAConfig(**payload["config"])
+        network = build_network(config, adapter, arch=payload["backbone"])
+        try:
+            missing, unexpected = load_model(network, str(directory / WEIGHTS_FILE), strict=False)
+        except Exception as exc:
+            raise ModelError(f"cannot read the LETA weights in {directory / WEIGHTS_FILE}: {exc}") from None
+        if missing or unexpected:
+            raise ModelError(
+                f"{directory / WEIGHTS_FILE} does not match its config.json "
+                f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}); re-save the explainer"
+            )
+        extra = {k: v for k, v in payload.items() if k in ("training",)}
+        explainer = cls(network, adapter, config, encoder_info=saved_encoder, metadata=extra)
+        if device is not None:
+            explainer.to(device)
+        return explainer
+
+    # ------------------------------------------------------------------ predictions
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ψ⁺, ψ⁻), each B×P×D, for raw [0,1] images."""
+        return self.network(self._prepare(images))
+
+    def resolve_head(self, head: HeadLike = None) -> ResolvedHead:
+        """The linear head h on the embedding: ``None`` = the encoder's own classifier; an ``nn.Linear``;
+        a probe directory or :class:`~explainers.training.probe.LinearProbe`; an adapter or classifier
+        model whose last layer is linear on the CLS embedding."""
+        # Cached per head object (probe directories are read and encoders fingerprinted once); the object
+        # is kept in the cache so that its id cannot be reused by another object.
+        key = str(head) if isinstance(head, (str, Path)) else id(head)
+        cached = self._head_cache.get(key)
+        if cached is not None and (isinstance(head, (str, Path)) or cached[0] is head):
+            return cached[1]
+        resolved = self._resolve_head(head)
+        dim = embed_dim(self.encoder)
+        if resolved.linear.in_features != dim:
+            raise ExplainersError(
+                f"the head ({resolved.source}) takes {resolved.linear.in_features}-d inputs, but the encoder "
+                f"{self.encoder.identifier} has a {dim}-d embedding; LETA explains heads on that embedding"
+            )
+        if len(self._head_cache) > 64:
+            self._head_cache.clear()
+        self._head_cache[key] = (head, resolved)
+        return resolved
+
+    def _resolve_head(self, head: HeadLike) -> ResolvedHead:
+        from explainers.training.probe import LinearProbe, load_probe
+
+        if head is None:
+            return _adapter_head(self.encoder, "the encoder's own classifier")
+        if isinstance(head, (str, Path)):
+            head = load_probe(head)
+        if isinstance(head, LinearProbe):
+            check_same_encoder(
+                head.encoder,
+                self.encoder,
+                "linear probe",
+                head.source or "the probe",
+                hint="train a probe on this encoder with `explainers train-probe --encoder SPEC`",
+            )
+            return ResolvedHead(head.linear, head.class_names, f"probe {head.task!r}")
+        if isinstance(head, nn.Linear):
+            return ResolvedHead(head, None, "nn.Linear")
+        if isinstance(head, nn.Sequential):
+            linear = _linear_of_sequential(head)
+            if linear is not None:
+                return ResolvedHead(linear, None, "nn.Sequential")
+        if isinstance(head, ExplaineeAdapter) or _is_classifier_model(head):
+            from explainers.models import load_explainee
+
+            adapter = load_explainee(head)
+            require_vit(adapter, "LETA")
+            if adapter is not self.encoder:
+                check_same_encoder(
+                    encoder_signature(self.encoder), adapter, "classifier given as head", adapter.identifier
+                )
+            return _adapter_head(adapter, f"classifier {adapter.identifier}")
+        raise ExplainersError(
+            f"cannot use a {type(head).__name__} as LETA head: pass an nn.Linear on the embedding, a probe "
+            "directory, or a classifier whose last layer is linear on the CLS embedding"
+        )
+
+    @torch.no_grad()
+    def attribute(
+        self,
+        images: torch.Tensor,
+        head: HeadLike = None,
+        targets: Targets = None,
+        lambda_pos: float = 1.0,
+        lambda_neg: float = 1.0,
+    ) -> LETAAttribution:
+        """The transfer rule on the patch grid (see :class:`LETAAttribution`)."""
+        images = self._prepare(images)
+        linear = self.resolve_head(head).linear.to(images.device)
+        logits = linear(self.encoder.cls_embedding(self.encoder.normalize(images)).float())
+        target_t = resolve_targets(targets, logits)
+        psi_pos, psi_neg = self.network(images)
+        # h(ψ)[ŷ] for every patch without the full B×P×C product: w_ŷ·ψ + b_ŷ.
+        w = linear.weight[target_t].float()  # B×D
+        b = linear.bias[target_t].float() if linear.bias is not None else torch.zeros_like(w[:, 0])
+        s_pos = torch.einsum("bpd,bd->bp", psi_pos.float(), w) + b[:, None]
+        s_neg = torch.einsum("bpd,bd->bp", psi_neg.float(), w) + b[:, None]
+        scores = (lambda_pos * s_pos - lambda_neg * s_neg).reshape(-1, *self.grid)
+        maps = _minmax(pool_patch_scores(scores, self.radius))
+        return LETAAttribution(scores=scores, maps=maps, targets=target_t, logits=logits)
+
+    def __call__(
+        self,
+        images: torch.Tensor,
+        head: HeadLike = None,
+        targets: Targets = None,
+        lambda_pos: float = 1.0,
+        lambda_neg: float = 1.0,
+    ) -> torch.Tensor:
+        """B×H×W maps in [0,1] at the encoder's input size (bilinear upsampling of :meth:`attribute`)."""
+        result = self.attribute(images, head, targets, lambda_pos, lambda_neg)
+        return self.encoder.patch_map_to_image(result.maps)
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ExplainersError(
+                f"LETA expects RGB images B×3×H×W in [0,1], got shape {tuple(images.shape)}; convert "
+                "grayscale/RGBA images to RGB first (explainers.data.load_image does)"
+            )
+        return self.encoder.resize(images.to(self.device, torch.float32))
+
+
+# ------------------------------------------------------------------------------------------------------------
+
+
+def read_leta_config(directory: Path) -> dict[str, Any]:
+    """config.json of a saved explainer, with a clear error for anything else."""
+    file = directory / CONFIG_FILE
+    if not file.is_file():
+        raise ModelError(f"{directory} is not a LETA explainer directory (no {CONFIG_FILE})")
+    try:
+        payload = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{file} is not valid JSON ({exc})") from None
+    if payload.get("format") != FORMAT_NAME:
+        raise ModelError(f"{directory} is not a LETA explainer (config format {payload.get('format')!r})")
+    if int(payload.get("version", 0)) > FORMAT_VERSION:
+        raise ModelError(
+            f"{directory} was written by a newer explainers (format {payload['version']}); upgrade"
+        )
+    if not (directory / WEIGHTS_FILE).is_file():
+        raise ModelError(f"{directory} has no {WEIGHTS_FILE}: the explainer was not saved completely")
+    return payload
+
+
+def _as_adapter(encoder: ExplaineeAdapter | str | Path | nn.Module) -> ExplaineeAdapter:
+    from explainers.models import load_explainee
+
+    adapter = load_explainee(encoder)
+    require_vit(adapter, "LETA")
+    return adapter
+
+
+def _is_classifier_model(obj: object) -> bool:
+    from explainers.models.timm import is_timm_vit
+
+    if not isinstance(obj, nn.Module):
+        return False
+    try:
+        from transformers import PreTrainedModel
+    except ImportError:  # pragma: no cover
+        return is_timm_vit(obj)
+    return isinstance(obj, PreTrainedModel) or is_timm_vit(obj)
+
+
+def _adapter_head(adapter: ExplaineeAdapter, source: str) -> ResolvedHead:
+    heads = adapter.parts().heads
+    if len(heads) != 1 or heads[0].token_index != 0:
+        raise ExplainersError(
+            f"{source} averages {len(heads)} heads on different tokens (DeiT distillation); LETA explains "
+            "heads on the CLS embedding: pass adapter.parts().heads[0].linear to explain the CLS head"
+        )
+    return ResolvedHead(heads[0].linear, adapter.class_names, source)
+
+
+def _tmp_path(directory: Path, name: str) -> Path:
+    # A per-process name (several processes may save side by side); renamed into place when complete.
+    return directory / f".{name}.{os.getpid()}.tmp"

@@ -1,0 +1,600 @@
+"""LETA pre-training (§4.2): task-agnostic, on unlabelled images, one process or many (DDP).
+
+Each step draws a global batch of images and K window centres per image, computes the frozen encoder's
+targets for all 2·B·K masked copies under ``no_grad`` and regresses ψ⁺_c, ψ⁻_c on them.
+
+Every random choice is a function of ``(seed, epoch)`` (image order) or ``(seed, step)`` (centres,
+dropout), never of the process's history, so a run resumed from a checkpoint continues exactly as an
+uninterrupted one, and N processes see the same global batch split N ways (their gradients are averaged
+by DDP, which equals the single-process step on the whole batch).
+
+Output directory::
+
+    OUT/config.json, OUT/model.safetensors   the explainer (``LETAExplainer.from_pretrained(OUT)``)
+    OUT/train_log.jsonl                      one JSON object per logged step / validation
+    OUT/loss.png                             training and validation loss
+    OUT/training/latest, OUT/training/ckpt-STEP/   resumable state (weights, optimiser, step)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from explainers.errors import ExplainersError
+from explainers.learned.leta.config import RunConfig
+from explainers.learned.leta.encoder import check_same_encoder, encoder_signature, require_vit
+from explainers.learned.leta.explainer import LETAExplainer
+from explainers.learned.leta.objective import compute_targets, leta_loss, sample_centres
+from explainers.models.base import ExplaineeAdapter
+
+LOG_FILE = "train_log.jsonl"
+PLOT_FILE = "loss.png"
+STATE_DIR = "training"
+
+# Training keys that may change between an interrupted run and its resumption without changing results.
+_RESUME_FREE_KEYS = {"device", "log_every", "save_every", "target_batch", "cache_images", "cache_limit_mb"}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Processes
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device_kind: str) -> tuple[DistInfo, bool]:
+    """Join the process group when launched by torchrun / ``accelerate launch`` (WORLD_SIZE > 1)."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo(), False
+    created = False
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
+        created = True
+    info = DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return info, created
+
+
+def _barrier(info: DistInfo) -> None:
+    if info.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _all_mean(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.world > 1:
+        import torch.distributed as dist
+
+        values = values.clone()
+        dist.all_reduce(values)
+        values /= info.world
+    return values
+
+
+def _resolve_device(name: str, info: DistInfo) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and info.world > 1:
+        return torch.device("cuda", info.local_rank)
+    return torch.device(name)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Data
+
+
+class _ImageSource:
+    """Training images at the encoder's size; decoded once into a uint8 cache when it fits in memory."""
+
+    def __init__(self, dataset, size: tuple[int, int], cache: bool, limit_mb: int, progress: bool) -> None:
+        from explainers.data.base import iter_batches
+
+        self.dataset, self.size = dataset, size
+        self.cache: torch.Tensor | None = None
+        need_mb = len(dataset) * 3 * size[0] * size[1] / 2**20
+        if cache and need_mb <= limit_mb:
+            from tqdm.auto import tqdm
+
+            self.cache = torch.empty(len(dataset), 3, *size, dtype=torch.uint8)
+            pos = 0
+            with tqdm(total=len(dataset), desc="loading images", unit="img", disable=not progress) as bar:
+                for batch in iter_batches(dataset, 256, size):
+                    n = batch.images.shape[0]
+                    self.cache[pos : pos + n] = (batch.images * 255).round().to(torch.uint8)
+                    pos += n
+                    bar.update(n)
+
+    def get(self, indices: list[int]) -> torch.Tensor:
+        from explainers.data.base import collate
+
+        if self.cache is not None:
+            return self.cache[indices].float().div_(255)
+        return collate([self.dataset[i] for i in indices], self.size).images
+
+
+def _open(data: str, split: str | None):
+    from explainers.data import open_dataset, parse_dataset_spec
+
+    kind, _ = parse_dataset_spec(data)
+    if split is None and kind == "synthetic":
+        split = "train"  # the synthetic reader defaults to the test split
+    return open_dataset(data, split=split)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Checkpoints (no pickle: safetensors + JSON)
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for pid, state in sd["state"].items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{pid}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{pid}.{key}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _load_optimizer(
+    opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        pid, _, key = name.partition(".")
+        state.setdefault(int(pid), {})[key] = value
+    for name, value in meta["scalars"].items():
+        pid, _, key = name.partition(".")
+        state.setdefault(int(pid), {})[key] = value
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def _save_checkpoint(
+    state_dir: Path, network: torch.nn.Module, opt: torch.optim.Optimizer, state: dict
+) -> None:
+    from safetensors.torch import save_file, save_model
+
+    name = f"ckpt-{state['step']:08d}"
+    tmp = state_dir / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(network, str(tmp / "model.safetensors"))
+    tensors, meta = _optimizer_tensors(opt)
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    (tmp / "state.json").write_text(json.dumps({**state, "optimizer": meta}, indent=1))
+    final = state_dir / name
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    # The pointer is the commit: written last, atomically, so a crash never leaves it naming a partial dir.
+    pointer = state_dir / ".latest.tmp"
+    pointer.write_text(name + "\n")
+    os.replace(pointer, state_dir / "latest")
+    for old in state_dir.glob("ckpt-*"):
+        if old.name != name:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _read_checkpoint(state_dir: Path) -> Path | None:
+    pointer = state_dir / "latest"
+    if not pointer.is_file():
+        return None
+    path = state_dir / pointer.read_text().strip()
+    return path if (path / "state.json").is_file() else None
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Logs and plot
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines after ``step`` (written after the checkpoint a resumed run restarts from)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by the interruption
+    path.write_text("".join(k + "\n" for k in keep))
+
+
+def plot_log(log_path: Path, out_path: Path) -> None:
+    """Training loss (per logged step) and validation loss (per epoch) against the step, log scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    train = [r for r in rows if r.get("kind") == "train"]
+    val = [r for r in rows if r.get("kind") == "val"]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    if train:
+        ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss", lw=1)
+    if val:
+        ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="val loss", ms=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("MSE(ψ⁺) + MSE(ψ⁻)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = out_path.with_name(f".{out_path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, out_path)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Validation
+
+
+@torch.no_grad()
+def evaluate(
+    explainer: LETAExplainer,
+    images: torch.Tensor,
+    centres: torch.Tensor,
+    chunk: int = 1024,
+    batch_size: int = 64,
+) -> dict[str, float]:
+    """Loss and R² (1 − MSE / variance of the targets) of ψ⁺ and ψ⁻ at fixed ``centres`` (N×K)."""
+    from explainers.learned.leta.objective import gather_centres
+
+    net, enc = explainer.network, explainer.encoder
+    was_training = net.training
+    net.eval()
+    windows = explainer.windows()
+    preds_p, preds_n, tgts_p, tgts_n = [], [], [], []
+    for i in range(0, images.shape[0], batch_size):
+        x = images[i : i + batch_size].to(explainer.device)
+        c = centres[i : i + batch_size].to(explainer.device)
+        t_p, t_n = compute_targets(enc, enc.normalize(x), c, windows, chunk)
+        p, n = net(x)
+        preds_p.append(gather_centres(p, c).float())
+        preds_n.append(gather_centres(n, c).float())
+        tgts_p.append(t_p)
+        tgts_n.append(t_n)
+    net.train(was_training)
+    out = {}
+    for name, pred, tgt in (("pos", preds_p, tgts_p), ("neg", preds_n, tgts_n)):
+        pr, tg = torch.cat(pred).flatten(0, 1), torch.cat(tgt).flatten(0, 1)
+        mse = float(((pr - tg) ** 2).mean())
+        var = float(((tg - tg.mean(0)) ** 2).mean())
+        out[f"val_loss_{name}"] = mse
+        out[f"val_r2_{name}"] = 1.0 - mse / max(var, 1e-12)
+    out["val_loss"] = out["val_loss_pos"] + out["val_loss_neg"]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The loop
+
+
+def lr_at(step: int, total: int, base: float, warmup: float) -> float:
+    """Linear warm-up over ``warmup``·total steps, then cosine decay to 0 (computed from the step alone,
+    so resuming needs no scheduler state)."""
+    warm = round(warmup * total)
+    if step < warm:
+        return base * (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+@contextmanager
+def _threads_per_process(info: DistInfo, device: torch.device):
+    # N CPU processes on one machine: split the cores instead of oversubscribing them N times over.
+    previous = torch.get_num_threads()
+    if info.world > 1 and device.type == "cpu":
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", info.world))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def pretrain(
+    encoder: ExplaineeAdapter | str,
+    data: str,
+    out: str | Path,
+    run: RunConfig | None = None,
+    *,
+    encoder_spec: str | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    stop_after: int | None = None,
+    command: str | None = None,
+) -> Path:
+    """Pre-train a LETA explainer for ``encoder`` on the images of ``data`` and save it to ``out``.
+
+    resume: continue from ``out/training`` when it holds a run with the same configuration (an
+        interrupted run ends with the same weights as an uninterrupted one); ``False`` starts over.
+    stop_after: stop (resumably) after this many steps in this call — for time-sliced jobs and tests.
+    Runs under ``torchrun`` / ``accelerate launch`` as DDP (gloo on CPU, NCCL on GPU) when
+    ``WORLD_SIZE`` > 1; only rank 0 writes files.
+    """
+    from explainers.models import load_explainee
+
+    run = run or RunConfig()
+    cfg = run.training
+    if isinstance(encoder, (str, Path)):
+        encoder_spec = encoder_spec or str(encoder)
+        encoder = load_explainee(encoder)
+    require_vit(encoder, "LETA pre-training")
+    device_kind = "cuda" if cfg.device in ("cuda", "auto") and torch.cuda.is_available() else "cpu"
+    info, created_group = _init_distributed(device_kind)
+    device = _resolve_device(cfg.device, info)
+    if cfg.batch_size % info.world:
+        raise ExplainersError(f"batch_size {cfg.batch_size} must be divisible by the {info.world} processes")
+    try:
+        with _threads_per_process(info, device):
+            return _pretrain(
+                encoder,
+                data,
+                Path(out).expanduser(),
+                run,
+                info,
+                device,
+                encoder_spec=encoder_spec,
+                resume=resume,
+                progress=progress and info.main,
+                stop_after=stop_after,
+                command=command,
+            )
+    finally:
+        if created_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _pretrain(
+    encoder,
+    data,
+    out: Path,
+    run: RunConfig,
+    info: DistInfo,
+    device,
+    *,
+    encoder_spec,
+    resume,
+    progress,
+    stop_after,
+    command,
+) -> Path:
+    from safetensors.torch import load_file, load_model
+    from tqdm.auto import tqdm
+
+    cfg = run.training
+    dataset = _open(data, cfg.split)
+    n_images = len(dataset)
+    steps_per_epoch = n_images // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ExplainersError(f"{data} has {n_images} images, fewer than one batch of {cfg.batch_size}")
+    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+    state_dir, log_path = out / STATE_DIR, out / LOG_FILE
+    signature = encoder_signature(encoder, encoder_spec)
+    run_record = {"run": run.to_dict(), "data": data, "world_size": info.world}
+
+    encoder.to(device)
+    explainer = LETAExplainer.build(encoder, run.model, seed=cfg.seed)
+    explainer.encoder_info = signature
+    network = explainer.network.to(device)
+    opt = torch.optim.AdamW(network.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    start_step, elapsed = 0, 0.0
+    ckpt = _read_checkpoint(state_dir) if resume else None
+    if ckpt is not None:
+        saved = json.loads((ckpt / "state.json").read_text())
+        _check_resumable(saved, run_record, signature, encoder, out)
+        load_model(network, str(ckpt / "model.safetensors"))
+        _load_optimizer(opt, load_file(str(ckpt / "optimizer.safetensors")), saved["optimizer"])
+        start_step, elapsed = int(saved["step"]), float(saved["elapsed_s"])
+    elif info.main:
+        shutil.rmtree(state_dir, ignore_errors=True)
+        if log_path.exists():
+            log_path.unlink()
+    _barrier(info)
+    if info.main:
+        out.mkdir(parents=True, exist_ok=True)
+        _truncate_log(log_path, start_step)
+
+    source = _ImageSource(dataset, encoder.image_size, cfg.cache_images, cfg.cache_limit_mb, progress)
+    val = _validation_set(data, cfg, encoder, progress) if info.main else None
+    windows = explainer.windows()
+    target_dtype = torch.bfloat16 if cfg.target_dtype == "bfloat16" else None
+    train_net: torch.nn.Module = network
+    if info.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_net = DistributedDataParallel(
+            network, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    network.train()
+
+    def checkpoint(step: int) -> None:
+        if info.main:
+            state = {
+                "step": step,
+                "elapsed_s": elapsed,
+                "total_steps": total,
+                "encoder": signature,
+                **run_record,
+            }
+            _save_checkpoint(state_dir, network, opt, state)
+        _barrier(info)
+
+    def log(row: dict) -> None:
+        if info.main:
+            with log_path.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+
+    last_train: dict[str, float] = {}
+    last_val: dict[str, float] = {}
+    sums = torch.zeros(3)
+    count, window_start = 0, time.perf_counter()
+    bar = tqdm(total=total, initial=start_step, desc="LETA pre-training", unit="step", disable=not progress)
+    step = start_step
+    try:
+        while step < total:
+            if stop_after is not None and step - start_step >= stop_after:
+                break
+            t0 = time.perf_counter()
+            epoch, k = divmod(step, steps_per_epoch)
+            order = torch.randperm(
+                n_images, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+            )
+            batch = order[k * cfg.batch_size : (k + 1) * cfg.batch_size].tolist()
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+            centres = sample_centres(cfg.batch_size, cfg.centres, encoder.num_patches, gen)
+            local = slice(info.rank, None, info.world)
+            images = source.get(batch[local]).to(device)
+            centres = centres[local].to(device)
+            torch.manual_seed(cfg.seed + step)  # dropout, if the backbone has any
+
+            t_pos, t_neg = compute_targets(
+                encoder, encoder.normalize(images), centres, windows, cfg.target_batch, dtype=target_dtype
+            )
+            psi_pos, psi_neg = train_net(images)
+            loss, loss_pos, loss_neg = leta_loss(psi_pos, psi_neg, centres, t_pos, t_neg)
+            lr = lr_at(step, total, cfg.lr, cfg.warmup)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(network.parameters(), cfg.grad_clip)
+            opt.step()
+            step += 1
+            elapsed += time.perf_counter() - t0
+            sums += torch.tensor([loss.item(), loss_pos.item(), loss_neg.item()])
+            count += 1
+
+            if step % cfg.log_every == 0 or step == total:
+                mean = _all_mean(sums / count, info)
+                rate = count * cfg.batch_size / (time.perf_counter() - window_start)
+                last_train = {"loss": float(mean[0]), "loss_pos": float(mean[1]), "loss_neg": float(mean[2])}
+                log(
+                    {
+                        "kind": "train",
+                        "step": step,
+                        "epoch": step / steps_per_epoch,
+                        **last_train,
+                        "lr": lr,
+                        "images_per_s": round(rate, 2),
+                        "elapsed_s": round(elapsed, 2),
+                    }
+                )
+                bar.set_postfix(loss=f"{mean[0]:.4f}")
+                sums.zero_()
+                count, window_start = 0, time.perf_counter()
+            bar.update(1)
+            epoch_end = step % steps_per_epoch == 0 or step == total
+            if epoch_end and val is not None:
+                last_val = evaluate(explainer, *val, chunk=cfg.target_batch)
+                network.train()
+                log({"kind": "val", "step": step, "epoch": step / steps_per_epoch, **last_val})
+            if epoch_end or step % cfg.save_every == 0:
+                checkpoint(step)
+    except BaseException:
+        bar.close()
+        # Ctrl-C or a crash: keep the last completed step so a rerun continues from there. With several
+        # processes the others may be gone, so only a single process can still save safely.
+        if info.world == 1 and step > start_step:
+            checkpoint(step)
+            plot_log(log_path, out / PLOT_FILE)
+        raise
+    bar.close()
+    if step < total:  # stopped by stop_after: resumable
+        checkpoint(step)
+        if info.main:
+            plot_log(log_path, out / PLOT_FILE)
+        return out
+    if info.main:
+        summary = {
+            "data": data,
+            "split": cfg.split,
+            "steps": total,
+            "epochs": total / steps_per_epoch,
+            "images_seen": total * cfg.batch_size,
+            "masked_targets": total * cfg.batch_size * cfg.centres * 2,
+            "world_size": info.world,
+            "device": str(device),
+            "wall_s": round(elapsed, 1),
+            "config": asdict(cfg),
+            "final_train": last_train,
+            "final_val": last_val,
+            "command": command,
+        }
+        explainer.save_pretrained(out, training=summary)
+        plot_log(log_path, out / PLOT_FILE)
+    _barrier(info)
+    return out
+
+
+def _validation_set(data: str, cfg, encoder: ExplaineeAdapter, progress: bool):
+    """Fixed images and centres for the per-epoch validation (None when there is no such split)."""
+    if not cfg.val_images or not cfg.val_split:
+        return None
+    try:
+        dataset = _open(data, cfg.val_split)
+    except ExplainersError:
+        return None
+    n = min(cfg.val_images, len(dataset))
+    source = _ImageSource(
+        torch.utils.data.Subset(dataset, range(n)), encoder.image_size, True, 1 << 30, False
+    )
+    gen = torch.Generator().manual_seed(cfg.seed + 424_242)
+    centres = sample_centres(n, cfg.centres, encoder.num_patches, gen)
+    return source.cache.float().div_(255), centres  # type: ignore[union-attr]
+
+
+def _check_resumable(
+    saved: dict, run_record: dict, signature: dict, encoder: ExplaineeAdapter, out: Path
+) -> None:
+    check_same_encoder(
+        saved["encoder"],
+        encoder,
+        "interrupted LETA run",
+        out,
+        hint="pass --no-resume to start over, or choose another --out",
+    )
+    old, new = saved["run"], run_record["run"]
+    diffs = [k for k in new["model"] if old["model"].get(k) != new["model"][k]]
+    diffs += [
+        k
+        for k in new["training"]
+        if k not in _RESUME_FREE_KEYS and old["training"].get(k) != new["training"][k]
+    ]
+    if saved.get("data") != run_record["data"]:
+        diffs.append("data")
+    if diffs:
+        raise ExplainersError(
+            f"{out} holds an interrupted LETA run with a different configuration (differs in: "
+            f"{', '.join(diffs)}); pass --no-resume to start over, or choose another --out"
+        )

@@ -1,0 +1,371 @@
+"""Linear probes: downstream tasks on a frozen encoder's CLS embedding (what LETA explains, §4.3).
+
+A probe is ``h(z) = W z + b`` on the post-LayerNorm CLS embedding z. Training extracts the features once
+(batched, no gradients) and fits a multinomial logistic regression with full-batch L-BFGS on standardised
+features (the standardisation is folded back into W and b, so the saved head reads raw z). The L2 weight
+is chosen on the validation split when there is one.
+
+On disk: ``config.json`` (task, class names, encoder signature, accuracies, how it was made) and
+``model.safetensors`` (``weight`` C×D, ``bias`` C). No pickle.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from explainers.data.base import ImageDataset, iter_batches
+from explainers.errors import ExplainersError, ModelError
+from explainers.models.base import ExplaineeAdapter
+
+FORMAT_NAME = "explainers-linear-probe"
+FORMAT_VERSION = 1
+DEFAULT_WEIGHT_DECAYS: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2)
+
+
+class LinearProbe(nn.Module):
+    """A linear head on an encoder's embedding, with what it was trained for."""
+
+    def __init__(
+        self,
+        linear: nn.Linear,
+        *,
+        task: str,
+        class_names: list[str] | None,
+        encoder: dict[str, Any],
+        metadata: dict[str, Any] | None = None,
+        source: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.linear = linear
+        self.task = task
+        self.class_names = class_names
+        self.encoder = encoder
+        self.metadata: dict[str, Any] = dict(metadata or {})
+        self.source = source
+
+    @property
+    def num_classes(self) -> int:
+        return self.linear.out_features
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.linear(embeddings)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        from explainers import __version__
+
+        directory = Path(directory).expanduser()
+        directory.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "library_version": __version__,
+            "task": self.task,
+            "class_names": self.class_names,
+            "in_features": self.linear.in_features,
+            "num_classes": self.linear.out_features,
+            "encoder": self.encoder,
+            **self.metadata,
+        }
+        tensors = {"weight": self.linear.weight.detach().cpu().contiguous()}
+        if self.linear.bias is not None:
+            tensors["bias"] = self.linear.bias.detach().cpu().contiguous()
+        tmp = directory / ".model.safetensors.tmp"
+        save_file(tensors, str(tmp), metadata={"format": FORMAT_NAME})
+        os.replace(tmp, directory / "model.safetensors")
+        tmp_cfg = directory / ".config.json.tmp"
+        tmp_cfg.write_text(json.dumps(payload, indent=2) + "\n")
+        os.replace(tmp_cfg, directory / "config.json")
+        return directory
+
+
+def load_probe(directory: str | Path) -> LinearProbe:
+    """Load a probe saved by :meth:`LinearProbe.save_pretrained` / ``explainers train-probe``."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory).expanduser()
+    cfg_file = directory / "config.json"
+    if not cfg_file.is_file():
+        raise ModelError(f"{directory} is not a linear-probe directory (no config.json)")
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{cfg_file} is not valid JSON ({exc})") from None
+    if cfg.get("format") != FORMAT_NAME:
+        raise ModelError(f"{directory} is not a linear probe (config format {cfg.get('format')!r})")
+    try:
+        tensors = load_file(str(directory / "model.safetensors"))
+    except Exception as exc:
+        raise ModelError(f"cannot read the probe weights in {directory}: {exc}") from None
+    weight = tensors["weight"]
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in tensors)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        if "bias" in tensors:
+            linear.bias.copy_(tensors["bias"])
+    meta = {
+        k: v
+        for k, v in cfg.items()
+        if k
+        not in (
+            "format",
+            "version",
+            "task",
+            "class_names",
+            "encoder",
+            "in_features",
+            "num_classes",
+            "library_version",
+        )
+    }
+    return LinearProbe(
+        linear.eval(),
+        task=cfg.get("task", "?"),
+        class_names=cfg.get("class_names"),
+        encoder=cfg.get("encoder", {}),
+        metadata=meta,
+        source=str(directory),
+    )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Training
+
+
+@torch.no_grad()
+def extract_features(
+    encoder: ExplaineeAdapter,
+    dataset: ImageDataset,
+    *,
+    batch_size: int = 256,
+    indices: Sequence[int] | None = None,
+    progress: bool = True,
+    desc: str = "features",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(embeddings N×D float32, labels N int64) of the CLS embedding for ``dataset`` (or ``indices``)."""
+    from tqdm.auto import tqdm
+
+    order = list(range(len(dataset))) if indices is None else list(indices)
+    feats, labels = [], []
+    device = encoder.device
+    with tqdm(total=len(order), desc=desc, unit="img", disable=not progress) as bar:
+        for batch in iter_batches(dataset, batch_size, encoder.image_size, order):
+            z = encoder.cls_embedding(encoder.normalize(batch.images.to(device)))
+            feats.append(z.float().cpu())
+            labels.append(batch.labels)
+            bar.update(len(batch.ids))
+    return torch.cat(feats), torch.cat(labels)
+
+
+def fit_linear(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    *,
+    weight_decay: float = 1e-4,
+    max_iter: int = 300,
+    seed: int = 0,
+) -> nn.Linear:
+    """Multinomial logistic regression by full-batch L-BFGS; deterministic for a given seed."""
+    if (labels < 0).any():
+        raise ExplainersError("the training data has unlabelled images (label -1): a probe needs labels")
+    x = features.double()
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    xs = (x - mean) / std
+    gen = torch.Generator().manual_seed(seed)
+    w = (torch.randn(num_classes, x.shape[1], generator=gen, dtype=torch.float64) * 0.01).requires_grad_()
+    b = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS(
+        [w, b],
+        lr=1.0,
+        max_iter=max_iter,
+        tolerance_grad=1e-9,
+        tolerance_change=1e-12,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(xs @ w.T + b, labels) + weight_decay * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    linear = nn.Linear(x.shape[1], num_classes)
+    with torch.no_grad():
+        # Fold the standardisation in: W(x − μ)/σ + b = (W/σ) x + (b − (W/σ) μ).
+        w_raw = w.detach() / std
+        linear.weight.copy_(w_raw.float())
+        linear.bias.copy_((b.detach() - w_raw @ mean).float())
+    return linear.eval()
+
+
+def accuracy(linear: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((linear(features).argmax(1) == labels).float().mean())
+
+
+def train_probe(
+    encoder: ExplaineeAdapter,
+    data: str,
+    task: str,
+    *,
+    encoder_spec: str | None = None,
+    split: str = "train",
+    val_split: str | None = "val",
+    test_split: str | None = "test",
+    max_images: int | None = None,
+    batch_size: int = 256,
+    weight_decays: Sequence[float] = DEFAULT_WEIGHT_DECAYS,
+    max_iter: int = 300,
+    seed: int = 0,
+    progress: bool = True,
+    command: str | None = None,
+) -> LinearProbe:
+    """Fit a probe for ``task`` of ``data`` (``KIND:PATH``) on the frozen ``encoder``.
+
+    ``max_images`` caps each split (the first images, which are an i.i.d. sample for synthetic data).
+    """
+    from explainers.data import open_dataset
+    from explainers.learned.leta.encoder import encoder_signature, require_vit
+
+    require_vit(encoder, "a linear probe on the CLS embedding")
+    kind = data.partition(":")[0]
+    task_opt = {"task": task} if kind == "synthetic" else {}
+
+    def load(split_name: str) -> tuple[ImageDataset, torch.Tensor, torch.Tensor]:
+        ds = open_dataset(data, split=split_name, **task_opt)
+        idx = list(range(min(len(ds), max_images) if max_images else len(ds)))
+        z, y = extract_features(
+            encoder, ds, batch_size=batch_size, indices=idx, progress=progress, desc=f"features {split_name}"
+        )
+        return ds, z, y
+
+    start = time.perf_counter()
+    train_ds, z_train, y_train = load(split)
+    class_names = train_ds.class_names
+    num_classes = len(class_names) if class_names else int(y_train.max()) + 1
+    val = _maybe(load, val_split)
+    test = _maybe(load, test_split)
+    feature_s = time.perf_counter() - start
+
+    start = time.perf_counter()
+    candidates = list(weight_decays) if val is not None else [sorted(weight_decays)[len(weight_decays) // 2]]
+    scored = []
+    for wd in candidates:
+        linear = fit_linear(z_train, y_train, num_classes, weight_decay=wd, max_iter=max_iter, seed=seed)
+        score = accuracy(linear, val[1], val[2]) if val is not None else accuracy(linear, z_train, y_train)
+        scored.append((score, -wd, linear, wd))  # ties → the stronger regularisation
+    _, _, best, best_wd = max(scored, key=lambda s: (s[0], s[1]))
+    fit_s = time.perf_counter() - start
+
+    metrics = {"train_accuracy": accuracy(best, z_train, y_train)}
+    if val is not None:
+        metrics["val_accuracy"] = accuracy(best, val[1], val[2])
+    if test is not None:
+        metrics["test_accuracy"] = accuracy(best, test[1], test[2])
+    metadata = {
+        "data": data,
+        "splits": {"train": split, "val": val_split if val else None, "test": test_split if test else None},
+        "num_images": {
+            "train": len(y_train),
+            "val": len(val[2]) if val else 0,
+            "test": len(test[2]) if test else 0,
+        },
+        "metrics": {k: round(v, 4) for k, v in metrics.items()},
+        "fit": {
+            "method": "lbfgs-logistic",
+            "weight_decay": best_wd,
+            "weight_decays_tried": candidates,
+            "max_iter": max_iter,
+            "seed": seed,
+        },
+        "cost_s": {"features": round(feature_s, 2), "fit": round(fit_s, 2)},
+        "command": command,
+    }
+    return LinearProbe(
+        best,
+        task=task,
+        class_names=class_names,
+        encoder=encoder_signature(encoder, encoder_spec),
+        metadata=metadata,
+    )
+
+
+def _maybe(load, split_name: str | None):
+    if not split_name:
+        return None
+    try:
+        return load(split_name)
+    except ExplainersError:
+        return None  # the dataset has no such split
+
+
+# ------------------------------------------------------------------------------------------------------------
+# A probe as an explainee
+
+
+def probe_explainee(
+    probe: LinearProbe | str | Path, encoder: ExplaineeAdapter | str | None = None
+) -> ExplaineeAdapter:
+    """The encoder with its classifier replaced by the probe: an explainee for the probe's task.
+
+    Every method and metric then runs on the downstream task unchanged (LETA's default head is the
+    adapter's own head, i.e. the probe). ``encoder`` defaults to the spec recorded in the probe.
+    """
+    from explainers.learned.leta.encoder import check_same_encoder
+    from explainers.models import load_explainee
+
+    if not isinstance(probe, LinearProbe):
+        probe = load_probe(probe)
+    if encoder is None:
+        if "spec" not in probe.encoder:
+            raise ModelError(f"probe {probe.source} does not record its encoder; pass encoder=...")
+        encoder = probe.encoder["spec"]
+    adapter = load_explainee(encoder)
+    check_same_encoder(probe.encoder, adapter, "linear probe", probe.source or "the probe")
+    heads = adapter.parts().heads
+    if len(heads) != 1:
+        raise ModelError(
+            f"{adapter.identifier} has {len(heads)} classifier heads; a probe replaces exactly one"
+        )
+    model = copy.deepcopy(adapter.model)
+    old = heads[0].linear
+    name = next(n for n, m in adapter.model.named_modules() if m is old)
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, copy.deepcopy(probe.linear).to(adapter.device))
+    names = probe.class_names or [str(i) for i in range(probe.num_classes)]
+    config = getattr(model, "config", None)
+    if config is not None:  # Hugging Face: the adapter reads num_labels and id2label from the config
+        config.num_labels = probe.num_classes
+        config.id2label = dict(enumerate(names))
+        config.label2id = {n: i for i, n in enumerate(names)}
+    if hasattr(model, "num_classes"):  # timm
+        model.num_classes = probe.num_classes
+    return type(adapter)(
+        model,
+        mean=adapter.mean.tolist(),
+        std=adapter.std.tolist(),
+        image_size=adapter.image_size,
+        identifier=f"{adapter.identifier}+probe:{probe.task}",
+        class_names=names,
+    )
+
+
+def load_probe_explainee(spec: str | Path) -> ExplaineeAdapter:
+    """``probe:DIR`` (or ``DIR``) → :func:`probe_explainee` with the encoder recorded in the probe."""
+    text = str(spec)
+    return probe_explainee(text[len("probe:") :] if text.startswith("probe:") else text)
