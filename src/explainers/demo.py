@@ -45,6 +45,11 @@ DEMO_METHODS: tuple[DemoMethod, ...] = (
 )
 
 
+# Every metric family; patch-insertion is left out only to keep the demo short (patch-deletion, its
+# mirror, stays). ``explainers evaluate --metrics all`` computes it.
+DEMO_METRICS = "pos,neg,deletion,neg-deletion,insertion,patch-deletion,adp,pic,pixel-accuracy,miou,map"
+
+
 def assets_dir() -> Path:
     from importlib import resources
 
