@@ -15,12 +15,15 @@ def _command_line(ctx: typer.Context) -> str:
     """The command being run, rebuilt from the parsed options (for the records stored next to weights).
 
     Rebuilt rather than read from ``sys.argv``, which under ``torchrun`` or an embedding program is not
-    the ``explainers`` command line; options left at their defaults are omitted.
+    the ``explainers`` command line. Options given on the command line are kept even when they equal the
+    default (so a seed stays visible); options left out are omitted.
     """
     parts = ctx.command_path.split()
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
-        if getattr(param, "param_type_name", "") != "option" or value is None or value == param.default:
+        source = ctx.get_parameter_source(param.name)
+        given = source is not None and source.name != "DEFAULT"
+        if getattr(param, "param_type_name", "") != "option" or value is None or not given:
             continue
         if param.is_flag:
             if value:

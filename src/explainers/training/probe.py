@@ -83,6 +83,7 @@ class LinearProbe(nn.Module):
             tensors["bias"] = self.linear.bias.detach().cpu().contiguous()
         tmp = directory / ".model.safetensors.tmp"
         save_file(tensors, str(tmp), metadata={"format": FORMAT_NAME})
+        os.chmod(tmp, 0o644)  # safetensors creates files owner-only; weights are shipped data
         os.replace(tmp, directory / "model.safetensors")
         tmp_cfg = directory / ".config.json.tmp"
         tmp_cfg.write_text(json.dumps(payload, indent=2) + "\n")

@@ -162,6 +162,7 @@ class LETAExplainer:
         }
         weights_tmp = _tmp_path(directory, WEIGHTS_FILE)
         save_model(self.network, str(weights_tmp), metadata={"format": FORMAT_NAME})
+        os.chmod(weights_tmp, 0o644)  # safetensors creates files owner-only; weights are shipped data
         config_tmp = _tmp_path(directory, CONFIG_FILE)
         config_tmp.write_text(json.dumps(payload, indent=2) + "\n")
         os.replace(weights_tmp, directory / WEIGHTS_FILE)
