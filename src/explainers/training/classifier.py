@@ -9,7 +9,7 @@ The output is an ordinary Hugging Face image-classification directory::
 
 Speed matters (two CPU cores): the whole split is held in memory as one normalised tensor, batches are
 index slices of it, and augmentation is one dihedral transform (rotation by k·90° and an optional flip)
-per batch, which keeps every label valid (the shape and colour tasks are invariant; the quadrant label is
+per batch, which keeps every label valid (the shape, colour and size tasks are invariant; the quadrant label is
 permuted accordingly).
 """
 
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from explainers._compat import patch_torchvision
 from explainers.data.base import ImageDataset, iter_batches
 from explainers.data.synthetic import SyntheticDataset
-from explainers.errors import ExplainersError, ModelError
+from explainers.errors import ExplainersError
 
 AUGMENTATIONS = ("dihedral", "none")
 
@@ -56,7 +56,7 @@ class ClassifierTrainConfig:
     # chance for one to two epochs; 0.06 (about the Xavier scale at width 128) escapes it in ~100 steps.
     init_std: float = 0.06
     # Optimisation: AdamW, linear warm-up then cosine decay to 0, label smoothing, gradient clipping.
-    epochs: int = 8
+    epochs: int = 10
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.05
@@ -405,62 +405,39 @@ def _make_readable(folder: Path) -> None:
             os.chmod(path, 0o644)
 
 
-def _load_model(model_dir_or_model: Any) -> tuple[Any, list[float], list[float], int]:
-    """The model, its normalisation mean/std and its input size."""
-    _, ViTForImageClassification, _ = _vit_classes()
-    if isinstance(model_dir_or_model, (str, Path)):
-        path = Path(model_dir_or_model).expanduser()
-        if not (path / "config.json").is_file():
-            raise ModelError(f"{path} is not a Hugging Face model directory (no config.json)")
-        model = ViTForImageClassification.from_pretrained(path)
-        pre_file = path / "preprocessor_config.json"
-        pre = json.loads(pre_file.read_text()) if pre_file.is_file() else {}
-        mean = pre.get("image_mean", getattr(model.config, "image_mean", [0.5] * 3))
-        std = pre.get("image_std", getattr(model.config, "image_std", [0.5] * 3))
-    else:
-        model = model_dir_or_model
-        mean = getattr(model.config, "image_mean", [0.5] * 3)
-        std = getattr(model.config, "image_std", [0.5] * 3)
-    return model, list(mean), list(std), int(model.config.image_size)
+def evaluate_accuracy(explainee: Any, dataset: ImageDataset, batch_size: int = 256) -> float:
+    """Top-1 accuracy of an explainee on a labelled dataset; images scored ``-1`` (unlabelled) are skipped.
 
-
-def evaluate_accuracy(
-    model_dir_or_model: Path | str | Any, dataset: ImageDataset, batch_size: int = 256
-) -> float:
-    """Top-1 accuracy of a ViT classifier (a directory or a model object) on a labelled dataset.
-
-    The model's normalisation comes from ``preprocessor_config.json`` (directory) or from
-    ``config.image_mean``/``image_std`` (object; 0.5 when absent). Images are resized to the model's size.
+    ``explainee`` is anything :func:`explainers.models.load_explainee` accepts (a model directory, a
+    built model, ``"embedded"``) or an adapter, so resizing and normalisation are the adapter's own.
     """
-    model, mean, std, size = _load_model(model_dir_or_model)
-    was_training = model.training
-    model.eval()
+    from explainers.models import ExplaineeAdapter, load_explainee
+
+    adapter = explainee if isinstance(explainee, ExplaineeAdapter) else load_explainee(explainee)
+    was_training = adapter.model.training
+    adapter.model.eval()
+    device = adapter.device
+    if isinstance(dataset, SyntheticDataset) and (dataset.config.image_size,) * 2 == adapter.image_size:
+        images_u8, _, labels_np = dataset.load_arrays()  # fast path: no per-image tensors or resizing
+        batches: Any = (
+            (
+                torch.from_numpy(images_u8[i : i + batch_size]).permute(0, 3, 1, 2).float().div_(255.0),
+                torch.from_numpy(labels_np[i : i + batch_size]),
+            )
+            for i in range(0, len(images_u8), batch_size)
+        )
+    else:
+        batches = ((b.images, b.labels) for b in iter_batches(dataset, batch_size, adapter.image_size))
     correct = total = 0
-    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    device = next(model.parameters()).device
     with torch.no_grad():
-        if isinstance(dataset, SyntheticDataset) and dataset.config.image_size == size:
-            images, _, labels = dataset.load_arrays()  # fast path: no per-sample tensors
-            batches = (
-                (
-                    _normalise(images[i : i + batch_size], mean, std),
-                    torch.from_numpy(labels[i : i + batch_size]),
-                )
-                for i in range(0, len(images), batch_size)
-            )
-        else:
-            batches = (
-                ((b.images - m) / s, b.labels) for b in iter_batches(dataset, batch_size, (size, size))
-            )
-        for x, y in batches:
-            keep = y >= 0
+        for images, labels in batches:
+            keep = labels >= 0
             if not bool(keep.any()):
                 continue
-            logits = model(pixel_values=x[keep].to(device)).logits
-            correct += int((logits.argmax(-1).cpu() == y[keep]).sum())
+            logits = adapter.predict(adapter.resize(images[keep]).to(device))
+            correct += int((logits.argmax(-1).cpu() == labels[keep]).sum())
             total += int(keep.sum())
-    model.train(was_training)
+    adapter.model.train(was_training)
     if total == 0:
         raise ExplainersError(f"{getattr(dataset, 'name', 'the dataset')} has no labelled images to score")
     return correct / total
