@@ -82,7 +82,7 @@ def test_outputs_have_the_documented_types(scenes: dict) -> None:
     n = 96
     assert scenes["images"].shape == (n, 64, 64, 3) and scenes["images"].dtype == np.uint8
     assert scenes["masks"].shape == (n, 64, 64) and scenes["masks"].dtype == np.bool_
-    assert set(scenes["labels"]) == {"shape", "color", "quadrant"}
+    assert set(scenes["labels"]) == {"shape", "color", "size", "quadrant"}
     assert all(v.dtype == np.int64 and v.shape == (n,) for v in scenes["labels"].values())
     # Classes are balanced: the shape cycles with the index.
     assert np.array_equal(scenes["labels"]["shape"], np.arange(n) % len(SHAPES))
@@ -133,6 +133,8 @@ def test_attributes_agree_with_the_mask(scenes: dict) -> None:
         ys, xs = np.nonzero(masks[i])
         cx, cy = xs.mean() + 0.5, ys.mean() + 0.5
         assert labels["quadrant"][i] == 2 * int(cy >= 32) + int(cx >= 32)
+        # Default object_size (0.2, 0.3) of 64 px: size parameters 12.8–19.2 px, "large" above 16.
+        assert labels["size"][i] == int(attrs["size"][i] > 16.0)
         assert attrs["centroid_x"][i] == pytest.approx(cx) and attrs["centroid_y"][i] == pytest.approx(cy)
         assert attrs["area"][i] == masks[i].sum()
         # The whole object lies inside the image with a margin, around its centre.
@@ -157,9 +159,10 @@ def test_clutter_never_forms_a_class_object(scenes: dict) -> None:
     assert _erode(masks[filled], 5).any(axis=(1, 2)).all()
 
 
-def test_rendering_uses_the_whole_colour_and_quadrant_ranges() -> None:
+def test_rendering_uses_the_whole_colour_size_and_quadrant_ranges() -> None:
     out = render_scenes(SyntheticConfig(), "val", 0, 200)
     assert set(out["labels"]["color"]) == {0, 1, 2, 3}
+    assert 0.35 < out["labels"]["size"].mean() < 0.65  # the middle of a uniform range: about half large
     assert set(out["labels"]["quadrant"]) == {0, 1, 2, 3}
 
 
@@ -168,6 +171,7 @@ def test_config_round_trips_through_json() -> None:
     back = SyntheticConfig.from_dict(json.loads(json.dumps(config.to_dict())))
     assert back == config
     assert back.class_names("shape") == ["ring", "star", "disk"]
+    assert SyntheticConfig().class_names("size") == ["small", "large"]
     assert SyntheticConfig().class_names("quadrant") == [
         "top-left",
         "top-right",
@@ -196,7 +200,7 @@ def test_unknown_split_and_task_in_rendering() -> None:
     with pytest.raises(DatasetError, match="valid splits: train, val, test"):
         render_scenes(SMALL, "training", 0, 1)
     with pytest.raises(DatasetError, match="valid tasks"):
-        SMALL.class_names("size")
+        SMALL.class_names("area")
 
 
 # -------------------------------------------------------------------------------------------- on disk
@@ -211,7 +215,7 @@ def test_writer_and_reader_round_trip(written: Path) -> None:
 
     for split in ("train", "val", "test"):
         rendered = render_scenes(SMALL, split)
-        for task in ("shape", "color", "quadrant"):
+        for task in ("shape", "color", "size", "quadrant"):
             ds = SyntheticDataset(written, split=split, task=task)
             assert len(ds) == SMALL.split_size(split)
             assert ds.class_names == SMALL.class_names(task)
@@ -286,7 +290,7 @@ def test_reader_errors(written: Path, tmp_path: Path) -> None:
         SyntheticDataset(tmp_path)
     with pytest.raises(DatasetError, match="valid splits: train, val, test"):
         SyntheticDataset(written, split="validation")
-    with pytest.raises(DatasetError, match="valid tasks: shape, color, quadrant"):
+    with pytest.raises(DatasetError, match="valid tasks: shape, color, size, quadrant"):
         SyntheticDataset(written, task="colour")
     (tmp_path / "manifest.json").write_text('{"format": "something-else"}')
     with pytest.raises(DatasetError, match="not a synthetic dataset"):

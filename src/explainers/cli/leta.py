@@ -130,7 +130,7 @@ def train_probe_cmd(
     ),
     data: str = typer.Option(..., "--data", help="Labelled images KIND:PATH, e.g. synthetic:DIR."),
     task: str = typer.Option(
-        "shape", "--task", help="Labelling to learn (synthetic: shape, color, quadrant)."
+        "shape", "--task", help="Labelling to learn (synthetic: shape, color, size, quadrant)."
     ),
     out: Path = typer.Option(..., "--out", help="Output directory (config.json + model.safetensors)."),
     split: str = typer.Option("train", "--split", help="Training split."),

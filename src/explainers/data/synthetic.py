@@ -3,8 +3,9 @@
 Every scene holds exactly one *class object* (a filled shape: the class) with a random colour, size,
 rotation and position, drawn last on top of thin clutter (lines, arcs, specks: never a filled shape) and a
 textured background. The ground-truth mask is the object's pixels exactly (hard edges, no anti-aliasing,
-nothing drawn over it). Each image carries three labellings: ``shape`` (the default task), ``color``
-(the object's colour family) and ``quadrant`` (where the object's mask centroid lies).
+nothing drawn over it). Each image carries four labellings: ``shape`` (the default task), ``color``
+(the object's colour family), ``size`` (``small``/``large``: the object's size parameter below/above the
+middle of ``object_size``) and ``quadrant`` (where the object's mask centroid lies).
 
 Everything is a pure function of ``(config.seed, split, index)``: image ``i`` of a split is the same
 whatever batch it is rendered in, so any subset can be regenerated without the files.
@@ -42,8 +43,9 @@ from explainers.errors import DatasetError
 FORMAT_NAME = "explainers-synthetic"
 FORMAT_VERSION = 1
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-TASKS: tuple[str, ...] = ("shape", "color", "quadrant")
+TASKS: tuple[str, ...] = ("shape", "color", "size", "quadrant")
 QUADRANTS: tuple[str, ...] = ("top-left", "top-right", "bottom-left", "bottom-right")
+SIZES: tuple[str, ...] = ("small", "large")
 
 # Hue centre (degrees) of each colour family; the object's hue is jittered around it.
 COLOR_FAMILIES: dict[str, float] = {"red": 0.0, "yellow": 55.0, "green": 120.0, "blue": 225.0}
@@ -145,6 +147,8 @@ class SyntheticConfig:
             return list(self.shapes)
         if task == "color":
             return list(self.color_families)
+        if task == "size":
+            return list(SIZES)
         if task == "quadrant":
             return list(QUADRANTS)
         raise DatasetError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
@@ -453,7 +457,7 @@ def render_scenes(config: SyntheticConfig, split: str, start: int = 0, count: in
         "images": images_u8,
         "masks": masks,
         "clutter": clutter,
-        "labels": _labels(params, masks),
+        "labels": _labels(params, masks, config),
         "attributes": _attributes(params, masks, images_u8),
         "ids": [scene_id(split, start + i) for i in range(n)],
     }
@@ -469,11 +473,14 @@ def _quadrants(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([cx, cy], -1), quadrant
 
 
-def _labels(params: list[dict], masks: np.ndarray) -> dict[str, np.ndarray]:
+def _labels(params: list[dict], masks: np.ndarray, config: SyntheticConfig) -> dict[str, np.ndarray]:
     _, quadrant = _quadrants(masks)
+    # ``scale`` is object_size * image_size (pixels); large = above the middle of the sampled range.
+    middle = 0.5 * sum(config.object_size) * config.image_size
     return {
         "shape": np.array([p["shape"] for p in params], dtype=np.int64),
         "color": np.array([p["color"] for p in params], dtype=np.int64),
+        "size": np.array([p["scale"] > middle for p in params], dtype=np.int64),
         "quadrant": quadrant,
     }
 
@@ -758,6 +765,7 @@ def _read_mask(path: Path) -> np.ndarray:
 __all__ = [
     "QUADRANTS",
     "SHAPES",
+    "SIZES",
     "TASKS",
     "SyntheticConfig",
     "SyntheticDataset",
