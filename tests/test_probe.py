@@ -110,3 +110,31 @@ def test_leta_explains_a_probe_head_given_by_directory(tmp_path, bench):
     assert torch.allclose(explainer.attribute(images, head=seq).scores, by_linear.scores, atol=1e-5)
     with pytest.raises(ExplainersError, match="cannot use a Sequential"):
         explainer(images, head=nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4)))
+
+
+def test_explain_command_takes_explainer_and_head_folders(tmp_path, bench, capsys):
+    """`explainers explain --method leta --explainer DIR --head PROBE` equals the Python transfer rule."""
+    import h5py
+
+    from explainers.data import open_dataset
+    from explainers.methods import get_method
+
+    data, enc = bench
+    encoder = load_explainee(enc)
+    probe = train_probe(encoder, data, "color", max_images=8, progress=False, val_split=None, test_split=None)
+    probe.save_pretrained(tmp_path / "probe")
+    LETAExplainer.build(encoder, LETAConfig(head_depth=1, radius=1)).save_pretrained(tmp_path / "leta")
+    common = ["explain", "--method", "leta", "--explainee", enc, "--data", data, "--limit", "3", "--no-progress"]
+    args = [*common, "--explainer", str(tmp_path / "leta"), "--head", str(tmp_path / "probe")]
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--out", str(tmp_path / "maps.h5")])
+    assert exc.value.code in (0, None), capsys.readouterr().err
+    method = get_method("leta", encoder, explainer=str(tmp_path / "leta"), head=str(tmp_path / "probe"))
+    dataset = open_dataset(data)
+    images = torch.stack([dataset[i].image for i in range(3)])
+    with h5py.File(tmp_path / "maps.h5") as f:
+        assert torch.allclose(torch.from_numpy(f["maps"][:]), method(images), atol=1e-5)
+    # The same option twice is a user error, not a silent choice.
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--option", f"head={tmp_path / 'probe'}", "--out", str(tmp_path / "again.h5")])
+    assert exc.value.code == 2 and "both given" in capsys.readouterr().err

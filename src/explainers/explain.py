@@ -183,9 +183,9 @@ def _explain_batch(
     adapter = method.adapter
     batch = collate([dataset[i] for i in indices], adapter.image_size)
     images = batch.images.to(adapter.device)
-    # no_grad, not inference_mode: the classes go on into gradient-based methods (gather saves its index).
-    with torch.no_grad():
-        predicted = adapter.predict(images).argmax(dim=1)
+    # The method's own notion of "predicted": LETA explains its head's argmax, which need not be the
+    # adapter's classifier. (no_grad inside, not inference_mode: the classes go on into gradient methods.)
+    predicted = method.predict_targets(adapter.resize(images), None)
     if targets == "target":
         unknown = (batch.labels < 0).nonzero().flatten()
         if len(unknown):

@@ -77,6 +77,12 @@ def explain(
     option: list[str] = typer.Option(
         None, "--option", help="Method option KEY=VALUE (repeatable), e.g. --option seed=1."
     ),
+    explainer: str = typer.Option(
+        None, "--explainer", help="Learned explainer folder (plte, lte, leta); same as --option explainer=DIR."
+    ),
+    head: str = typer.Option(
+        None, "--head", help="LETA: the linear head to explain (probe folder); same as --option head=DIR."
+    ),
     data_option: list[str] = typer.Option(
         None, "--data-option", help="Dataset option KEY=VALUE, e.g. void=ignore (voc)."
     ),
@@ -97,7 +103,13 @@ def explain(
 
     adapter = load_explainee(explainee, device=default_device(device))
     dataset, name = open_data(data, split, data_option)
-    m = get_method(method, adapter, **parse_key_values(option, "--option"))
+    options = parse_key_values(option, "--option")
+    for key, value in (("explainer", explainer), ("head", head)):
+        if value is not None:
+            if key in options:
+                raise ExplainersError(f"--{key} and --option {key}=... both given; pass one")
+            options[key] = value
+    m = get_method(method, adapter, **options)
     summary = explain_dataset(
         m,
         dataset,
