@@ -210,7 +210,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="synthetic:DIR of the embedded benchmark")
     parser.add_argument("--encoder", default="embedded", help="the explainee whose encoder LETA explains")
-    parser.add_argument("--tasks", nargs="+", default=["color", "quadrant", "shape"])
+    parser.add_argument("--tasks", nargs="+", default=["color", "size", "quadrant", "shape"])
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--explainer", type=Path, default=ASSETS / "leta")
