@@ -77,6 +77,10 @@ def test_train_save_load_and_explainee(tmp_path, bench, capsys):
         assert torch.allclose(adapter.predict(images), probe(z), atol=1e-5)
     assert adapter.num_classes == 4 and adapter.class_names == cfg["class_names"]
     assert adapter.identifier.endswith("+probe:color")
+    # Every command takes the probe as an explainee spec.
+    by_spec = load_explainee(f"probe:{tmp_path / 'probe'}")
+    with torch.no_grad():
+        assert torch.equal(by_spec.predict(images), adapter.predict(images))
 
 
 def test_probe_on_another_encoder_is_refused(tmp_path, bench):

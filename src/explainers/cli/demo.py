@@ -21,9 +21,15 @@ def demo(
     images: int = typer.Option(32, "--images", help="Test images to explain and evaluate."),
     accuracy_images: int = typer.Option(1000, "--accuracy-images", help="Test images for the explainee's accuracy."),
     methods: str = typer.Option(None, "--methods", help="Comma-separated methods (default: all the demo runs)."),
+    downstream: bool = typer.Option(
+        True,
+        "--downstream/--no-downstream",
+        help="Also explain the probes' downstream tasks (colour, size) with the pre-trained LETA explainer.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
-    """Generate the embedded data, load the shipped explainee, explain and evaluate every method."""
+    """Generate the embedded data, load the shipped explainee, explain and evaluate every method, then
+    explain downstream tasks of the same encoder with LETA."""
     from explainers.demo import run_demo
 
     names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
@@ -34,6 +40,7 @@ def demo(
         num_images=images,
         accuracy_images=accuracy_images,
         methods=names,
+        downstream=downstream,
         progress=not quiet,
         echo=typer.echo,
     )

@@ -57,7 +57,7 @@ def open_data(spec: str, split: str | None, data_options: list[str] | None):
 def explain(
     method: str = typer.Option(..., "--method", help="Method name (see 'explainers methods')."),
     explainee: str = typer.Option(
-        "embedded", "--explainee", "-m", help="Model directory, hub id, timm:NAME or 'embedded'."
+        "embedded", "--explainee", "-m", help="Model directory, hub id, timm:NAME, 'embedded' or probe:DIR."
     ),
     data: str = typer.Option(
         ..., "--data", help="Dataset KIND:PATH (synthetic, folder, imagenet-val, imagenet-seg, coco, voc)."

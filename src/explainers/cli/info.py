@@ -12,7 +12,7 @@ from explainers.cli.app import app
 @app.command()
 def info(
     explainee: str = typer.Option(
-        "embedded", "--explainee", "-m", help="Model directory, hub id, timm:NAME or 'embedded'."
+        "embedded", "--explainee", "-m", help="Model directory, hub id, timm:NAME, 'embedded' or probe:DIR."
     ),
 ) -> None:
     """Print what the adapter reads off an explainee (size, normalisation, patch grid, prefix tokens)."""

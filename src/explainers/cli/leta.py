@@ -190,21 +190,12 @@ def heatmap(
     from explainers.cli.explain import parse_key_values
     from explainers.heatmap import list_images, render_heatmaps
     from explainers.methods import get_method
+    from explainers.models import load_explainee
 
     files = list_images(images)  # before loading anything: a wrong folder fails at once
     options = parse_key_values(option, "--option")
-    adapter = _load_explainee_or_probe(explainee, device)
+    adapter = load_explainee(explainee, device=device)  # "probe:DIR" included
     m = get_method(method, adapter, **options)
     written = render_heatmaps(m, files, out, batch_size=batch_size, target=target, scale=scale, alpha=alpha)
     typer.echo(f"wrote {len(written)} heatmaps to {out / 'explanation'} ({method})")
 
-
-def _load_explainee_or_probe(spec: str, device: str | None):
-    from explainers.models import load_explainee
-
-    if spec.startswith("probe:"):
-        from explainers.training.probe import load_probe_explainee
-
-        adapter = load_probe_explainee(spec)
-        return adapter.to(device) if device else adapter
-    return load_explainee(spec, device=device)

@@ -30,7 +30,7 @@ def _parse_sets(items: list[str]) -> dict[str, object]:
 @pretrain_app.command("lte")
 def pretrain_lte_command(
     explainee: str = typer.Option(
-        ..., "--explainee", "-m", help="Model directory, hub id, timm:NAME or 'embedded'."
+        ..., "--explainee", "-m", help="Model directory, hub id, timm:NAME, 'embedded' or probe:DIR."
     ),
     data: str = typer.Option(
         ..., "--data", "-d", help="Training images as KIND:PATH (e.g. synthetic:./scenes)."

@@ -48,6 +48,8 @@ def load_explainee(
     - ``"embedded"``: the small ViT shipped with the package;
     - a local Hugging Face model directory, or a hub id (only when the hub is reachable);
     - ``"timm:NAME"``: a timm model by name (needs the ``timm`` extra and the hub, or a local file);
+    - ``"probe:DIR"``: the encoder recorded in a linear probe (``explainers train-probe``) with the probe as
+      its classifier, i.e. an explainee for the probe's downstream task;
     - an already-built ``transformers`` ViT/DeiT classifier, or a timm ``VisionTransformer``;
     - any other ``nn.Module`` (model-agnostic methods only) with ``image_size``, ``mean`` and ``std``.
     """
@@ -55,6 +57,10 @@ def load_explainee(
         adapter = spec
     elif isinstance(spec, nn.Module):
         adapter = _adapt_module(spec, image_size, mean, std, num_classes, class_names)
+    elif isinstance(spec, str) and spec.startswith("probe:"):
+        from explainers.training.probe import load_probe_explainee
+
+        adapter = load_probe_explainee(spec)
     elif isinstance(spec, (str, Path)):
         adapter = _load_by_name(str(spec), image_size=image_size, mean=mean, std=std)
     else:
