@@ -174,6 +174,17 @@ def test_predicted_class_mode_trains_on_unlabelled_targets(tmp_path, adapter):
     assert result.best_epoch == 1 and [r["epoch"] for r in result.log] == [1]
 
 
+def test_labels_beyond_the_explainee_classes_only_matter_for_target_mode(tmp_path, adapter):
+    # Labels of another task (more classes than the explainee has) still stratify the subsets when the
+    # explained class is the prediction; with target classes they are refused with what to do.
+    many = TinyImages(k=adapter.num_classes + 3)
+    cfg = LTEConfig(**{**TINY, "epochs": 1, "train_per_class": 2}, validate_initial=False)
+    with pytest.raises(ExplainersError, match="--class predicted"):
+        pretrain_lte(adapter, many, tmp_path / "t", cfg, progress=False)
+    result = pretrain_lte(adapter, many, tmp_path / "p", cfg.replace(class_mode="predicted"), progress=False)
+    assert result.best_epoch == 1
+
+
 # ------------------------------------------------------------------ command line
 @pytest.fixture(scope="module")
 def synthetic_dir(tmp_path_factory):

@@ -58,3 +58,17 @@ def test_shipped_leta_explains_the_probes(embedded, scenes) -> None:
         inside = result.maps[object_patches].mean()
         outside = result.maps[~object_patches].mean()
         assert inside > outside + margin, (task, float(inside), float(outside))
+
+
+def test_shipped_plte_beats_random_on_fresh_scenes(embedded, scenes) -> None:
+    from explainers.learned.lte.scoring import perturbation_auc
+
+    explainer = explainers.LTEExplainer.from_pretrained(ASSETS / "plte", explainee=embedded)
+    images, labels = scenes["x"][:64], torch.from_numpy(scenes["labels"]["shape"][:64])
+    maps = explainer(images)
+    assert maps.shape == (64, *embedded.image_size) and maps.min() >= 0 and maps.max() <= 1
+    noise = torch.rand(maps.shape, generator=torch.Generator().manual_seed(0))
+    plte_pos = perturbation_auc(embedded, images, maps, labels, "pos").mean()
+    random_pos = perturbation_auc(embedded, images, noise, labels, "pos").mean()
+    # Recorded on 400 test scenes (benchmarks/results/lte.md): pLTE far below random.
+    assert plte_pos < random_pos - 10, (float(plte_pos), float(random_pos))

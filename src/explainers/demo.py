@@ -4,7 +4,9 @@
    ``retrain``);
 2. load the shipped small ViT explainee (or train it again) and measure its test accuracy;
 3. explain test images with the baselines and the learned explainers whose weights ship;
-4. score every method with the evaluation suite and write the comparison table, curves and heatmaps.
+4. score every method with the evaluation suite and write the comparison table, curves and heatmaps;
+5. explain downstream tasks of the same encoder (linear probes for the object's colour and size) with the
+   one pre-trained LETA explainer, which never saw those tasks, next to baselines on the same probes.
 """
 
 from __future__ import annotations
@@ -50,6 +52,19 @@ DEMO_METHODS: tuple[DemoMethod, ...] = (
 DEMO_METRICS = "pos,neg,deletion,neg-deletion,insertion,patch-deletion,adp,pic,pixel-accuracy,miou,map"
 
 
+# Downstream tasks (SPEC §4): linear probes on the shipped explainee's frozen encoder, explained by LETA.
+DEMO_DOWNSTREAM_TASKS: tuple[str, ...] = ("color", "size")
+DEMO_DOWNSTREAM_METHODS: tuple[DemoMethod, ...] = (
+    DemoMethod("random", {}),
+    DemoMethod("rollout", {}),
+    DemoMethod("gae", {}),
+    DemoMethod("leta", {}, asset="leta"),
+)
+# Patch deletion/insertion with LETA's own masking (removed patches take the encoder's mean colour).
+DEMO_DOWNSTREAM_METRICS = "pos,neg,patch-deletion,patch-insertion,miou"
+DEMO_DOWNSTREAM_OPTIONS = {"patch-deletion": {"fill": "mean"}, "patch-insertion": {"fill": "mean"}}
+
+
 def assets_dir() -> Path:
     from importlib import resources
 
@@ -65,14 +80,16 @@ def _write_json(path: Path, data: Any) -> None:
 def prepare_data(out: Path, n_test: int, full: bool, progress: bool) -> Path:
     """The demo's synthetic data: the first ``n_test`` test scenes of the default config (identical to the
     shipped explainee's test split, which is deterministic per index), or the whole default dataset."""
-    from explainers.data.synthetic import SyntheticConfig, generate_synthetic
+    from explainers.data.synthetic import TASKS, SyntheticConfig, generate_synthetic
 
     default = SyntheticConfig()
     config = default if full else dataclasses.replace(default, train_size=0, val_size=0, test_size=n_test)
     folder = out / ("data-full" if full else "data")
     manifest = folder / "manifest.json"
-    if manifest.exists() and json.loads(manifest.read_text()).get("config") == config.to_dict():
-        return folder  # already generated with this exact config
+    if manifest.exists():
+        recorded = json.loads(manifest.read_text())
+        if recorded.get("config") == config.to_dict() and set(recorded.get("tasks", {})) == set(TASKS):
+            return folder  # already generated with this exact config (by this version's generator)
     generate_synthetic(folder, config, progress=progress, overwrite=True)
     return folder
 
@@ -85,16 +102,19 @@ def run_demo(
     num_images: int = 32,
     accuracy_images: int = 1000,
     methods: list[str] | None = None,
+    downstream: bool = True,
     progress: bool = True,
     echo=print,
 ) -> dict[str, Any]:
-    """Run the demo into ``out``; returns the summary written to ``out/summary.json``."""
+    """Run the demo into ``out``; returns the summary written to ``out/summary.json``.
+
+    ``methods`` replaces the main comparison's method list; ``downstream`` adds LETA on the probes' tasks
+    (only with the shipped explainee, whose encoder the shipped LETA explainer and probes belong to).
+    """
     from explainers.data import open_dataset
-    from explainers.explain import explain_dataset
-    from explainers.methods import get_method
     from explainers.metrics.evaluate import evaluate_maskfiles
     from explainers.metrics.report import to_markdown, write_report
-    from explainers.models import embedded_explainee_dir, load_explainee
+    from explainers.models import load_explainee
     from explainers.training.classifier import evaluate_accuracy
 
     if retrain and explainee is not None:
@@ -106,7 +126,7 @@ def run_demo(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
 
-    echo("[1/4] generating the embedded benchmark scenes")
+    echo("[1/5] generating the embedded benchmark scenes")
     data_dir = prepare_data(out, max(num_images, accuracy_images), full=retrain, progress=progress)
     timings["data_s"] = time.perf_counter() - t0
 
@@ -114,64 +134,47 @@ def run_demo(
     if retrain:
         from explainers.training.classifier import train_classifier
 
-        echo("[2/4] training the small ViT explainee from scratch (--retrain)")
+        echo("[2/5] training the small ViT explainee from scratch (--retrain)")
         train_classifier(data_dir, out / "explainee", progress=progress, overwrite=True)
         explainee_spec = str(out / "explainee")
     elif explainee is not None:
-        echo(f"[2/4] loading the explainee {explainee}")
+        echo(f"[2/5] loading the explainee {explainee}")
         explainee_spec = explainee
     else:
-        echo("[2/4] loading the shipped small ViT explainee")
+        echo("[2/5] loading the shipped small ViT explainee")
         explainee_spec = "embedded"
-    explainee_dir = embedded_explainee_dir() if explainee_spec == "embedded" else Path(explainee_spec)
     adapter = load_explainee(explainee_spec)
     test = open_dataset(f"synthetic:{data_dir}", split="test")
     accuracy_set = _first(test, accuracy_images)
-    accuracy = evaluate_accuracy(explainee_dir, accuracy_set)
+    accuracy = evaluate_accuracy(adapter, accuracy_set)
     timings["explainee_s"] = time.perf_counter() - t
     echo(f"      explainee test accuracy: {accuracy:.2%} on {len(accuracy_set)} images")
 
     t = time.perf_counter()
     chosen = _choose_methods(methods)
-    echo(f"[3/4] explaining {num_images} test images with {len(chosen)} methods: {', '.join(m.name for m in chosen)}")
-    mask_dir = out / "masks"
-    mask_dir.mkdir(exist_ok=True)
-    mask_files, method_seconds = [], {}
-    for spec in chosen:
-        options = dict(spec.options)
-        if spec.asset is not None:
-            options.setdefault("explainer", str(assets_dir() / spec.asset))
-        method = get_method(spec.name, adapter, **options)
-        start = time.perf_counter()
-        path = mask_dir / f"{spec.name}.h5"
-        explain_dataset(
-            method,
-            test,
-            path,
-            batch_size=16,
-            limit=num_images,
-            overwrite=True,
-            resume=False,
-            progress=progress,
-            dataset_spec=f"synthetic:{data_dir}",
-        )
-        method_seconds[spec.name] = round(time.perf_counter() - start, 2)
-        mask_files.append(path)
+    echo(f"[3/5] explaining {num_images} test images with {len(chosen)} methods: {', '.join(m.name for m in chosen)}")
+    mask_files, method_seconds = _explain_all(adapter, test, chosen, out / "masks", num_images, data_dir, progress)
     timings["explain_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    echo("[4/4] evaluating: perturbation AUCs, deletion/insertion, ADP/PIC, segmentation against exact masks")
+    echo("[4/5] evaluating: perturbation AUCs, deletion/insertion, ADP/PIC, segmentation against exact masks")
     result = evaluate_maskfiles(
         adapter,
         _first(test, num_images),
         mask_files,
-        "all",
+        DEMO_METRICS,
         classes="auto",
         progress=progress,
         dataset_spec=f"synthetic:{data_dir}",
     )
     paths = write_report(result, out / "report")
     timings["evaluate_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    downstream_summary: dict[str, Any] = {}
+    if explainee_spec == "embedded" and downstream:
+        downstream_summary = _downstream_tasks(out, data_dir, num_images, progress, echo)
+    timings["downstream_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
 
     summary = {
@@ -182,6 +185,7 @@ def run_demo(
         "methods": {m.name: {"options": m.options, "explain_seconds": method_seconds[m.name]} for m in chosen},
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "report": {k: str(v) for k, v in paths.items()},
+        "downstream": downstream_summary,
     }
     _write_json(out / "summary.json", summary)
     echo("")
@@ -190,6 +194,85 @@ def run_demo(
         f"explainee accuracy {accuracy:.2%}; report in {out / 'report'} (metrics.md, curves.png, heatmaps.png); "
         f"total {timings['total_s']:.0f} s"
     )
+    return summary
+
+
+def _explain_all(
+    adapter: Any,
+    dataset: Any,
+    chosen: list[DemoMethod],
+    mask_dir: Path,
+    num_images: int,
+    data_dir: Path,
+    progress: bool,
+) -> tuple[list[Path], dict[str, float]]:
+    """Explain the first ``num_images`` of ``dataset`` with every chosen method into ``mask_dir/NAME.h5``."""
+    from explainers.explain import explain_dataset
+    from explainers.methods import get_method
+
+    mask_dir.mkdir(parents=True, exist_ok=True)
+    mask_files, method_seconds = [], {}
+    for spec in chosen:
+        options = dict(spec.options)
+        if spec.asset is not None:
+            options.setdefault("explainer", str(assets_dir() / spec.asset))
+        method = get_method(spec.name, adapter, **options)
+        start = time.perf_counter()
+        path = mask_dir / f"{spec.name}.h5"
+        explain_dataset(
+            method,
+            dataset,
+            path,
+            batch_size=16,
+            limit=num_images,
+            overwrite=True,
+            resume=False,
+            progress=progress,
+            dataset_spec=f"synthetic:{data_dir}",
+        )
+        method_seconds[spec.name] = round(time.perf_counter() - start, 2)
+        mask_files.append(path)
+    return mask_files, method_seconds
+
+
+def _downstream_tasks(out: Path, data_dir: Path, num_images: int, progress: bool, echo) -> dict[str, Any]:
+    """LETA (one pre-trained explainer, no task training) on the probes' tasks, next to baselines."""
+    from explainers.data import open_dataset
+    from explainers.metrics.evaluate import evaluate_maskfiles
+    from explainers.metrics.report import to_markdown, write_report
+    from explainers.training.classifier import evaluate_accuracy
+    from explainers.training.probe import probe_explainee
+
+    tasks = [t for t in DEMO_DOWNSTREAM_TASKS if (assets_dir() / "probes" / t / "config.json").exists()]
+    chosen = _choose_methods([m.name for m in DEMO_DOWNSTREAM_METHODS], DEMO_DOWNSTREAM_METHODS)
+    if not tasks or not any(m.name == "leta" for m in chosen):
+        return {}
+    echo(f"[5/5] downstream tasks of the same encoder ({', '.join(tasks)}): LETA, pre-trained once, no task training")
+    summary: dict[str, Any] = {}
+    for task in tasks:
+        adapter = probe_explainee(assets_dir() / "probes" / task)
+        test = open_dataset(f"synthetic:{data_dir}", split="test", task=task)
+        task_dir = out / "downstream" / task
+        files, seconds = _explain_all(adapter, test, chosen, task_dir / "masks", num_images, data_dir, progress)
+        result = evaluate_maskfiles(
+            adapter,
+            _first(test, num_images),
+            files,
+            DEMO_DOWNSTREAM_METRICS,
+            classes="auto",
+            metric_options=DEMO_DOWNSTREAM_OPTIONS,
+            progress=progress,
+            dataset_spec=f"synthetic:{data_dir}",
+        )
+        paths = write_report(result, task_dir / "report")
+        accuracy = evaluate_accuracy(adapter, _first(test, num_images))
+        echo(f"\ntask {task!r} (linear probe, accuracy {accuracy:.2%} on these {num_images} images)")
+        echo(to_markdown(result))
+        summary[task] = {
+            "probe_accuracy": accuracy,
+            "explain_seconds": seconds,
+            "report": {k: str(v) for k, v in paths.items()},
+        }
     return summary
 
 
@@ -212,17 +295,19 @@ def _first(dataset, n: int):
     return _Prefix()
 
 
-def _choose_methods(names: list[str] | None) -> list[DemoMethod]:
+def _choose_methods(
+    names: list[str] | None, defaults: tuple[DemoMethod, ...] = DEMO_METHODS
+) -> list[DemoMethod]:
     from explainers.methods import available_methods
 
     registered = set(available_methods())
-    by_name = {m.name: m for m in DEMO_METHODS}
+    by_name = {m.name: m for m in defaults}
     if names:
         unknown = [n for n in names if n not in registered]
         if unknown:
             raise ExplainersError(f"unknown method(s) {unknown}; available: {', '.join(sorted(registered))}")
         chosen = [by_name.get(n, DemoMethod(n, {})) for n in names]
     else:
-        chosen = [m for m in DEMO_METHODS if m.name in registered]
+        chosen = [m for m in defaults if m.name in registered]
     missing = [m for m in chosen if m.asset is not None and not (assets_dir() / m.asset / "config.json").exists()]
     return [m for m in chosen if m not in missing]

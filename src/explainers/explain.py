@@ -185,7 +185,7 @@ def _explain_batch(
     images = batch.images.to(adapter.device)
     # The method's own notion of "predicted": LETA explains its head's argmax, which need not be the
     # adapter's classifier. (no_grad inside, not inference_mode: the classes go on into gradient methods.)
-    predicted = method.predict_targets(adapter.resize(images), None)
+    predicted = method.predicted_classes(adapter.resize(images))
     if targets == "target":
         unknown = (batch.labels < 0).nonzero().flatten()
         if len(unknown):

@@ -53,6 +53,12 @@ class Method:
     def attribute(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
+    @torch.no_grad()
+    def predicted_classes(self, images: torch.Tensor) -> torch.Tensor:
+        """The classes this method explains when told "predicted", for images at the explainee's size: the
+        explainee's argmax (LETA overrides it with its head's)."""
+        return self.adapter.predict(images).argmax(dim=1)
+
     def predict_targets(self, images: torch.Tensor, targets: Targets) -> torch.Tensor:
         """Resolve ``targets`` (None → predicted class) for images already at the explainee's size."""
         if targets is None:

@@ -81,6 +81,9 @@ class LETAMethod(Method):
         z = self.adapter.cls_embedding(self.adapter.normalize(images))
         return self.head.linear.to(z.device)(z.float())
 
+    def predicted_classes(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head_logits(images).argmax(dim=1)
+
     def predict_targets(self, images: torch.Tensor, targets: Targets) -> torch.Tensor:
         # ŷ comes from the explained head, which need not be the adapter's own classifier.
         return resolve_targets(targets, self.head_logits(images))

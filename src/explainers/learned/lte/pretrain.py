@@ -354,9 +354,12 @@ def pretrain_lte(
     adapter.model.eval()
     dataset = open_training_data(data, config.split)
     labels = _dataset_labels(dataset)
-    if max(labels, default=-1) >= adapter.num_classes:
+    # With class_mode "predicted" the labels only stratify the subsets: any labelling of the images will do
+    # (e.g. the shape labels for a probe explainee of another task).
+    if config.class_mode == "target" and max(labels, default=-1) >= adapter.num_classes:
         raise ExplainersError(
-            f"the dataset has class {max(labels)} but the explainee only {adapter.num_classes} classes"
+            f"the dataset has class {max(labels)} but the explainee only {adapter.num_classes} classes; "
+            "use a dataset labelled for this explainee, or --class predicted"
         )
     train_idx, val_idx = select_subsets(labels, config.train_per_class, config.val_per_class, config.seed)
     train_x, train_y, train_ids = _load_subset(dataset, train_idx, adapter.image_size)
