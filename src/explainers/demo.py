@@ -169,6 +169,8 @@ def run_demo(
     )
     paths = write_report(result, out / "report")
     timings["evaluate_s"] = time.perf_counter() - t
+    echo("")
+    echo(to_markdown(result))
 
     t = time.perf_counter()
     downstream_summary: dict[str, Any] = {}
@@ -188,11 +190,10 @@ def run_demo(
         "downstream": downstream_summary,
     }
     _write_json(out / "summary.json", summary)
-    echo("")
-    echo(to_markdown(result))
     echo(
-        f"explainee accuracy {accuracy:.2%}; report in {out / 'report'} (metrics.md, curves.png, heatmaps.png); "
-        f"total {timings['total_s']:.0f} s"
+        f"explainee accuracy {accuracy:.2%}; report in {out / 'report'} (metrics.md, curves.png, heatmaps.png)"
+        + (f", downstream tasks in {out / 'downstream'}" if downstream_summary else "")
+        + f"; total {timings['total_s']:.0f} s"
     )
     return summary
 
