@@ -15,6 +15,16 @@ import explainers  # noqa: F401  (applies the torchvision import workaround befo
 torch.set_num_threads(2)
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (modules with tiny models opt in with ``pytestmark``): a second
+    OpenMP thread only adds contention on a shared 2-core machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def tiny_vit_config(model_type: str = "vit", image_size: int = 32, patch_size: int = 8, num_labels: int = 5, **kw):
     from transformers import DeiTConfig, ViTConfig
 

@@ -15,15 +15,7 @@ from explainers.learned.leta.explainer import pool_patch_scores
 from explainers.learned.leta.objective import compute_targets, gather_centres, leta_loss
 from explainers.learned.leta.windows import mask_pair, pixel_masks, window_masks
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two OpenMP threads on a shared 2-core machine spin against other jobs: tiny models run far
-    # faster on one.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (conftest.one_thread)
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,7 @@ from explainers.learned.leta import LETAExplainer, build_run_config, pretrain
 TINY = {"batch_size": 8, "centres": 2, "head_depth": 2, "radius": 1, "log_every": 1, "val_images": 8}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread avoids spinning against other jobs
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (conftest.one_thread)
 
 
 def make_tiny_benchmark(root: Path) -> tuple[str, str]:

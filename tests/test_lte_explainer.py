@@ -15,14 +15,7 @@ from explainers.learned.lte.explainer import CheckpointMismatchError
 from explainers.learned.lte.loss import lte_loss
 from explainers.learned.lte.pretrain import frozen
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models: a second thread only adds contention on the shared 2-core machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (conftest.one_thread)
 
 
 def _explainer(kind="vit", **cfg):

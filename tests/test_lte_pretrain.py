@@ -16,13 +16,7 @@ from explainers.errors import ExplainersError
 from explainers.learned import LTEConfig, LTEExplainer
 from explainers.learned.lte.pretrain import lr_factor, pretrain_lte, schedule_lengths, select_subsets
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (conftest.one_thread)
 
 
 class TinyImages(ImageDataset):

@@ -11,13 +11,7 @@ from explainers import load_explainee
 from explainers.learned import LTEConfig, LTEExplainer
 from explainers.learned.lte.refine import _adamw_, refine_images
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (conftest.one_thread)
 
 
 @pytest.fixture

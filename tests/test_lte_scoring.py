@@ -10,13 +10,7 @@ from explainers import load_explainee
 from explainers.learned.lte.scoring import perturbation_auc
 from explainers.metrics import BatchContext, MetricInputs, get_metric
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (conftest.one_thread)
 
 
 def reference_auc(adapter, images, maps, classes, order):

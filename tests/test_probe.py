@@ -20,13 +20,7 @@ from explainers.training.probe import (
 )
 from test_leta_pretrain import make_tiny_benchmark
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (conftest.one_thread)
 
 
 @pytest.fixture(scope="module")
