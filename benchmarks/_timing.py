@@ -1,4 +1,4 @@
-"""Shared timing helpers for the benchmark scripts: interleaved repeats, medians, machine facts."""
+"""Shared helpers for the benchmark scripts: interleaved repeats, medians, machine facts, test models."""
 
 from __future__ import annotations
 
@@ -33,3 +33,20 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int = 7, 
             fn()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def build_vit(image_size: int, patch: int, width: int, depth: int, heads: int, classes: int):
+    """A randomly initialised HF ViT classifier (seed 0) of the given shape, in eval mode."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    config = ViTConfig(
+        image_size=image_size,
+        patch_size=patch,
+        hidden_size=width,
+        num_hidden_layers=depth,
+        num_attention_heads=heads,
+        intermediate_size=4 * width,
+        num_labels=classes,
+    )
+    return ViTForImageClassification(config).eval()

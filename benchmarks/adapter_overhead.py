@@ -13,24 +13,8 @@ from pathlib import Path
 import torch
 
 import explainers  # noqa: F401  (torchvision workaround before transformers)
-from _timing import interleaved_medians, machine
+from _timing import build_vit, interleaved_medians, machine
 from explainers.models import load_explainee
-
-
-def build(image_size: int, patch: int, width: int, depth: int, heads: int, classes: int):
-    from transformers import ViTConfig, ViTForImageClassification
-
-    torch.manual_seed(0)
-    config = ViTConfig(
-        image_size=image_size,
-        patch_size=patch,
-        hidden_size=width,
-        num_hidden_layers=depth,
-        num_attention_heads=heads,
-        intermediate_size=4 * width,
-        num_labels=classes,
-    )
-    return ViTForImageClassification(config).eval()
 
 
 def main() -> None:
@@ -45,7 +29,7 @@ def main() -> None:
     }
     rows = []
     for label, (cfg, batch) in configs.items():
-        adapter = load_explainee("embedded") if cfg is None else load_explainee(build(*cfg))
+        adapter = load_explainee("embedded") if cfg is None else load_explainee(build_vit(*cfg))
         model = adapter.model
         images = torch.rand(batch, 3, *adapter.image_size)
         pixels = adapter.normalize(images)

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 import explainers  # noqa: F401  (torchvision workaround before transformers)
-from _timing import interleaved_medians, machine
+from _timing import build_vit, interleaved_medians, machine
 from explainers.methods import get_method
 from explainers.models import load_explainee
 
@@ -59,22 +59,6 @@ NOTES = """### Where the cost goes
 """
 
 
-def build(image_size: int, patch: int, width: int, depth: int, heads: int, classes: int):
-    from transformers import ViTConfig, ViTForImageClassification
-
-    torch.manual_seed(0)
-    config = ViTConfig(
-        image_size=image_size,
-        patch_size=patch,
-        hidden_size=width,
-        num_hidden_layers=depth,
-        num_attention_heads=heads,
-        intermediate_size=4 * width,
-        num_labels=classes,
-    )
-    return ViTForImageClassification(config).eval()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -93,7 +77,7 @@ def main() -> None:
     load_before = os.getloadavg()
     sections = []
     for label, cfg, batch, masks, steps, repeats in configs:
-        adapter = load_explainee(build(*cfg))
+        adapter = load_explainee(build_vit(*cfg))
         images = torch.rand(batch, 3, *adapter.image_size, generator=torch.Generator().manual_seed(0))
         options = {"rise": {"num_masks": masks}, "integrated-gradients": {"steps": steps}}
         methods = {name: get_method(name, adapter, **options.get(name, {})) for name in METHODS}
