@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from explainers.errors import ExplainersError
+from explainers.io.atomic import write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -69,12 +69,6 @@ def assets_dir() -> Path:
     from importlib import resources
 
     return Path(str(resources.files("explainers") / "assets"))
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def prepare_data(out: Path, n_test: int, full: bool, progress: bool) -> Path:
@@ -189,7 +183,7 @@ def run_demo(
         "report": {k: str(v) for k, v in paths.items()},
         "downstream": downstream_summary,
     }
-    _write_json(out / "summary.json", summary)
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     echo(
         f"explainee accuracy {accuracy:.2%}; report in {out / 'report'} (metrics.md, curves.png, heatmaps.png)"
         + (f", downstream tasks in {out / 'downstream'}" if downstream_summary else "")

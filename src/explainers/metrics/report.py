@@ -13,27 +13,16 @@ import math
 import os
 import platform
 import sys
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from explainers.io.atomic import write_bytes_atomic
 from explainers.metrics.evaluate import EvaluationResult
 
 _ARROW = {"lower": "↓", "higher": "↑"}
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def versions() -> dict[str, str]:
@@ -264,15 +253,15 @@ def write_report(result: EvaluationResult, out_dir: str | Path) -> dict[str, Pat
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     paths = {"json": out / "metrics.json", "npz": out / "metrics.npz", "md": out / "metrics.md"}
-    _atomic_write(paths["npz"], buf.getvalue())
-    _atomic_write(paths["md"], to_markdown(result).encode())
+    write_bytes_atomic(paths["npz"], buf.getvalue())
+    write_bytes_atomic(paths["md"], to_markdown(result).encode())
     for key, name, png in (
         ("png", "curves.png", plot_curves(result)),
         ("heatmaps", "heatmaps.png", plot_heatmaps(result)),
     ):
         if png is not None:
             paths[key] = out / name
-            _atomic_write(paths[key], png)
+            write_bytes_atomic(paths[key], png)
     # The JSON last: its presence says the other files are complete.
-    _atomic_write(paths["json"], (json.dumps(to_json(result), indent=2) + "\n").encode())
+    write_bytes_atomic(paths["json"], (json.dumps(to_json(result), indent=2) + "\n").encode())
     return paths

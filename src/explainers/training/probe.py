@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ from torch import nn
 
 from explainers.data.base import ImageDataset, iter_batches
 from explainers.errors import ExplainersError, ModelError
+from explainers.io.atomic import atomic_path, write_text_atomic
 from explainers.models.base import ExplaineeAdapter
 
 FORMAT_NAME = "explainers-linear-probe"
@@ -81,13 +81,9 @@ class LinearProbe(nn.Module):
         tensors = {"weight": self.linear.weight.detach().cpu().contiguous()}
         if self.linear.bias is not None:
             tensors["bias"] = self.linear.bias.detach().cpu().contiguous()
-        tmp = directory / ".model.safetensors.tmp"
-        save_file(tensors, str(tmp), metadata={"format": FORMAT_NAME})
-        os.chmod(tmp, 0o644)  # safetensors creates files owner-only; weights are shipped data
-        os.replace(tmp, directory / "model.safetensors")
-        tmp_cfg = directory / ".config.json.tmp"
-        tmp_cfg.write_text(json.dumps(payload, indent=2) + "\n")
-        os.replace(tmp_cfg, directory / "config.json")
+        with atomic_path(directory / "model.safetensors") as tmp:
+            save_file(tensors, str(tmp), metadata={"format": FORMAT_NAME})
+        write_text_atomic(directory / "config.json", json.dumps(payload, indent=2) + "\n")
         return directory
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from explainers.errors import ExplainersError, ModelError
+from explainers.io.atomic import atomic_path, write_text_atomic
 from explainers.learned.leta.config import LETAConfig
 from explainers.learned.leta.encoder import (
     check_same_encoder,
@@ -160,13 +160,9 @@ class LETAExplainer:
             "num_parameters": self.network.num_parameters(),
             **self.metadata,
         }
-        weights_tmp = _tmp_path(directory, WEIGHTS_FILE)
-        save_model(self.network, str(weights_tmp), metadata={"format": FORMAT_NAME})
-        os.chmod(weights_tmp, 0o644)  # safetensors creates files owner-only; weights are shipped data
-        config_tmp = _tmp_path(directory, CONFIG_FILE)
-        config_tmp.write_text(json.dumps(payload, indent=2) + "\n")
-        os.replace(weights_tmp, directory / WEIGHTS_FILE)
-        os.replace(config_tmp, directory / CONFIG_FILE)
+        with atomic_path(directory / WEIGHTS_FILE) as weights_tmp:
+            save_model(self.network, str(weights_tmp), metadata={"format": FORMAT_NAME})
+        write_text_atomic(directory / CONFIG_FILE, json.dumps(payload, indent=2) + "\n")
         return directory
 
     @classmethod
@@ -377,7 +373,3 @@ def _adapter_head(adapter: ExplaineeAdapter, source: str) -> ResolvedHead:
         )
     return ResolvedHead(heads[0].linear, adapter.class_names, source)
 
-
-def _tmp_path(directory: Path, name: str) -> Path:
-    # A per-process name (several processes may save side by side); renamed into place when complete.
-    return directory / f".{name}.{os.getpid()}.tmp"

@@ -13,7 +13,6 @@ import copy
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from explainers.errors import ExplainersError, ModelError
+from explainers.io.atomic import atomic_path, write_text_atomic
 from explainers.learned.lte.config import LTEConfig
 from explainers.models.base import ExplaineeAdapter, Targets
 
@@ -204,12 +204,6 @@ def check_compatible(saved: dict[str, Any], adapter: ExplaineeAdapter, where: st
             )
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 class LTEExplainer:
     """A (pre-)trained LTE explainer bound to its explainee.
 
@@ -317,9 +311,8 @@ class LTEExplainer:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
-        tmp = path / (WEIGHTS_NAME + ".tmp")
-        save_file(state, str(tmp), metadata={"format": FORMAT})
-        os.replace(tmp, path / WEIGHTS_NAME)
+        with atomic_path(path / WEIGHTS_NAME) as tmp:
+            save_file(state, str(tmp), metadata={"format": FORMAT})
         meta = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -332,7 +325,7 @@ class LTEExplainer:
 
         meta["library_version"] = __version__
         # config.json last: a directory with a config.json always has matching weights.
-        _atomic_write_text(path / CONFIG_NAME, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        write_text_atomic(path / CONFIG_NAME, json.dumps(meta, indent=2, sort_keys=True) + "\n")
         return path
 
     @staticmethod

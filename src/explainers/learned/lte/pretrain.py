@@ -38,12 +38,12 @@ import torch
 
 from explainers.data import ImageDataset, iter_batches, open_dataset, parse_dataset_spec
 from explainers.errors import ExplainersError
+from explainers.io.atomic import write_text_atomic
 from explainers.learned.lte.config import LTEConfig
 from explainers.learned.lte.explainer import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     LTEExplainer,
-    _atomic_write_text,
     check_compatible,
 )
 from explainers.learned.lte.loss import loss_classes, lte_loss
@@ -235,7 +235,7 @@ def validation_scores(
 
 
 def _write_log(out: Path, records: list[dict[str, Any]]) -> None:
-    _atomic_write_text(out / LOG_NAME, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    write_text_atomic(out / LOG_NAME, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
 
 
 def plot_log(records: list[dict[str, Any]], path: Path) -> None:
@@ -436,7 +436,7 @@ def pretrain_lte(
 
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(out / SUBSETS_NAME, json.dumps(subsets) + "\n")
+        write_text_atomic(out / SUBSETS_NAME, json.dumps(subsets) + "\n")
 
     ddp_net, optimizer = accelerator.prepare(net, optimizer)
     device = accelerator.device
