@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 
 import pytest
@@ -198,3 +199,12 @@ def test_normalisation_from_model_config():
     adapter = load_explainee(model)
     torch.testing.assert_close(adapter.mean, torch.tensor([0.1, 0.2, 0.3]))
     torch.testing.assert_close(load_explainee(model, std=[1.0, 1.0, 1.0]).std, torch.ones(3))
+
+
+def test_weights_fingerprint_tracks_every_weight():
+    adapter = load_explainee("embedded")
+    twin = load_explainee(copy.deepcopy(adapter.model), mean=adapter.mean.tolist(), std=adapter.std.tolist())
+    assert adapter.weights_fingerprint() == twin.weights_fingerprint()
+    with torch.no_grad():
+        next(twin.model.parameters()).view(-1)[0] += 1e-3
+    assert adapter.weights_fingerprint() != twin.weights_fingerprint()

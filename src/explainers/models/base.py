@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -146,6 +147,21 @@ class ExplaineeAdapter:
             "mean": [round(float(v), 6) for v in self.mean],
             "std": [round(float(v), 6) for v in self.std],
         }
+
+    def weights_fingerprint(self) -> str:
+        """sha256 over every parameter and buffer of the model (float32 bytes, sorted by name).
+
+        The one identity check for "the same weights": mask files, checkpoints and resumed runs store it
+        and refuse (or record) a mismatch. Device- and dtype-independent: tensors are hashed as float32 on
+        the CPU, so a model moved to a GPU or run in bf16 keeps its fingerprint.
+        """
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.model.state_dict(keep_vars=True).items(), key=lambda kv: kv[0]):
+            data = tensor.detach().to("cpu", torch.float32).contiguous()
+            digest.update(name.encode())
+            digest.update(str(tuple(data.shape)).encode())
+            digest.update(data.numpy().tobytes())
+        return digest.hexdigest()
 
     def to(self, device: torch.device | str) -> ExplaineeAdapter:
         self.model.to(device)
