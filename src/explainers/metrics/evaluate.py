@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from explainers.data.base import ImageDataset, collate
+from explainers.data.loader import BatchLoader, resolve_workers
 from explainers.errors import DatasetError, ExplainersError
 from explainers.io.maskfile import MaskFile
 from explainers.metrics.base import (
@@ -189,14 +190,16 @@ def evaluate_maskfiles(
     metric_options: Mapping[str, Mapping[str, Any]] | None = None,
     progress: bool = True,
     dataset_spec: str | None = None,
+    workers: int | None = None,
 ) -> EvaluationResult | None:
     """Score the maps in ``maskfiles`` on ``dataset`` with ``adapter``.
 
     classes: ``target`` (ground truth), ``predicted`` (clean-image argmax) or ``auto`` (target when every
     image has a label, else predicted). nonfinite: ``fail`` (refuse maps with NaN/inf, naming the images)
     or ``exclude`` (leave those images out of that file's results and list them). max_batch: most
-    perturbed images per explainee forward (the memory knob). Returns the result on the main process and
-    None on the others when sharded.
+    perturbed images per explainee forward (the memory knob). workers: processes decoding images while the
+    metrics run (None: :func:`data.loader.default_workers`; 0: in this process). Returns the result on the
+    main process and None on the others when sharded.
     """
     t0 = time.perf_counter()
     if classes not in ("auto", "target", "predicted"):
@@ -205,6 +208,7 @@ def evaluate_maskfiles(
         raise ExplainersError(f"--nonfinite must be fail or exclude, got {nonfinite!r}")
     if batch_size < 1:
         raise ExplainersError(f"batch size must be at least 1, got {batch_size}")
+    resolve_workers(workers)  # a bad count is refused before any file is opened
     if not maskfiles:
         raise ExplainersError("no mask files given; pass --masks FILE.h5 (written by 'explainers explain')")
     files = [MaskFile(p) for p in maskfiles]
@@ -221,6 +225,7 @@ def evaluate_maskfiles(
             metric_options=metric_options,
             progress=progress,
             dataset_spec=dataset_spec,
+            workers=workers,
             t0=t0,
         )
     finally:
@@ -241,6 +246,7 @@ def _evaluate(
     metric_options,
     progress,
     dataset_spec,
+    workers,
     t0,
 ) -> EvaluationResult | None:
     size = tuple(adapter.image_size)
@@ -321,6 +327,7 @@ def _evaluate(
         batch_size=batch_size,
         max_batch=max_batch,
         progress=progress,
+        workers=workers,
     )
     gathered = gather_to_main(local, shard)
     if gathered is None:
@@ -409,6 +416,7 @@ def _score_shard(
     batch_size,
     max_batch,
     progress,
+    workers,
 ) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
@@ -427,14 +435,16 @@ def _score_shard(
     ]
     forwarded = 0
     bar = tqdm(total=len(ids), desc="evaluate", unit="img", disable=not progress or not shard.is_main)
-    for start in range(0, len(mine), batch_size):
-        chunk = mine[start : start + batch_size]
-        batch = collate([dataset[index_of[i]] for i in chunk], adapter.image_size)
-        images = batch.images.to(device)
+    chunks = [mine[start : start + batch_size] for start in range(0, len(mine), batch_size)]
+    loader = BatchLoader(
+        dataset, [[index_of[i] for i in chunk] for chunk in chunks], adapter.image_size, workers=workers, device=device
+    )
+    for chunk, batch in zip(chunks, loader, strict=True):
+        images = batch.images
         clean_logits = chunked_logits(adapter, images, max_batch)
         forwarded += len(images)
         predicted = clean_logits.argmax(dim=1)
-        scored = batch.labels.to(device) if classes == "target" else predicted
+        scored = batch.labels if classes == "target" else predicted
         for k, mf in enumerate(files):
             keep = [n for n, i in enumerate(chunk) if row_of[k][i] not in excluded[k]]
             if not keep:
@@ -447,8 +457,8 @@ def _score_shard(
                 classes=scored[sel],
                 clean_logits=clean_logits[sel],
                 ids=[chunk[n] for n in keep],
-                gt=None if batch.masks is None else batch.masks.to(device)[sel],
-                ignore=None if batch.ignore is None else batch.ignore.to(device)[sel],
+                gt=None if batch.masks is None else batch.masks[sel],
+                ignore=None if batch.ignore is None else batch.ignore[sel],
             )
             ctx = BatchContext(adapter, inputs, max_batch=max_batch)
             out = local[k]

@@ -121,10 +121,7 @@ def select_subsets(
 
 
 def _dataset_labels(dataset: ImageDataset) -> list[int]:
-    labels = getattr(dataset, "labels", None)
-    if labels is not None and not callable(labels):
-        return [int(v) for v in labels]
-    return [dataset[i].label for i in range(len(dataset))]  # generic (loads every image once)
+    return [int(v) for v in dataset.labels]  # from the label file / folder names / CSV: no decoding
 
 
 def _load_subset(
