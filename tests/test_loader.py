@@ -18,7 +18,7 @@ import explainers.data.loader as loader_module
 from evalkit import ListDataset, make_coco, make_imagenet_seg, make_voc, save_tiny_vit
 from explainers import DatasetError, ExplainersError, open_dataset
 from explainers.cli import main
-from explainers.data.base import Sample
+from explainers.data.base import Sample, collate
 from explainers.data.loader import BatchLoader, default_workers, resolve_workers
 from explainers.explain import explain_dataset
 from explainers.io import partial_path
@@ -109,6 +109,9 @@ def test_workers_give_the_in_process_batches_in_order(folder):
     batches = [[6, 0, 3], [1], [5, 2], [4]]  # any order, uneven sizes: kept exactly
     reference = batches_of(BatchLoader(ds, batches, (16, 16), workers=0))
     assert [r[2] for r in reference] == [[ds.ids[i] for i in b] for b in batches]
+    # Raw [0, 1] images resized by collate, nothing else (normalising is the explainee's, on its device).
+    assert torch.equal(reference[0][0], collate([ds[6], ds[0], ds[3]], (16, 16)).images)
+    assert 0 <= float(reference[0][0].min()) and float(reference[0][0].max()) <= 1
     assert_same_batches(batches_of(BatchLoader(ds, batches, (16, 16), workers=2)), reference)
     voc = open_dataset(f"voc:{make_voc(folder.parent / 'voc', n=5)}", void="ignore")
     batches = [[0, 1], [2, 3], [4]]

@@ -126,7 +126,8 @@ class BatchLoader:
     index lists; with ``__len__`` for the worker count to be capped). Only these images are decoded, so a
     resumed run that leaves out its committed images never reads them. workers: decoding processes
     (None: :func:`default_workers`; 0: in this process). device: where the batches go (default CPU); to a
-    CUDA device, batches are pinned by the loader and copied without blocking.
+    CUDA device, batches are pinned by the loader and copied without blocking. prefetch_per_worker:
+    batches each worker keeps ready.
 
     Iterating gives :class:`Batch` es with every tensor on ``device``. A bad input (undecodable image,
     unreadable file) raises its own :class:`ExplainersError`, whatever the number of workers.
@@ -140,7 +141,7 @@ class BatchLoader:
         *,
         workers: int | None = None,
         device: torch.device | str | None = None,
-        prefetch_batches: int = 2,
+        prefetch_per_worker: int = 2,
     ) -> None:
         self.dataset = dataset
         self.batches = batches
@@ -149,7 +150,7 @@ class BatchLoader:
         self.workers = resolve_workers(workers, count)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.pin = self.device.type == "cuda"
-        self.prefetch_batches = prefetch_batches
+        self.prefetch_per_worker = prefetch_per_worker
 
     def __len__(self) -> int:
         return len(self.batches)  # type: ignore[arg-type]
@@ -166,7 +167,7 @@ class BatchLoader:
             pin_memory=self.pin,
             worker_init_fn=worker_init if multi else None,
             multiprocessing_context=worker_context() if multi else None,
-            prefetch_factor=self.prefetch_batches if multi else None,
+            prefetch_factor=self.prefetch_per_worker if multi else None,
         )
 
     def __iter__(self) -> Iterator[Batch]:
