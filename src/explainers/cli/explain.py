@@ -71,7 +71,10 @@ def explain(
     ),
     batch_size: int = typer.Option(16, "--batch-size", help="Images per method call."),
     target_class: str = typer.Option(
-        "predicted", "--class", help="Class to explain: predicted or target (ground truth)."
+        None,
+        "--class",
+        help="Class to explain: predicted or target (ground truth). Default: the method's own "
+        "(lte: the class its pLTE was trained for), else predicted.",
     ),
     limit: int = typer.Option(None, "--limit", help="Explain only the first N images."),
     option: list[str] = typer.Option(
