@@ -335,7 +335,8 @@ def _png_tag(png: bytes | None, alt: str) -> str:
         return ""
     data = base64.b64encode(png).decode()
     caption = html.escape(alt)
-    return f'<figure><img alt="{caption}" src="data:image/png;base64,{data}"><figcaption>{caption}</figcaption></figure>'
+    img = f'<img alt="{caption}" src="data:image/png;base64,{data}">'
+    return f"<figure>{img}<figcaption>{caption}</figcaption></figure>"
 
 
 def to_html(board: Leaderboard, title: str = "Leaderboard", plots: bool = True) -> str:
