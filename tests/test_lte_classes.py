@@ -98,7 +98,8 @@ def test_lte_refines_towards_the_checkpoint_class_and_selects_on_ground_truth(ad
 
     # A pLTE trained for the prediction: refined towards the argmax, steps selected on the label where
     # there is one (the prediction for the unlabelled image).
-    unlabelled = ListDataset([*ds.samples[:3], Sample(ds.samples[3].image, -1, ds.samples[3].mask, "u")], "partly labelled")
+    last = ds.samples[3]
+    unlabelled = ListDataset([*ds.samples[:3], Sample(last.image, -1, last.mask, "u")], "partly labelled")
     rec.classes.clear()
     lte = get_method("lte", adapter, explainer=str(tmp_path / "predicted"), steps=2)
     explain_dataset(lte, unlabelled, tmp_path / "p.h5", progress=False)
