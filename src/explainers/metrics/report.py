@@ -170,7 +170,7 @@ def to_markdown(result: EvaluationResult) -> str:
 
 #: What a metric option value means, where the value alone does not say it.
 _OPTION_WORDS = {
-    ("fill", "mean"): "removed pixels take the explainee's mean colour (0 in its normalised space)",
+    ("fill", "mean"): "removed pixels take the explainee's mean colour, 0 in its normalised space",
     ("fill", "black"): "removed pixels are black (0 in [0,1])",
 }
 
