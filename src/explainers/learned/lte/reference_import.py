@@ -415,13 +415,17 @@ def _write_explainee_dir(model: Any, arch: ReferenceArchitecture, folder: Path) 
     ).save_pretrained(folder)
 
 
-@contextlib.contextmanager
-def _staging_dir(out: Path, overwrite: bool) -> Iterator[Path]:
-    """A fresh folder beside ``out``, moved onto ``out`` only when everything inside was written."""
+def _check_output(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise ExplainersError(f"--out {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ExplainersError(f"--out {out} is not empty; pick another folder or pass --overwrite")
+
+
+@contextlib.contextmanager
+def _staging_dir(out: Path, overwrite: bool) -> Iterator[Path]:
+    """A fresh folder beside ``out``, moved onto ``out`` only when everything inside was written."""
+    _check_output(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.import-"))
     try:
@@ -467,16 +471,19 @@ def import_lte_reference(
     out = Path(out_dir).expanduser()
     if class_mode is not None and class_mode not in CLASS_MODES:
         raise ExplainersError(f"class mode must be one of {', '.join(CLASS_MODES)}; got {class_mode!r}")
-    ref = read_reference_checkpoint(checkpoint, num_heads=num_heads)
+    # Both checks before the slow part (the output is checked again when the result is moved in).
+    _check_output(out, overwrite)
+    named = class_mode_from_name(Path(checkpoint).name)
     if class_mode is None:
-        class_mode = ref.class_mode
+        class_mode = named
         if class_mode is None:
             raise ExplainersError(
-                f"cannot tell the class mode from the file name {ref.path.name!r} (no 'predicted' or "
+                f"cannot tell the class mode from the file name {Path(checkpoint).name!r} (no 'predicted' or "
                 "'target' in it); pass --class-mode predicted or --class-mode target"
             )
-    elif ref.class_mode is not None and ref.class_mode != class_mode:
-        log.warning("%s is named for class mode %r; importing it as %r", ref.path.name, ref.class_mode, class_mode)
+    elif named is not None and named != class_mode:
+        log.warning("%s is named for class mode %r; importing it as %r", Path(checkpoint).name, named, class_mode)
+    ref = read_reference_checkpoint(checkpoint, num_heads=num_heads)
     arch = ref.architecture
     explainee_model = build_explainee_model(ref)
     explainer_vit = build_explainer_vit(ref)
