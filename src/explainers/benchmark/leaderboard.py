@@ -320,7 +320,7 @@ color:#1b1f24;padding:0 1rem}
 h1{font-size:1.6rem}h2{margin-top:2.2rem;border-bottom:1px solid #d0d7de;padding-bottom:.3rem}
 table{border-collapse:collapse;margin:.8rem 0;font-size:.88rem}
 th,td{border:1px solid #d0d7de;padding:.3rem .55rem;text-align:right;white-space:nowrap}
-th:first-child,td:first-child{text-align:left}
+th:first-child,td:first-child,td.name{text-align:left}
 thead th{background:#f6f8fa;position:sticky;top:0}
 td.best{font-weight:700;background:#dafbe1}td.tied{background:#f0fff4}
 .rank{color:#57606a;font-size:.75rem;margin-left:.3rem}
@@ -357,7 +357,7 @@ def to_html(board: Leaderboard, title: str = "Leaderboard", plots: bool = True) 
     for k, method in enumerate(board.ranking(), start=1):
         train, per_image = _cost_text(board.costs.get(method))
         parts.append(
-            f"<tr><td>{k}</td><td>{esc(method)}</td><td>{board.overall[method]:.2f}</td>"
+            f'<tr><td>{k}</td><td class="name">{esc(method)}</td><td>{board.overall[method]:.2f}</td>'
             f"<td>{esc(train)}</td><td>{esc(per_image)}</td></tr>"
         )
     parts.append("</tbody></table>")
