@@ -60,7 +60,7 @@ def explain(
         "embedded", "--explainee", "-m", help="Model directory, hub id, timm:NAME, 'embedded' or probe:DIR."
     ),
     data: str = typer.Option(
-        ..., "--data", help="Dataset KIND:PATH (synthetic, folder, imagenet-val, imagenet-seg, coco, voc)."
+        ..., "--data", help="Dataset KIND:PATH (synthetic, folder, imagenet-val, imagenet-seg, coco, voc, masks)."
     ),
     split: str = typer.Option(
         None, "--split", help="Dataset split (default: the kind's own, e.g. test for synthetic)."

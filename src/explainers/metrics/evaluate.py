@@ -137,7 +137,7 @@ def resolve_metrics(
         if m.needs_gt and not has_gt:
             raise ExplainersError(
                 f"metric {m.name!r} needs ground-truth masks but the dataset has none; use imagenet-seg, "
-                "coco, voc or synthetic data, or drop the segmentation metrics"
+                "coco, voc, masks or synthetic data, or drop the segmentation metrics"
             )
         if m.needs_grid and _gridless(adapter):
             raise ExplainersError(
