@@ -77,7 +77,7 @@ def no_decoding(monkeypatch):
     def refuse(path):
         raise AssertionError(f"decoded {path}")
 
-    for module in ("base", "folder", "imagenet", "synthetic", "voc", "coco"):
+    for module in ("base", "folder", "imagenet", "synthetic", "voc", "coco", "masks"):
         monkeypatch.setattr(f"explainers.data.{module}.load_image", refuse, raising=False)
 
 
@@ -111,7 +111,7 @@ def test_workers_give_the_in_process_batches_in_order(folder):
     assert [r[2] for r in reference] == [[ds.ids[i] for i in b] for b in batches]
     # Raw [0, 1] images resized by collate, nothing else (normalising is the explainee's, on its device).
     assert torch.equal(reference[0][0], collate([ds[6], ds[0], ds[3]], (16, 16)).images)
-    assert 0 <= float(reference[0][0].min()) and float(reference[0][0].max()) <= 1
+    assert float(reference[0][0].min()) >= 0 and float(reference[0][0].max()) <= 1
     assert_same_batches(batches_of(BatchLoader(ds, batches, (16, 16), workers=2)), reference)
     voc = open_dataset(f"voc:{make_voc(folder.parent / 'voc', n=5)}", void="ignore")
     batches = [[0, 1], [2, 3], [4]]
@@ -325,6 +325,12 @@ def test_labels_without_decoding(tmp_path, monkeypatch):
     generate_synthetic(tmp_path / "synth", SyntheticConfig(train_size=0, val_size=0, test_size=6), progress=False)
     make_imagenet_seg(tmp_path / "seg.mat", [(6, 5), (4, 4)])
     make_coco(tmp_path / "coco")
+    (tmp_path / "own" / "images").mkdir(parents=True)
+    (tmp_path / "own" / "masks").mkdir()
+    for name in ("a", "b", "c"):
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "own" / "images" / f"{name}.png")
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "own" / "masks" / f"{name}.png")
+    (tmp_path / "own" / "labels.txt").write_text("a 2\nb 0\nc 5\n")
     specs = {
         f"folder:{folder}": [0, 0, 1, 1, 2],  # class by class, as the folder reader lists them
         f"folder:{flat}": [-1],
@@ -333,6 +339,7 @@ def test_labels_without_decoding(tmp_path, monkeypatch):
         f"voc:{make_voc(tmp_path / 'voc', n=3)}": [-1, -1, -1],
         f"coco:{tmp_path / 'coco'}": [-1, -1],  # the image without instances is left out
         f"imagenet-seg:{tmp_path / 'seg.mat'}": [-1, -1],
+        f"masks:{tmp_path / 'own'}": [2, 0, 5],
     }
     decoded = {spec: [s.label for s in open_dataset(spec)] for spec in specs}
     no_decoding(monkeypatch)
