@@ -346,6 +346,7 @@ def test_labels_without_decoding(tmp_path, monkeypatch):
     for spec, expected in specs.items():
         ds = open_dataset(spec)
         labels = ds.labels
+        assert ds.labels_without_decoding, spec
         assert labels.dtype == np.int64 and labels.tolist() == decoded[spec], spec
         assert expected is None or labels.tolist() == expected, spec
         assert [ds.label_of(i) for i in range(len(ds))] == decoded[spec] and ds.label_of(-1) == decoded[spec][-1]
@@ -353,9 +354,13 @@ def test_labels_without_decoding(tmp_path, monkeypatch):
             ds.label_of(len(ds))
 
 
-def test_base_labels_decode_when_a_reader_has_no_shortcut():
+def test_base_labels_decode_when_a_reader_has_no_shortcut(tmp_path):
     ds = ListDataset([Sample(torch.rand(3, 4, 4), label, None, str(label)) for label in (3, -1, 0)])
     assert ds.labels.tolist() == [3, -1, 0] and ds.label_of(1) == -1
+    assert not ds.labels_without_decoding  # so evaluate does not read all labels up front
+    make_imagenet_seg(tmp_path / "seg.mat", [(4, 4)])
+    assert open_dataset(f"imagenet-seg:{tmp_path / 'seg.mat'}").labels_without_decoding
+    assert open_dataset(f"folder:{make_folder(tmp_path / 'f', n=2)}").labels_without_decoding
 
 
 def test_every_reader_survives_pickling(tmp_path):

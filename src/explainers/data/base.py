@@ -96,6 +96,13 @@ class ImageDataset(Sequence[Sample]):
         """Every image's label (int64, −1 where unknown), in dataset order, through :meth:`label_of`."""
         return np.array([self.label_of(i) for i in range(len(self))], dtype=np.int64)
 
+    @property
+    def labels_without_decoding(self) -> bool:
+        """Whether :attr:`labels` / :meth:`label_of` answer without decoding images (the class overrides one
+        of them), so that a caller may read every label up front."""
+        cls = type(self)
+        return cls.label_of is not ImageDataset.label_of or cls.labels is not ImageDataset.labels
+
 
 class UnlabelledDataset(ImageDataset):
     """A reader whose images carry no class label (segmentation sets): every label is −1, without decoding."""

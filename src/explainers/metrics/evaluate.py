@@ -489,10 +489,11 @@ def _refuse_repeated_paths(maskfiles: Sequence[str | Path]) -> None:
 
 
 def _known_labels(dataset: ImageDataset, rows: np.ndarray) -> np.ndarray | None:
-    """The dataset's labels of ``rows`` when it can give them without loading images (``labels``)."""
-    labels = getattr(dataset, "labels", None)
-    if labels is None or callable(labels):
+    """The dataset's labels of ``rows`` when it can give them without loading images (``labels``; the
+    default of a dataset class without its own would decode every image)."""
+    if not getattr(dataset, "labels_without_decoding", False):
         return None
+    labels = dataset.labels
     try:
         arr = np.asarray(labels, dtype=np.int64)
     except (TypeError, ValueError):
