@@ -92,6 +92,51 @@ def resolve_targets(targets: Targets, logits: torch.Tensor) -> torch.Tensor:
     return out
 
 
+class TrainableBackbone(nn.Module):
+    """What explainers need to know about a copied encoder, whatever library it comes from.
+
+    ``forward(pixel_values)`` gives B×T×D tokens after the final norm (prefix tokens first). Subclasses
+    (one per model library, in the adapters) expose the transformer ``blocks`` in order, the ``final_norm``
+    and the attention implementation as an opaque value that :meth:`set_attention_mode` restores.
+    """
+
+    @property
+    def blocks(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    @property
+    def final_norm(self) -> nn.Module:
+        raise NotImplementedError
+
+    def attention_mode(self) -> object:
+        raise NotImplementedError
+
+    def set_attention_mode(self, mode: object) -> None:
+        raise NotImplementedError
+
+    def eager_mode(self) -> object:
+        """The mode value that computes attention by hand (``torch.func.vmap`` needs it on CPU)."""
+        raise NotImplementedError
+
+    def fused_mode(self) -> object:
+        """The mode value of the fastest attention path (explainers never need attention maps)."""
+        raise NotImplementedError
+
+    def architecture(self) -> dict | None:
+        """A JSON description from which the same module (fresh weights) can be rebuilt offline, or None
+        when only a copy of the explainee can rebuild it."""
+        return None
+
+    @contextlib.contextmanager
+    def eager_attention(self) -> Iterator[None]:
+        previous = self.attention_mode()
+        self.set_attention_mode(self.eager_mode())
+        try:
+            yield
+        finally:
+            self.set_attention_mode(previous)
+
+
 class ExplaineeAdapter:
     """Uniform access to a classifier.
 
@@ -243,6 +288,12 @@ class ExplaineeAdapter:
     def backbone(self) -> nn.Module:
         """The encoder (embeddings, blocks, final norm) as a module: pixel values → features."""
         raise self._needs_vit("the backbone")
+
+    def trainable_backbone(self) -> TrainableBackbone:
+        """A deep copy of the encoder that an explainer trains from: pixel values → all tokens after the
+        final norm, without any classifier head (an unused head would stall DDP and bloat checkpoints).
+        The copy shares nothing with the explainee, so training it leaves the explainee unchanged."""
+        raise self._needs_vit("a trainable backbone copy")
 
     # ----------------------------------------------------------------- derived helpers
     def attention_gradients(
