@@ -175,8 +175,9 @@ def test_save_load_round_trip(tmp_path, encoder, layout):
 def test_explainer_for_another_encoder_is_refused(tmp_path, explainer):
     explainer.save_pretrained(tmp_path / "leta")
     other = load_explainee(build_hf_model(num_labels=4, seed=1))  # same architecture, other weights
-    with pytest.raises(ExplainersError, match=r"built for encoder .* not for the given encoder .*weights"):
+    with pytest.raises(ExplainersError, match=r"made for other weights than encoder .*allow_other_weights"):
         LETAExplainer.from_pretrained(tmp_path / "leta", encoder=other)
+    LETAExplainer.from_pretrained(tmp_path / "leta", encoder=other, allow_other_weights=True)  # explicit
     wider = load_explainee(build_hf_model(num_labels=4, hidden_size=48))
     with pytest.raises(ExplainersError, match="embed_dim"):
         LETAExplainer.from_pretrained(tmp_path / "leta", encoder=wider)

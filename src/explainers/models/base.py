@@ -193,15 +193,24 @@ class ExplaineeAdapter:
             "std": [round(float(v), 6) for v in self.std],
         }
 
-    def weights_fingerprint(self) -> str:
+    def weights_fingerprint(self, *, heads: bool = True) -> str:
         """sha256 over every parameter and buffer of the model (float32 bytes, sorted by name).
 
         The one identity check for "the same weights": mask files, checkpoints and resumed runs store it
         and refuse (or record) a mismatch. Device- and dtype-independent: tensors are hashed as float32 on
         the CPU, so a model moved to a GPU or run in bf16 keeps its fingerprint.
+
+        ``heads=False`` hashes the encoder only (:meth:`backbone`, classifier heads excluded): what LETA
+        explainers and linear probes depend on, since a probe is the same encoder with another head.
         """
+        if heads:
+            items = list(self.model.state_dict(keep_vars=True).items())
+        else:
+            head_ids = {id(p) for head in self.parts().heads for p in head.linear.parameters()}
+            backbone = self.backbone().state_dict(keep_vars=True).items()
+            items = [(n, t) for n, t in backbone if id(t) not in head_ids]
         digest = hashlib.sha256()
-        for name, tensor in sorted(self.model.state_dict(keep_vars=True).items(), key=lambda kv: kv[0]):
+        for name, tensor in sorted(items, key=lambda kv: kv[0]):
             data = tensor.detach().to("cpu", torch.float32).contiguous()
             digest.update(name.encode())
             digest.update(str(tuple(data.shape)).encode())

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 from collections.abc import Iterator
@@ -121,18 +120,6 @@ class ExplainerNet(nn.Module):
         if self.activation in ("relu", "none"):
             mask = mask.clamp(0.0, 1.0)  # unbounded scores: the reference clamps the mask to [0, 1]
         return patch, mask
-
-
-def explainee_fingerprint(adapter: ExplaineeAdapter) -> str:
-    """A short hash of the classifier head's weights (same architecture, other weights: worth a warning)."""
-    h = hashlib.sha256()
-    try:
-        heads = adapter.parts().heads
-    except ExplainersError:
-        return ""
-    for head in heads:
-        h.update(head.linear.weight.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def check_compatible(saved: dict[str, Any], adapter: ExplaineeAdapter, where: str) -> None:
@@ -273,7 +260,7 @@ class LTEExplainer:
             "format_version": FORMAT_VERSION,
             "config": self.config.to_dict(),
             "explainee": self.adapter.describe(),
-            "explainee_fingerprint": explainee_fingerprint(self.adapter),
+            "explainee_weights_fingerprint": self.adapter.weights_fingerprint(),
             "training": {**self.training_info, **(extra or {})},
         }
         from explainers import __version__
@@ -313,11 +300,13 @@ class LTEExplainer:
         explainee: ExplaineeAdapter | str | Path | nn.Module,
         *,
         device: str | torch.device | None = None,
+        allow_other_weights: bool = False,
         **config_overrides: Any,
     ) -> LTEExplainer:
         """Load a checkpoint written by :meth:`save_pretrained` for ``explainee`` (adapter, spec or model).
 
-        A checkpoint made for a different explainee (architecture, patch grid or class count) is refused.
+        A checkpoint made for a different explainee (architecture, patch grid or class count) is refused,
+        and so is one made for other weights of the same architecture unless ``allow_other_weights``.
         ``config_overrides`` change settings that do not affect the weights (e.g. ``refine_lr``).
         """
         from safetensors import SafetensorError
@@ -329,13 +318,17 @@ class LTEExplainer:
         meta = cls.read_metadata(path)
         adapter = load_explainee(explainee, device=None if device is None else str(device))
         check_compatible(meta.get("explainee", {}), adapter, str(path))
-        saved_fp, fp = meta.get("explainee_fingerprint"), explainee_fingerprint(adapter)
-        if saved_fp and fp and saved_fp != fp:
-            log.warning(
-                "explainer %s was trained for an explainee with other classifier weights than %s",
-                path,
-                adapter.identifier,
-            )
+        from explainers.training.checkpoint import check_fingerprint
+
+        check_fingerprint(
+            meta.get("explainee_weights_fingerprint"),
+            adapter.weights_fingerprint(),
+            what="LTE explainer",
+            source=str(path),
+            model=f"explainee {adapter.identifier}",
+            hint="pre-train one for these weights (`explainers pretrain lte`)",
+            allow_other_weights=allow_other_weights,
+        )
         config = LTEConfig.from_dict(meta.get("config", {}))
         structural = {"activation", "freeze_blocks", "head_init_std"} & set(config_overrides)
         if structural:

@@ -321,6 +321,16 @@ def _check_resume(
             "settings to resume it, or pick another --out"
         )
     check_compatible(payload["explainee"], adapter, str(out))
+    from explainers.training.checkpoint import check_fingerprint
+
+    check_fingerprint(
+        payload.get("explainee_weights_fingerprint"),
+        adapter.weights_fingerprint(),
+        what="interrupted pLTE run",
+        source=str(out),
+        model=f"explainee {adapter.identifier}",
+        hint="resume with the explainee it started with, or pick another --out",
+    )
     if payload["subsets"] != subsets:
         raise ExplainersError(
             f"{out} was pre-trained on other images (the dataset or split changed); pick another --out"
@@ -420,11 +430,14 @@ def pretrain_lte(
             f"{out} already holds an explainer checkpoint but no training state to resume; pick another --out"
         )
 
+    fingerprint = adapter.weights_fingerprint()
+
     def payload_now(ep: int, step: int, s: torch.Tensor) -> dict[str, Any]:
         return {
             "format": STATE_FORMAT,
             "config": config.to_dict(),
             "explainee": adapter.describe(),
+            "explainee_weights_fingerprint": fingerprint,
             "subsets": subsets,
             "epoch": ep,
             "step_in_epoch": step,
