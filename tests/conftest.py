@@ -82,8 +82,7 @@ def pytest_addoption(parser):
     )
 
 
-@pytest.fixture(autouse=True)
-def _optimizer_noop(request, monkeypatch):
-    if request.config.getoption("--optimizer-noop"):
-        monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, closure=None: None)
-    yield
+def pytest_configure(config):
+    # Patched for the whole session (module-scoped fixtures that train included), never undone.
+    if config.getoption("--optimizer-noop"):
+        torch.optim.AdamW.step = lambda self, closure=None: None
