@@ -76,16 +76,20 @@ def pretrain_leta(
         None, "--target-dtype", help="float32 or bfloat16 (autocast) for the frozen encoder's targets."
     ),
     device: str = typer.Option(None, "--device", help="auto, cpu or cuda."),
+    sets: list[str] = typer.Option(
+        [], "--set", help="Any setting KEY=VALUE (e.g. precision=bf16, workers=4); repeatable."
+    ),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue an interrupted run in OUT."),
     stop_after: int = typer.Option(None, "--stop-after", help="Stop (resumably) after N steps in this call."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Pre-train a LETA explainer for one encoder, task-agnostically (run under torchrun for DDP)."""
-    from explainers.learned.leta.config import build_run_config, read_config_file
+    from explainers.learned.leta.config import build_run_config
     from explainers.learned.leta.pretrain import pretrain
+    from explainers.training.config import gather_settings
 
     run = build_run_config(
-        read_config_file(config) if config else None,
+        gather_settings(config, sets),
         split=split,
         val_split=val_split,
         epochs=epochs,
