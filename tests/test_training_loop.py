@@ -119,3 +119,12 @@ def test_shipped_config_files_hold_the_reference_settings(name, lam):
     cfg = LTEConfig.from_file(Path(__file__).resolve().parents[1] / "configs" / name)
     assert (cfg.lambda_mask, cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.seed) == (lam, 2e-3, 0.01, 32, 42)
     assert (cfg.train_per_class, cfg.val_per_class, cfg.warmup_fraction) == (1, 1, 0.2)
+
+
+def test_probe_settings_use_the_same_checks():
+    from explainers.training.config import build
+    from explainers.training.probe import ProbeConfig
+
+    assert build(ProbeConfig, {"max_images": "8", "val_split": ""}, "probe").max_images == 8
+    with pytest.raises(ConfigError, match="unknown probe config key.*valid keys: task, split"):
+        build(ProbeConfig, {"max_imgs": 8}, "probe")
