@@ -53,7 +53,19 @@ def load_explainee(
       its classifier, i.e. an explainee for the probe's downstream task;
     - an already-built ``transformers`` ViT/DeiT classifier, or a timm ``VisionTransformer``;
     - any other ``nn.Module`` (model-agnostic methods only) with ``image_size``, ``mean`` and ``std``.
+
+    Normalisation (``mean``/``std``) is never guessed: given values win, else the directory's
+    ``preprocessor_config.json`` / the model config's ``image_mean``/``image_std`` / timm's
+    ``pretrained_cfg``; without any of them the load is refused. Input size and preprocessing come from the
+    processor (the crop size when it centre-crops; see :func:`processor_geometry`), else the model config;
+    an explicit ``image_size`` means: resize straight to it (bilinear, no crop).
     """
+    fixed = isinstance(spec, ExplaineeAdapter) or (isinstance(spec, str) and spec.startswith("probe:"))
+    if fixed and any(v is not None for v in (image_size, mean, std)):
+        raise ModelError(
+            "image_size/mean/std cannot be changed for an already-built adapter or a probe:DIR explainee "
+            "(the probe's encoder records its own)"
+        )
     if isinstance(spec, ExplaineeAdapter):
         adapter = spec
     elif isinstance(spec, nn.Module):
