@@ -97,6 +97,10 @@ def test_published_processors_give_the_crop_size_at_real_size():
     vit = processor_geometry(VIT_B16_224, (224, 224), "vit")
     assert (vit.size, vit.resize, vit.interpolation, vit.crops) == ((224, 224), None, "bilinear", False)
 
+    # keys left out (or null) take the processor class's defaults: DeiT resizes to 256×256, crops 224, bicubic
+    bare = {"image_processor_type": "DeiTImageProcessor", "resample": None, "image_mean": IMAGENET_MEAN}
+    assert processor_geometry(bare, (224, 224), "deit") == deit
+
     timm_geo = timm_geometry((224, 224), TIMM_VIT_B16_224)
     assert (timm_geo.size, timm_geo.resize, timm_geo.interpolation) == ((224, 224), 248, "bicubic")  # ⌊224/0.9⌋
     assert timm_geo.resized_shape(375, 501) == (248, 331)

@@ -218,20 +218,25 @@ def processor_geometry(
     - keys left out take the processor class's defaults (``image_processor_type``: ViT or DeiT).
     """
     kind = _processor_kind(pre, model_type)
-    defaults = _PROCESSOR_DEFAULTS[kind]
-    resample = pre.get("resample", defaults["resample"])
+    # Keys left out, or saved as null, take the processor class's defaults.
+    pre = {**_PROCESSOR_DEFAULTS[kind], **{k: v for k, v in pre.items() if v is not None}}
+    resample = pre["resample"]
     interpolation = _PIL_RESAMPLE.get(resample, str(resample))
     if interpolation not in ("bilinear", "bicubic"):
         raise ModelError(
             f"preprocessor resample {interpolation!r} is not supported (bilinear or bicubic); pass image_size= "
             "to resize straight to the model size with bilinear instead"
         )
-    do_resize = pre.get("do_resize", True)
-    resize = _hw(pre.get("size", defaults["size"]), "size") if do_resize else None
-    if pre.get("do_center_crop", defaults["do_center_crop"]):
-        size = _hw(pre.get("crop_size", defaults.get("crop_size", 224)), "crop_size")
+    resize = _hw(pre["size"], "size") if pre.get("do_resize", True) else None
+    if pre["do_center_crop"]:
+        size = _hw(pre.get("crop_size", 224), "crop_size")
         if isinstance(size, int):
             raise ModelError("preprocessor crop_size must be a size, not shortest_edge")
+        if resize is None:
+            raise ModelError(
+                "preprocessor centre-crops without resizing (do_resize false), so the crop would show a different "
+                "part of each image depending on its size; pass image_size= to resize straight to the model size"
+            )
     elif isinstance(resize, tuple):
         size, resize = resize, None
     elif resize is None:
