@@ -32,6 +32,8 @@ class Sample:
     mask: torch.Tensor | None
     id: str
     ignore: torch.Tensor | None = None
+    #: Evidence of a competing class in the same image (the other object of a contrast scene), or None.
+    counter_mask: torch.Tensor | None = None
 
 
 @dataclass

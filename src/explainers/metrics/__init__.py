@@ -15,6 +15,8 @@ pic                 adp-pic       higher  % of images whose probability rises on
 pixel-accuracy      segmentation  higher  % correct pixels, pooled over the dataset          0–100
 miou                segmentation  higher  % mean IoU (bg, fg), pooled over the dataset       0–100
 map                 segmentation  higher  % mean over images of AP on [1 − R, R]             0–100
+pointing-game       localization  higher  % share of the map's maximal pixels inside the GT  0–100
+energy-in-gt        localization  higher  % of the min–max normalised map's mass in the GT   0–100
 ==================  ============  ======  =================================================  ==========
 
 AUCs are 100 × the trapezoid area over the x-axis shown. Removed pixels are black (0 in the [0,1] image)
@@ -30,7 +32,7 @@ evaluation knobs are :func:`evaluate_maskfiles`'s ``batch_size`` (images loaded 
 (most perturbed images per explainee forward: the memory knob), ``classes`` and ``nonfinite``.
 """
 
-from explainers.metrics import adp_pic, deletion, perturbation, segmentation  # noqa: F401  (registers)
+from explainers.metrics import adp_pic, deletion, localization, perturbation, segmentation  # noqa: F401  (registers)
 from explainers.metrics.base import (
     BatchContext,
     Metric,
