@@ -55,13 +55,18 @@ def test_benchmark_writes_a_leaderboard_and_reuses_its_mask_files(tmp_path: Path
     assert all(src.startswith("data:image/png;base64,") for src in checker.images)
     assert "| plte |" in (tmp_path / "leaderboard.md").read_text()
 
+    # The randomisation check: gae reads the explainee's attention and gradients, so its maps change.
+    assert set(board.sanity["single"]) == {"random", "gae", "plte"}
+    assert set(board.sanity["single"]["gae"]) == {"1", "4"}  # the shipped explainee has 4 blocks
+    assert board.sanity["single"]["gae"]["4"] < 0.5 and "Sanity check" in (tmp_path / "leaderboard.md").read_text()
+
     masks = sorted((tmp_path / "single" / "masks").glob("*.h5"))
     stamps = {p: p.stat().st_mtime_ns for p in masks}
     again = run_benchmark(
         tmp_path, scenarios=["single"], methods=["random", "gae", "plte"], images=6, progress=False, echo=lines.append
     )
     assert {p: p.stat().st_mtime_ns for p in masks} == stamps  # nothing explained twice
-    assert again.overall == board.overall
+    assert again.overall == board.overall and again.sanity == board.sanity
 
 
 def test_scenario_selection_and_learned_methods_without_an_explainer(tmp_path: Path, one_thread) -> None:

@@ -108,3 +108,13 @@ def test_random_not_last_is_reported():
     res = scenario_a()
     res.files[3] = file_result("random", {"pos": np.full(20, 1.0), "miou": np.full(20, 99.0)})
     assert separation(build_leaderboard({"a": res}))["a"]["floor_last"] is False
+
+
+def test_sanity_table_verdicts():
+    board = build_leaderboard({"a": scenario_a()})
+    board.sanity = {"a": {"good": {"1": 0.8, "12": 0.1}, "fair": {"1": 0.95, "12": 0.7}}}
+    md = to_markdown(board)
+    assert "| good | 0.80 | 0.10 | passes |" in md and "| fair | 0.95 | 0.70 | fails |" in md
+    page = to_html(board, plots=False)
+    assert '<td class="fail">fails</td>' in page
+    assert to_json(board)["sanity"]["spearman"]["a"]["fair"]["12"] == 0.7

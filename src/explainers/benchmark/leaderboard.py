@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from explainers.benchmark.sanity import FAIL_AT
 from explainers.metrics.evaluate import EvaluationResult
 
 TEST_NAME = "paired two-sided Wilcoxon signed-rank test on per-image values"
@@ -70,6 +71,8 @@ class Leaderboard:
     costs: dict[str, dict[str, float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     results: dict[str, EvaluationResult] = field(default_factory=dict, repr=False)
+    #: Randomisation check per scenario: method → {"1": ρ, "<all blocks>": ρ} (mean Spearman).
+    sanity: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
 
     def cell(self, method: str, scenario: str, metric: str) -> Cell | None:
         return self.cells.get((method, f"{scenario}/{metric}"))
@@ -251,6 +254,7 @@ def to_json(board: Leaderboard) -> dict[str, Any]:
         "ranking": board.ranking(),
         "costs": board.costs,
         "separation": separation(board),
+        "sanity": {"fail_at": FAIL_AT, "spearman": board.sanity},
         "notes": board.notes,
     }
 
@@ -309,9 +313,41 @@ def to_markdown(board: Leaderboard, title: str = "Leaderboard") -> str:
             f"{floor[s['floor_last']]}; metrics where two methods differ beyond their 95 % CIs: "
             f"{', '.join(s['separated']) or 'none'}."
         )
+    if board.sanity:
+        lines += ["", "## Sanity check: model-parameter randomisation", "", _SANITY_TEXT, ""]
+        for scenario, rows in board.sanity.items():
+            lines += [f"**{scenario}**", "", *_sanity_rows(rows, "md"), ""]
     if board.notes:
         lines += ["", *(f"- {n}" for n in board.notes)]
     return "\n".join(lines) + "\n"
+
+
+_SANITY_TEXT = (
+    "Mean Spearman correlation between each method's maps for the trained explainee and for copies whose "
+    f"last block, or every block, is re-initialised (lower is better). A method fails at ρ ≥ {FAIL_AT} with "
+    "every block randomised: its maps do not depend on what the model learned. Not part of the ranking."
+)
+
+
+def _sanity_rows(rows: Mapping[str, Mapping[str, float]], kind: str) -> list[str]:
+    ks = sorted({k for r in rows.values() for k in r}, key=int)
+    out = []
+    if kind == "md":
+        out += ["| method | " + " | ".join(f"ρ, last {k} block(s)" for k in ks) + " | verdict |"]
+        out += ["|---|" + "---|" * (len(ks) + 1)]
+    for method, r in rows.items():
+        verdict = "fails" if r.get(ks[-1], 0.0) >= FAIL_AT else "passes"
+        cells = [_fmt(r.get(k)) for k in ks]
+        if kind == "md":
+            out.append(f"| {method} | " + " | ".join(cells) + f" | {verdict} |")
+        else:
+            tds = "".join(f"<td>{c}</td>" for c in cells)
+            cls = ' class="fail"' if verdict == "fails" else ""
+            out.append(f'<tr><td class="name">{html.escape(method)}</td>{tds}<td{cls}>{verdict}</td></tr>')
+    if kind == "html":
+        head = "".join(f"<th>ρ, last {k} block(s)</th>" for k in ks)
+        out = [f"<table><thead><tr><th>method</th>{head}<th>verdict</th></tr></thead><tbody>", *out, "</tbody></table>"]
+    return out
 
 
 _CSS = """
@@ -322,7 +358,7 @@ table{border-collapse:collapse;margin:.8rem 0;font-size:.88rem}
 th,td{border:1px solid #d0d7de;padding:.3rem .55rem;text-align:right;white-space:nowrap}
 th:first-child,td:first-child,td.name{text-align:left}
 thead th{background:#f6f8fa;position:sticky;top:0}
-td.best{font-weight:700;background:#dafbe1}td.tied{background:#f0fff4}
+td.best{font-weight:700;background:#dafbe1}td.tied{background:#f0fff4}td.fail{color:#cf222e;font-weight:700}
 .rank{color:#57606a;font-size:.75rem;margin-left:.3rem}
 .legend{color:#57606a;font-size:.85rem;max-width:70rem}
 figure{margin:1rem 0}figure img{max-width:100%;border:1px solid #d0d7de}
@@ -390,6 +426,13 @@ def to_html(board: Leaderboard, title: str = "Leaderboard", plots: bool = True) 
         if plots and result is not None:
             parts.append(_png_tag(plot_curves(result), f"{scenario}: mean perturbation curves"))
             parts.append(_png_tag(plot_heatmaps(result), f"{scenario}: heatmaps of the first images"))
+    if board.sanity:
+        parts += [
+            '<h2 id="sanity">Sanity check: model-parameter randomisation</h2>',
+            f'<p class="legend">{esc(_SANITY_TEXT)}</p>',
+        ]
+        for scenario, rows in board.sanity.items():
+            parts += [f"<h3>{esc(scenario)}</h3>", *_sanity_rows(rows, "html")]
     if board.notes:
         parts.append("<ul>" + "".join(f"<li>{esc(n)}</li>" for n in board.notes) + "</ul>")
     parts.append("</body></html>")

@@ -35,6 +35,38 @@ METHOD_OPTIONS: dict[str, dict[str, Any]] = {"integrated-gradients": {"steps": 2
 #: Learned methods and the scenario asset each needs.
 LEARNED_ASSETS = {"plte": "plte", "lte": "plte", "leta": "leta"}
 DEFAULT_IMAGES = 200
+#: Images per scenario for the model-parameter randomisation check (0: skip it).
+SANITY_IMAGES = 16
+
+
+def _sanity(
+    path: Path, adapter: Any, dataset: Any, methods: dict[str, dict[str, Any]], images: int
+) -> dict[str, dict[str, float]]:
+    """Mean Spearman correlation of each method's maps under the randomisation of the last block and of
+    every block (:mod:`explainers.benchmark.sanity`), reused from ``path`` when already measured."""
+    import torch
+
+    from explainers.benchmark.sanity import randomization_test
+    from explainers.data.base import collate
+
+    n = min(images, len(dataset))
+    recorded = json.loads(path.read_text()) if path.is_file() else {}
+    key = {"images": n, "explainee": adapter.describe()}
+    if recorded.get("key") != json.loads(json.dumps(key)):
+        recorded = {"key": key, "methods": {}}
+    todo = {m: o for m, o in methods.items() if recorded["methods"].get(m, {}).get("options") != o}
+    if todo:
+        batch = collate([dataset[i] for i in range(n)], adapter.image_size)
+        images_t, targets = batch.images.to(adapter.device), batch.labels.to(adapter.device)
+        for name, options in todo.items():
+            rho = randomization_test(name, adapter, images_t, targets, options=options)
+            recorded["methods"][name] = {
+                "options": options,
+                "spearman": {str(k): float(torch.as_tensor(v).mean()) for k, v in rho.items()},
+            }
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(path, json.dumps(recorded, indent=2) + "\n")
+    return {m: recorded["methods"][m]["spearman"] for m in methods}
 
 
 def prepare_scenario_data(scenario: Scenario, root: Path, images: int, progress: bool) -> Path:
@@ -76,6 +108,7 @@ def run_benchmark(
     images: int = DEFAULT_IMAGES,
     explainees: dict[str, str] | None = None,
     metrics: str = BENCHMARK_METRICS,
+    sanity_images: int = SANITY_IMAGES,
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> Leaderboard:
@@ -119,6 +152,7 @@ def run_benchmark(
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     results, seconds_per_image = {}, {}
+    board_sanity: dict[str, dict[str, dict[str, float]]] = {}
     for k, scenario in enumerate(chosen, start=1):
         echo(f"[{k}/{len(chosen)}] scenario {scenario.name}: {scenario.description}")
         data_dir = prepare_scenario_data(scenario, root, images, progress)
@@ -130,6 +164,7 @@ def run_benchmark(
         timing_path = scenario_dir / "timing.json"
         timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
         files = []
+        sanity_methods: dict[str, dict[str, Any]] = {}
         for name in chosen_methods:
             options = dict(METHOD_OPTIONS.get(name, {}))
             if name in LEARNED_ASSETS:
@@ -143,6 +178,7 @@ def run_benchmark(
                     continue
                 options["explainer"] = str(folder)
             method = get_method(name, adapter, **options)
+            sanity_methods[name] = options
             path = scenario_dir / "masks" / f"{name}.h5"
             if _reusable(path, method.config(), adapter.describe(), len(dataset)) and name in timing:
                 files.append(path)
@@ -162,6 +198,10 @@ def run_benchmark(
                 timing[name] = {"seconds": round(time.perf_counter() - start, 3), "images": summary.written}
                 write_text_atomic(timing_path, json.dumps(timing, indent=2) + "\n")
             files.append(path)
+        if sanity_images:
+            board_sanity[scenario.name] = _sanity(
+                scenario_dir / "sanity.json", adapter, dataset, sanity_methods, sanity_images
+            )
         result = evaluate_maskfiles(
             adapter, dataset, files, metrics, classes="target", progress=progress, dataset_spec=spec
         )
@@ -173,6 +213,7 @@ def run_benchmark(
     costs = {m: {"ms_per_image": sum(v) / len(v)} for m, v in seconds_per_image.items()}
     board = build_leaderboard(results, costs=costs)
     board.notes = notes + board.notes
+    board.sanity = board_sanity
     write_text_atomic(root / "leaderboard.json", json.dumps(to_json(board), indent=2) + "\n")
     write_text_atomic(root / "leaderboard.md", to_markdown(board))
     write_text_atomic(root / "leaderboard.html", to_html(board))

@@ -63,7 +63,7 @@ def explain(
     mean: str = MEAN_OPTION,
     std: str = STD_OPTION,
     data: str = typer.Option(
-        ..., "--data", help="Dataset KIND:PATH (synthetic, folder, imagenet-val, imagenet-seg, coco, voc)."
+        ..., "--data", help="Dataset KIND:PATH (synthetic, folder, imagenet-val, imagenet-seg, coco, voc, masks)."
     ),
     split: str = typer.Option(
         None, "--split", help="Dataset split (default: the kind's own, e.g. test for synthetic)."
@@ -74,7 +74,10 @@ def explain(
     ),
     batch_size: int = typer.Option(16, "--batch-size", help="Images per method call."),
     target_class: str = typer.Option(
-        "predicted", "--class", help="Class to explain: predicted or target (ground truth)."
+        None,
+        "--class",
+        help="Class to explain: predicted or target (ground truth). Default: the method's own "
+        "(lte: the class its pLTE was trained for), else predicted.",
     ),
     limit: int = typer.Option(None, "--limit", help="Explain only the first N images."),
     option: list[str] = typer.Option(

@@ -19,6 +19,7 @@ DATASET_KINDS: dict[str, str] = {
     "imagenet-seg": "explainers.data.imagenet_seg:ImageNetSegDataset",
     "coco": "explainers.data.coco:CocoDataset",
     "voc": "explainers.data.voc:VocDataset",
+    "masks": "explainers.data.masks:MasksDataset",
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -384,6 +385,33 @@ class ViTAdapterBase(ExplaineeAdapter):
             embed_dim=self.embed_dim,
         )
         return desc
+
+    def randomized_copy(self, last_blocks: int, *, seed: int = 0, std: float = 0.02) -> ViTAdapterBase:
+        """A deep copy whose last ``last_blocks`` transformer blocks are re-initialised, for the
+        model-parameter randomisation sanity check: weight matrices drawn from N(0, std²) (the HF and timm
+        ViT initialisation), biases zero, LayerNorms reset to identity. Embeddings, the final norm, the head
+        and layer-scale factors keep their trained values, so only what the blocks compute changes."""
+        if not 1 <= last_blocks <= self.num_blocks:
+            raise ModelError(f"last_blocks must be 1…{self.num_blocks} for {self.identifier}, got {last_blocks}")
+        # The cached parts are views into the model (views cannot be deep-copied): the copy rebuilds its
+        # own. Everything else, submodule references included, is copied consistently through the memo.
+        cached = getattr(self, "_parts", None)
+        twin = copy.deepcopy(self, {id(cached): None} if cached is not None else {})
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for block in twin.parts().blocks[-last_blocks:]:
+                weights = [block.q_weight, block.k_weight, block.v_weight, block.proj.weight, block.fc1.weight]
+                for w in [*weights, block.fc2.weight]:
+                    w.copy_(torch.randn(w.shape, generator=generator).mul_(std).to(w))
+                for b in (block.q_bias, block.k_bias, block.v_bias, block.proj.bias, block.fc1.bias, block.fc2.bias):
+                    if b is not None:
+                        b.zero_()
+                for norm in (block.norm1, block.norm2):
+                    if getattr(norm, "weight", None) is not None:
+                        norm.weight.fill_(1.0)
+                    if getattr(norm, "bias", None) is not None:
+                        norm.bias.zero_()
+        return twin
 
     @contextlib.contextmanager
     def _capture(self, modules: Sequence[nn.Module], pick: Callable[[object], torch.Tensor]) -> Iterator[list]:
