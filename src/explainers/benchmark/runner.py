@@ -56,7 +56,7 @@ def _sanity(
         recorded = {"key": key, "methods": {}}
     todo = {m: o for m, o in methods.items() if recorded["methods"].get(m, {}).get("options") != o}
     if todo:
-        batch = collate([dataset[i] for i in range(n)], adapter.image_size)
+        batch = collate([dataset[i] for i in range(n)], adapter.input_geometry)
         images_t, targets = batch.images.to(adapter.device), batch.labels.to(adapter.device)
         for name, options in todo.items():
             rho = randomization_test(name, adapter, images_t, targets, options=options)
