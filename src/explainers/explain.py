@@ -183,7 +183,7 @@ def _explain_batch(
     method: Method, dataset: ImageDataset, indices: list[int], *, targets: str, png: Path | None
 ) -> dict[str, Any]:
     adapter = method.adapter
-    batch = collate([dataset[i] for i in indices], adapter.image_size)
+    batch = collate([dataset[i] for i in indices], adapter.input_geometry)
     images = batch.images.to(adapter.device)
     # The method's own notion of "predicted": LETA explains its head's argmax, which need not be the
     # adapter's classifier. (no_grad inside, not inference_mode: the classes go on into gradient methods.)

@@ -95,7 +95,7 @@ def _preview(
 ) -> dict[str, Any]:
     """The first images (those no file excluded as non-finite are fine too: maps are shown as stored)."""
     shown = ids[:PREVIEW_IMAGES]
-    batch = collate([dataset[index_of[i]] for i in shown], adapter.image_size)
+    batch = collate([dataset[index_of[i]] for i in shown], adapter.input_geometry)
     maps = [np.nan_to_num(mf.maps([row_of[k][i] for i in shown])) for k, mf in enumerate(files)]
     return {"ids": shown, "images": batch.images.permute(0, 2, 3, 1).numpy(), "maps": maps}
 
@@ -561,7 +561,7 @@ def _score_shard(
     bar = tqdm(total=len(ids), desc="evaluate", unit="img", disable=not progress or not shard.is_main)
     for start in range(0, len(mine), batch_size):
         chunk = mine[start : start + batch_size]
-        batch = collate([dataset[index_of[i]] for i in chunk], adapter.image_size)
+        batch = collate([dataset[index_of[i]] for i in chunk], adapter.input_geometry)
         images = batch.images.to(device)
         clean_logits = chunked_logits(adapter, images, max_batch)
         forwarded += len(images)
@@ -581,6 +581,7 @@ def _score_shard(
                 ids=[chunk[n] for n in keep],
                 gt=None if batch.masks is None else batch.masks.to(device)[sel],
                 ignore=None if batch.ignore is None else batch.ignore.to(device)[sel],
+                counter=None if batch.counter is None else batch.counter.to(device)[sel],
             )
             ctx = BatchContext(adapter, inputs, max_batch=max_batch)
             out = local[k]

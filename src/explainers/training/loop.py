@@ -151,16 +151,19 @@ class Runtime:
 
 
 def load_images(
-    dataset: Any, indices: list[int], size: tuple[int, int], workers: int = 0, batch_size: int = 64
+    dataset: Any, indices: list[int], size: Any, workers: int = 0, batch_size: int = 64
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Decode ``dataset[indices]`` at ``size`` into memory (images N×3×H×W in [0, 1], labels, ids), in
-    order, with ``workers`` decoding processes (0: in this process)."""
+    """Decode ``dataset[indices]`` into memory (images N×3×H×W in [0, 1], labels, ids), in order, with
+    ``workers`` decoding processes (0: in this process). ``size``: a (height, width) or the model's
+    ``adapter.input_geometry`` (its own resize and crop), as :func:`~explainers.data.base.collate` takes."""
     import functools
 
     from explainers.data.base import collate
 
     if not indices:
-        return torch.empty(0, 3, *size), torch.empty(0, dtype=torch.long), []
+        from explainers.data.base import as_geometry
+
+        return torch.empty(0, 3, *as_geometry(size).size), torch.empty(0, dtype=torch.long), []
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(dataset, list(indices)),
         batch_size=batch_size,

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from explainers.data.resize import InputGeometry
 from explainers.errors import ExplainersError
 from explainers.learned.leta.config import RunConfig
 from explainers.learned.leta.encoder import check_same_encoder, encoder_signature, require_vit
@@ -61,13 +62,14 @@ class _ImageSource:
     (with ``workers`` decoding processes)."""
 
     def __init__(
-        self, dataset, size: tuple[int, int], cache: bool, limit_mb: int, progress: bool, workers: int = 0
+        self, dataset, geometry: InputGeometry, cache: bool, limit_mb: int, progress: bool, workers: int = 0
     ) -> None:
         import functools
 
         from explainers.data.base import collate
 
-        self.dataset, self.size = dataset, size
+        self.dataset, self.geometry = dataset, geometry  # the encoder's preprocessing (resize, crop)
+        size = geometry.size
         self.cache: torch.Tensor | None = None
         need_mb = len(dataset) * 3 * size[0] * size[1] / 2**20
         if cache and need_mb <= limit_mb:
@@ -78,7 +80,7 @@ class _ImageSource:
                 batch_size=256,
                 shuffle=False,
                 num_workers=workers,
-                collate_fn=functools.partial(collate, size=size),
+                collate_fn=functools.partial(collate, size=geometry),
             )
             self.cache = torch.empty(len(dataset), 3, *size, dtype=torch.uint8)
             pos = 0
@@ -94,7 +96,7 @@ class _ImageSource:
 
         if self.cache is not None:
             return self.cache[indices].float().div_(255)
-        return collate([self.dataset[i] for i in indices], self.size).images
+        return collate([self.dataset[i] for i in indices], self.geometry).images
 
 
 def _open(data: str, split: str | None):
@@ -380,7 +382,7 @@ def _pretrain(
         _truncate_log(log_path, start_step)
 
     source = _ImageSource(
-        dataset, encoder.image_size, cfg.cache_images, cfg.cache_limit_mb, progress and main, cfg.workers
+        dataset, encoder.input_geometry, cfg.cache_images, cfg.cache_limit_mb, progress and main, cfg.workers
     )
     val = _validation_set(data, cfg, encoder, progress) if main else None
     windows = explainer.windows()
@@ -522,7 +524,7 @@ def _validation_set(data: str, cfg, encoder: ExplaineeAdapter, progress: bool):
         return None
     n = min(cfg.val_images, len(dataset))
     source = _ImageSource(
-        torch.utils.data.Subset(dataset, range(n)), encoder.image_size, True, 1 << 30, False
+        torch.utils.data.Subset(dataset, range(n)), encoder.input_geometry, True, 1 << 30, False
     )
     gen = torch.Generator().manual_seed(cfg.seed + 424_242)
     centres = sample_centres(n, cfg.centres, encoder.num_patches, gen)

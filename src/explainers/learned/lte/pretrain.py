@@ -376,8 +376,8 @@ def pretrain_lte(
             "use a dataset labelled for this explainee, or --class predicted"
         )
     train_idx, val_idx = select_subsets(labels, config.train_per_class, config.val_per_class, config.seed)
-    train_x, train_y, train_ids = load_images(dataset, train_idx, adapter.image_size, config.workers)
-    val_x, val_y, val_ids = load_images(dataset, val_idx, adapter.image_size, config.workers)
+    train_x, train_y, train_ids = load_images(dataset, train_idx, adapter.input_geometry, config.workers)
+    val_x, val_y, val_ids = load_images(dataset, val_idx, adapter.input_geometry, config.workers)
     subsets = {"train": train_ids, "val": val_ids}
     train_c = _predict_classes(adapter, train_x, train_y, config.class_mode, config.eval_batch_size)
     val_c = _predict_classes(adapter, val_x, val_y, config.class_mode, config.eval_batch_size)
