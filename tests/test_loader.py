@@ -140,10 +140,15 @@ def test_workers_are_other_processes_with_one_torch_thread():
 
 
 def test_batches_arrive_on_the_device():
-    ds = ListDataset([Sample(torch.rand(3, 8, 8), 1, torch.rand(8, 8) > 0.5, str(i)) for i in range(4)])
+    def sample(i):
+        mask = torch.rand(8, 8) > 0.5
+        return Sample(torch.rand(3, 8, 8), 1, mask, str(i), ignore=~mask, counter_mask=~mask)
+
+    ds = ListDataset([sample(i) for i in range(4)])
     # The meta device stands in for a GPU: every tensor of the batch must have been moved.
     for batch in BatchLoader(ds, [[0, 1], [2, 3]], (4, 4), workers=0, device="meta"):
-        assert {t.device.type for t in (batch.images, batch.labels, batch.masks)} == {"meta"}
+        parts = (batch.images, batch.labels, batch.masks, batch.ignore, batch.counter)
+        assert {t.device.type for t in parts} == {"meta"}
     loader = BatchLoader(ds, [[0, 1]], (4, 4), workers=0, device="cuda")
     assert loader.pin and not BatchLoader(ds, [[0]], (4, 4), device="cpu").pin  # pinned only for CUDA
 

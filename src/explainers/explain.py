@@ -145,7 +145,7 @@ def explain_dataset(
     # This process's slice of each round; only these images are decoded (committed ones never are).
     slices = [rnd[shard.rank * batch_size : (shard.rank + 1) * batch_size] for rnd in rounds]
     batches = iter(
-        BatchLoader(dataset, [s for s in slices if s], adapter.image_size, workers=workers, device=adapter.device)
+        BatchLoader(dataset, [s for s in slices if s], adapter.input_geometry, workers=workers, device=adapter.device)
     )
     try:
         for rnd, mine in zip(rounds, slices, strict=True):

@@ -56,7 +56,7 @@ def _sanity(
         recorded = {"key": key, "methods": {}}
     todo = {m: o for m, o in methods.items() if recorded["methods"].get(m, {}).get("options") != o}
     if todo:
-        batch = collate([dataset[i] for i in range(n)], adapter.image_size)
+        batch = collate([dataset[i] for i in range(n)], adapter.input_geometry)
         images_t, targets = batch.images.to(adapter.device), batch.labels.to(adapter.device)
         for name, options in todo.items():
             rho = randomization_test(name, adapter, images_t, targets, options=options)
@@ -202,8 +202,9 @@ def run_benchmark(
             board_sanity[scenario.name] = _sanity(
                 scenario_dir / "sanity.json", adapter, dataset, sanity_methods, sanity_images
             )
+        scenario_metrics = ",".join(m for m in (metrics, scenario.extra_metrics) if m)
         result = evaluate_maskfiles(
-            adapter, dataset, files, metrics, classes="target", progress=progress, dataset_spec=spec
+            adapter, dataset, files, scenario_metrics, classes="target", progress=progress, dataset_spec=spec
         )
         write_report(result, scenario_dir / "report")
         results[scenario.name] = result

@@ -9,6 +9,7 @@ import typer
 
 from explainers.cli.app import app
 from explainers.cli.explain import default_device, open_data, parse_key_values
+from explainers.cli.normalisation import MEAN_OPTION, STD_OPTION, normalisation_kwargs
 from explainers.errors import ExplainersError
 
 
@@ -30,6 +31,8 @@ def evaluate(
     explainee: str = typer.Option(
         "embedded", "--explainee", "-m", help="The explainee the maps were made for."
     ),
+    mean: str = MEAN_OPTION,
+    std: str = STD_OPTION,
     data: str = typer.Option(..., "--data", help="Dataset KIND:PATH the maps were made on."),
     split: str = typer.Option(None, "--split", help="Dataset split (default: the kind's own)."),
     masks: list[Path] = typer.Option(
@@ -91,7 +94,7 @@ def evaluate(
                 f"unknown metric(s) {', '.join(unknown)}; valid metrics: {', '.join(valid)}"
             )
     options = parse_metric_options(metric_option)
-    adapter = load_explainee(explainee, device=default_device(device))
+    adapter = load_explainee(explainee, device=default_device(device), **normalisation_kwargs(mean, std))
     dataset, name = open_data(data, split, data_option)
     result = evaluate_maskfiles(
         adapter,

@@ -10,6 +10,7 @@ from typing import Any
 import typer
 
 from explainers.cli.app import app
+from explainers.cli.normalisation import MEAN_OPTION, STD_OPTION, normalisation_kwargs
 from explainers.errors import ExplainersError
 
 
@@ -59,6 +60,8 @@ def explain(
     explainee: str = typer.Option(
         "embedded", "--explainee", "-m", help="Model directory, hub id, timm:NAME, 'embedded' or probe:DIR."
     ),
+    mean: str = MEAN_OPTION,
+    std: str = STD_OPTION,
     data: str = typer.Option(
         ..., "--data", help="Dataset KIND:PATH (synthetic, folder, imagenet-val, imagenet-seg, coco, voc, masks)."
     ),
@@ -109,7 +112,7 @@ def explain(
     from explainers.methods import get_method
     from explainers.models import load_explainee
 
-    adapter = load_explainee(explainee, device=default_device(device))
+    adapter = load_explainee(explainee, device=default_device(device), **normalisation_kwargs(mean, std))
     dataset, name = open_data(data, split, data_option)
     options = parse_key_values(option, "--option")
     for key, value in (("explainer", explainer), ("head", head)):

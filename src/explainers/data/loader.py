@@ -1,9 +1,9 @@
 """Batches of a dataset through ``torch.utils.data.DataLoader``: images decoded in worker processes while the
 model runs, handed over in dataset order and moved to the model's device in one place.
 
-What a batch is does not change with the number of workers: the same :func:`data.base.collate` (resize to
-the explainee's size) runs on the same indices, in a worker instead of the main process. Images stay raw
-[0,1]; normalisation is the explainee's, on its device.
+What a batch is does not change with the number of workers: the same :func:`data.base.collate` (resize and
+crop to the explainee's input geometry) runs on the same indices, in a worker instead of the main process.
+Images stay raw [0,1]; normalisation is the explainee's, on its device.
 
 The pieces, for any loop that needs batches (explain, evaluate, training):
 
@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from explainers.data.base import Batch, ImageDataset, collate
+from explainers.data.resize import InputGeometry
 from explainers.errors import ExplainersError
 
 #: Most worker processes chosen by default: decoding one batch ahead rarely needs more, and each worker
@@ -98,11 +99,12 @@ class LoadFailure:
 
 class BatchFetcher(Dataset):
     """A map-style view of ``dataset`` whose items are whole batches: ``fetcher[[i, j, k]]`` is
-    ``collate([dataset[i], dataset[j], dataset[k]], size)``, or a :class:`LoadFailure`."""
+    ``collate([dataset[i], dataset[j], dataset[k]], size)``, or a :class:`LoadFailure`. ``size``: what
+    :func:`collate` takes, the explainee's ``adapter.input_geometry`` or a plain (height, width)."""
 
-    def __init__(self, dataset: ImageDataset, size: tuple[int, int]) -> None:
+    def __init__(self, dataset: ImageDataset, size: tuple[int, int] | InputGeometry) -> None:
         self.dataset = dataset
-        self.size = (int(size[0]), int(size[1]))
+        self.size = size
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -120,7 +122,8 @@ def _as_is(item: Any) -> Any:
 
 
 class BatchLoader:
-    """Batches of ``dataset`` resized to ``size``, on ``device``, in the order of ``batches``.
+    """Batches of ``dataset`` resized to ``size`` (``adapter.input_geometry``, or a plain (height, width)),
+    on ``device``, in the order of ``batches``.
 
     batches: each batch's dataset indices — a list of lists, or a batch sampler (anything iterable over
     index lists; with ``__len__`` for the worker count to be capped). Only these images are decoded, so a
@@ -137,7 +140,7 @@ class BatchLoader:
         self,
         dataset: ImageDataset,
         batches: Iterable[Sequence[int]],
-        size: tuple[int, int],
+        size: tuple[int, int] | InputGeometry,
         *,
         workers: int | None = None,
         device: torch.device | str | None = None,

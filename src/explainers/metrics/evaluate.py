@@ -96,7 +96,7 @@ def _preview(
 ) -> dict[str, Any]:
     """The first images (those no file excluded as non-finite are fine too: maps are shown as stored)."""
     shown = ids[:PREVIEW_IMAGES]
-    batch = collate([dataset[index_of[i]] for i in shown], adapter.image_size)
+    batch = collate([dataset[index_of[i]] for i in shown], adapter.input_geometry)
     maps = [np.nan_to_num(mf.maps([row_of[k][i] for i in shown])) for k, mf in enumerate(files)]
     return {"ids": shown, "images": batch.images.permute(0, 2, 3, 1).numpy(), "maps": maps}
 
@@ -570,8 +570,9 @@ def _score_shard(
     bar = tqdm(total=len(ids), desc="evaluate", unit="img", disable=not progress or not shard.is_main)
     chunks = [mine[start : start + batch_size] for start in range(0, len(mine), batch_size)]
     loader = BatchLoader(
-        dataset, [[index_of[i] for i in chunk] for chunk in chunks], adapter.image_size, workers=workers, device=device
-    )
+        dataset, [[index_of[i] for i in chunk] for chunk in chunks], adapter.input_geometry, workers=workers,
+        device=device,
+    )  # fmt: skip
     for chunk, batch in zip(chunks, loader, strict=True):
         images = batch.images
         clean_logits = chunked_logits(adapter, images, max_batch)
@@ -592,6 +593,7 @@ def _score_shard(
                 ids=[chunk[n] for n in keep],
                 gt=None if batch.masks is None else batch.masks[sel],
                 ignore=None if batch.ignore is None else batch.ignore[sel],
+                counter=None if batch.counter is None else batch.counter[sel],
             )
             ctx = BatchContext(adapter, inputs, max_batch=max_batch)
             out = local[k]
