@@ -99,9 +99,11 @@ def run_demo(
     downstream: bool = True,
     progress: bool = True,
     echo=print,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Run the demo into ``out``; returns the summary written to ``out/summary.json``.
 
+    ``device`` runs the explainee and explainers there (default: the CPU).
     ``methods`` replaces the main comparison's method list; ``downstream`` adds LETA on the probes' tasks
     (only with the shipped explainee, whose encoder the shipped LETA explainer and probes belong to).
     """
@@ -137,7 +139,7 @@ def run_demo(
     else:
         echo("[2/5] loading the shipped small ViT explainee")
         explainee_spec = "embedded"
-    adapter = load_explainee(explainee_spec)
+    adapter = load_explainee(explainee_spec, device=device)
     test = open_dataset(f"synthetic:{data_dir}", split="test")
     accuracy_set = _first(test, accuracy_images)
     accuracy = evaluate_accuracy(adapter, accuracy_set)
@@ -169,7 +171,7 @@ def run_demo(
     t = time.perf_counter()
     downstream_summary: dict[str, Any] = {}
     if explainee_spec == "embedded" and downstream:
-        downstream_summary = _downstream_tasks(out, data_dir, num_images, progress, echo)
+        downstream_summary = _downstream_tasks(out, data_dir, num_images, progress, echo, device)
     timings["downstream_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
 
@@ -230,7 +232,9 @@ def _explain_all(
     return mask_files, method_seconds
 
 
-def _downstream_tasks(out: Path, data_dir: Path, num_images: int, progress: bool, echo) -> dict[str, Any]:
+def _downstream_tasks(
+    out: Path, data_dir: Path, num_images: int, progress: bool, echo, device: str | None = None
+) -> dict[str, Any]:
     """LETA (one pre-trained explainer, no task training) on the probes' tasks, next to baselines."""
     from explainers.data import open_dataset
     from explainers.metrics.evaluate import evaluate_maskfiles
@@ -246,6 +250,8 @@ def _downstream_tasks(out: Path, data_dir: Path, num_images: int, progress: bool
     summary: dict[str, Any] = {}
     for task in tasks:
         adapter = probe_explainee(assets_dir() / "probes" / task)
+        if device is not None:
+            adapter.to(device)
         test = open_dataset(f"synthetic:{data_dir}", split="test", task=task)
         task_dir = out / "downstream" / task
         files, seconds = _explain_all(adapter, test, chosen, task_dir / "masks", num_images, data_dir, progress)

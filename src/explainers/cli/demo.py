@@ -27,9 +27,13 @@ def demo(
         help="Also explain the probes' downstream tasks (colour, size) with the pre-trained LETA explainer.",
     ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    device: str = typer.Option(
+        None, "--device", help="cpu, cuda, cuda:N or auto (default: this process's GPU if any, else CPU)."
+    ),
 ) -> None:
     """Generate the embedded data, load the shipped explainee, explain and evaluate every method, then
     explain downstream tasks of the same encoder with LETA."""
+    from explainers.cli.explain import default_device
     from explainers.demo import run_demo
 
     names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
@@ -43,4 +47,5 @@ def demo(
         downstream=downstream,
         progress=not quiet,
         echo=typer.echo,
+        device=default_device(device),
     )

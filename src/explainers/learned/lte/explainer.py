@@ -242,7 +242,9 @@ class LTEExplainer:
         return next(self.net.parameters()).device
 
     def to(self, device: torch.device | str) -> LTEExplainer:
+        """Move everything the explainer computes with — its network and the explainee — to ``device``."""
         self.net.to(device)
+        self.adapter.to(device)
         return self
 
     def trainable_parameters(self) -> list[nn.Parameter]:
