@@ -18,7 +18,8 @@ from explainers.models.base import ExplaineeAdapter
 class LTE(Method):
     """Refine the pLTE explainer on each image (``steps`` scored masks, AdamW at ``lr``), keep the mask with
     the best POS-AUC (``select=neg``: NEG-AUC), stop early below ``stop_below`` (NEG: above ``stop_above``).
-    ``batch`` images are refined in parallel (``parallel=false``: the one-by-one loop). Unset options come
+    ``batch`` images are refined in parallel (``parallel=false``: the one-by-one loop), fewer at once when they
+would not fit ``memory_budget`` (e.g. ``4GiB``; default: 80 % of the device's free memory). Unset options come
     from the checkpoint's config. Per image, ``selected_step`` (0 = the pLTE mask) and ``selected_score``
     go to ``last_extras`` (and so into the mask file).
 
@@ -38,6 +39,7 @@ class LTE(Method):
         stop_above: float | None = None,
         batch: int = 16,
         parallel: bool = True,
+        memory_budget: str | int | None = None,
         normalize: bool = True,
     ) -> None:
         super().__init__(adapter, normalize=normalize)
@@ -52,6 +54,11 @@ class LTE(Method):
         if self.batch < 1:
             raise ExplainersError(f"batch must be at least 1, got {batch}")
         self.parallel = bool(parallel)
+        if memory_budget is not None:
+            from explainers.devices import parse_bytes
+
+            parse_bytes(memory_budget)  # a bad value fails before the first batch
+        self.memory_budget = memory_budget
         self.last_extras: dict[str, np.ndarray] = {}
 
     def config(self) -> dict[str, Any]:
@@ -80,6 +87,7 @@ class LTE(Method):
             stop_above=o.stop_above,
             batch_size=self.batch,
             parallel=self.parallel,
+            memory_budget=self.memory_budget,
             return_details=True,
         )
         self.last_extras = {

@@ -56,7 +56,9 @@ class LTEConfig:
     Refinement (LTE, SPEC §3.5):
         refine_steps (scored masks per image, the first being the pLTE mask), refine_lr,
         refine_weight_decay, refine_select (``pos``: lowest POS-AUC wins, or ``neg``: highest NEG-AUC),
-        refine_stop_below (pos: stop once the best is below), refine_stop_above (neg: stop once above).
+        refine_stop_below (pos: stop once the best is below), refine_stop_above (neg: stop once above),
+        memory_budget (bytes, or e.g. ``"4GiB"``, that refinement may use for the images it refines at
+        once; None = a fraction of what the device has free; see ``learned/lte/refine.py``).
     """
 
     activation: str = "sigmoid"
@@ -91,6 +93,7 @@ class LTEConfig:
     refine_select: str = "pos"
     refine_stop_below: float = 6.0
     refine_stop_above: float = 89.0
+    memory_budget: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -140,6 +143,13 @@ class LTEConfig:
                 raise LTEConfigError(f"{key} must not be negative, got {getattr(self, key)}")
         if not 0.0 <= self.warmup_fraction < 1.0:
             raise LTEConfigError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if self.memory_budget is not None:
+            from explainers.devices import parse_bytes
+
+            try:
+                parse_bytes(self.memory_budget)
+            except ExplainersError as exc:
+                raise LTEConfigError(f"memory_budget: {exc}") from None
 
     # ------------------------------------------------------------------ (de)serialisation
     @classmethod

@@ -281,12 +281,15 @@ class LTEExplainer:
         batch_size: int = 16,
         parallel: bool = True,
         return_details: bool = False,
+        memory_budget: str | int | None = None,
     ) -> Any:
         """LTE masks: each image refined from these weights with a fresh AdamW (SPEC §3.5).
 
         Unset options come from ``config`` (``refine_*``). ``targets`` None explains the predicted class.
         ``batch_size`` images are refined together (``parallel``: per-image weights through ``torch.func``);
-        ``parallel=False`` is the one-by-one reference loop. Returns the maps, or with ``return_details`` a
+        ``parallel=False`` is the one-by-one reference loop. ``memory_budget`` (bytes or e.g. ``"4GiB"``;
+        default ``config.memory_budget``, else 80 % of the device's free memory) refines fewer images at
+        once when ``batch_size`` would not fit (same results). Returns the maps, or with ``return_details`` a
         :class:`~explainers.learned.lte.refine.RefineResult` (maps, selected_step, selected_score).
         """
         from explainers.learned.lte.refine import refine_images
@@ -302,6 +305,7 @@ class LTEExplainer:
             stop_above=stop_above,
             batch_size=batch_size,
             parallel=parallel,
+            memory_budget=memory_budget,
         )
         return result if return_details else result.maps
 
