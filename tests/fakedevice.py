@@ -67,13 +67,6 @@ class OnDevice(torch.Tensor):
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
         return f"OnDevice({self.inner!r})"
 
-    def __tensor_flatten__(self):
-        return ["inner"], None
-
-    @staticmethod
-    def __tensor_unflatten__(inner_tensors, meta, outer_size, outer_stride):
-        return OnDevice(inner_tensors["inner"])
-
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
         return _run(func, args, kwargs or {})
