@@ -17,8 +17,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -185,7 +188,8 @@ def report(rows: list[dict], memory: dict[str, dict], total: float) -> str:
         f"refinement. Total {total:.0f} s.",
         "",
         "Peak RSS is the process's high-water mark (`VmHWM`) during the phase, reset before it; it includes "
-        "the models already loaded.",
+        "the models already loaded and memory that earlier phases of the same model freed but the allocator "
+        "kept. Each model runs in its own process.",
         "",
         "| model | phase | seconds | peak RSS |",
         "|---|---|---:|---:|",
@@ -216,12 +220,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="vit-b,deit-s-distilled", help="vit-b, vit-s, deit-s-distilled")
     parser.add_argument("--out", type=Path, help="Markdown file to write the results to.")
     parser.add_argument("--tiny", action="store_true", help="Tiny models (tests).")
+    parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)  # one model, results as JSON here
     args = parser.parse_args(argv)
     rows: list[dict] = []
     memory: dict[str, dict] = {}
     start = time.perf_counter()
-    for kind in [m.strip() for m in args.models.split(",") if m.strip()]:
-        smoke(kind, rows, memory, tiny=args.tiny)
+    parser_models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if args.worker:
+        smoke(parser_models[0], rows, memory, tiny=args.tiny)
+        args.worker.write_text(json.dumps({"rows": rows, "memory": memory}))
+        return 0
+    # One process per model: the peak RSS of a phase must not include what an earlier model left behind
+    # (freed memory stays in the allocator, so RSS does not drop).
+    for kind in parser_models:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = Path(tmp) / "result.json"
+            command = [sys.executable, __file__, "--models", kind, "--worker", str(result)]
+            subprocess.run([*command, *(["--tiny"] if args.tiny else [])], check=True)
+            data = json.loads(result.read_text())
+        rows += data["rows"]
+        memory.update(data["memory"])
     text = report(rows, memory, time.perf_counter() - start)
     print(text)
     if args.out:

@@ -263,3 +263,65 @@ def test_budget_from_the_config_and_from_the_lte_method(explainer, monkeypatch):
     refine_images(explainer, torch.rand(1, 3, 32, 32), steps=1)
     refine_images(explainer, torch.rand(1, 3, 32, 32), steps=1, memory_budget=1000)
     assert calls == [3 * 1024**2, 1000]
+
+
+# ------------------------------------------------------------------------------------------ benchmarks/gpu_smoke.py
+
+
+def _gpu_smoke():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_smoke.py"
+    spec = importlib.util.spec_from_file_location("gpu_smoke", path)
+    module = importlib.util.module_from_spec(spec)
+    __import__("sys").modules["gpu_smoke"] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run_gpu_smoke(tmp_path, *extra):
+    import json
+
+    out = tmp_path / "smoke.json"
+    code = _gpu_smoke().main(["--device", "cpu", "--tiny", "--json", str(out), *extra])
+    return code, json.loads(out.read_text())
+
+
+def test_gpu_smoke_explains_and_evaluates_tiny_on_the_cpu(tmp_path):
+    """The GPU smoke's own code path (every method in fp32 and bf16 autocast, evaluation) on tiny models on
+    the CPU: what must work the first time it meets a GPU."""
+    from explainers.methods import available_methods
+
+    code, result = _run_gpu_smoke(tmp_path, "--models", "vit-b", "--no-training")
+    assert code == 0 and result["errors"] == []
+    explained = {(r["model"], r["method"]) for r in result["rows"] if r["phase"] == "explain"}
+    for precision in ("fp32", "bf16"):
+        assert {m for model, m in explained if model == f"vit-b/{precision}"} == set(available_methods())
+    assert [r["phase"] for r in result["rows"]].count("evaluate") == 2
+
+
+@pytest.mark.slow
+def test_gpu_smoke_trains_tiny_on_the_cpu(tmp_path):
+    """Both models, and the pLTE and LETA training commands as the smoke launches them."""
+    code, result = _run_gpu_smoke(tmp_path)
+    assert code == 0 and result["errors"] == []
+    trained = {(r["phase"], r["model"]) for r in result["rows"] if r["phase"].endswith("train")}
+    assert trained == {(p, f"{m}/fp32") for p in ("pLTE train", "LETA train") for m in ("vit-b", "deit-s-distilled")}
+
+
+def test_gpu_smoke_exits_non_zero_on_any_error(tmp_path, monkeypatch):
+    import explainers.methods
+
+    original = explainers.methods.get_method
+
+    def failing(name, *args, **kwargs):
+        if name == "rollout":
+            raise RuntimeError("injected")
+        return original(name, *args, **kwargs)
+
+    monkeypatch.setattr(explainers.methods, "get_method", failing)
+    code, result = _run_gpu_smoke(tmp_path, "--models", "deit-s-distilled", "--no-training")
+    assert code == 1
+    errors = result["errors"]
+    assert len(errors) == 1 and "rollout" in errors[0] and "injected" in errors[0]
