@@ -44,7 +44,10 @@ def tiny_vit_config(model_type: str = "vit", image_size: int = 32, patch_size: i
 
 
 def build_hf_model(kind: str = "vit", seed: int = 0, **kw):
-    """kind: vit | deit | deit-distilled. Random weights, eval mode, SDPA attention (the default)."""
+    """kind: vit | deit | deit-distilled. Random weights, eval mode, SDPA attention (the default).
+
+    The config carries mean = std = 0.5 (as ``explainers train-classifier`` writes them), so adapters
+    built from it have a normalisation without being told one."""
     from transformers import (
         DeiTForImageClassification,
         DeiTForImageClassificationWithTeacher,
@@ -59,6 +62,7 @@ def build_hf_model(kind: str = "vit", seed: int = 0, **kw):
         "deit": DeiTForImageClassification,
         "deit-distilled": DeiTForImageClassificationWithTeacher,
     }[kind]
+    config.image_mean, config.image_std = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
     model = cls(config).eval()
     # Random init leaves LayerNorms at identity and small weights; perturb so tests are not degenerate.
     with torch.no_grad():
@@ -71,3 +75,18 @@ def build_hf_model(kind: str = "vit", seed: int = 0, **kw):
 def images() -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     return torch.rand(3, 3, 32, 32, generator=g)
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--optimizer-noop",
+        action="store_true",
+        help="patch torch.optim.AdamW.step to do nothing: every test marked 'trainer' must then FAIL "
+        "(proves that the trainer tests check that training learns)",
+    )
+
+
+def pytest_configure(config):
+    # Patched for the whole session (module-scoped fixtures that train included), never undone.
+    if config.getoption("--optimizer-noop"):
+        torch.optim.AdamW.step = lambda self, closure=None: None

@@ -143,13 +143,20 @@ class _EmulatedDeviceMode(TorchDispatchMode):
 
 
 class _TensorFromDataMode(TorchFunctionMode):
-    """``torch.tensor(data, device=...)`` copies to the device below the dispatcher's Python layer (the
-    result would be an empty ``meta`` tensor): build it on the CPU and wrap it instead."""
+    """``torch.tensor(data, device=...)`` and ``x.new_tensor(data)`` copy to the device below the
+    dispatcher's Python layer (the result would be an empty ``meta`` tensor): build it on the CPU and wrap
+    it instead."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in (torch.tensor, torch.as_tensor, torch.asarray) and _is_emulated(kwargs.get("device")):
             return OnDevice(func(*args, **{**kwargs, "device": torch.device("cpu")}))
+        if func is torch.Tensor.new_tensor:  # same path: ``x.new_tensor(data)`` lands on x's device
+            self, data = args[0], args[1]
+            if _is_emulated(kwargs.get("device", self.device)):
+                data = data.inner if isinstance(data, OnDevice) else data
+                dtype = kwargs.get("dtype") or self.dtype
+                return OnDevice(torch.tensor(data, dtype=dtype, requires_grad=kwargs.get("requires_grad", False)))
         return func(*args, **kwargs)
 
 

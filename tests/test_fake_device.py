@@ -54,6 +54,8 @@ def test_harness_computes_real_values_and_copies_back():
         assert float(z[1]) == 24.0  # .item() works: early stops and metrics can read values
         t = torch.tensor([1, 2], device=device)  # from data, straight onto the device
         assert on_device(t) and values(t).tolist() == [1, 2]
+        n = z.new_tensor(float(len([1, 2, 3])))
+        assert on_device(n) and float(n) == 3.0
         w = torch.ones(4, 1, 2, device=device)
         w.squeeze_(1)  # in-place shape change keeps the caller's object in step
         assert w.shape == (4, 2) and values(w).shape == (4, 2)
@@ -306,12 +308,6 @@ def accelerator_on_device(monkeypatch):
     monkeypatch.setattr(accelerate.Accelerator, "device", property(lambda self: EMULATED))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=DeviceMixError,
-    reason="issue 10: pLTE pre-training stacks a CPU tensor with the device loss terms for its log; the shared "
-    "training loop fixes it (this test then passes and the mark must go)",
-)
 def test_plte_pretraining_runs_on_the_device(small_scenes, tmp_path, accelerator_on_device):
     from explainers.learned import LTEConfig
     from explainers.learned.lte.pretrain import pretrain_lte
@@ -323,13 +319,13 @@ def test_plte_pretraining_runs_on_the_device(small_scenes, tmp_path, accelerator
     assert result.best_epoch == 1
 
 
-def test_leta_pretraining_runs_on_the_device(small_scenes, tmp_path):
+def test_leta_pretraining_runs_on_the_device(small_scenes, tmp_path, accelerator_on_device):
     from explainers.learned.leta import LETAExplainer
     from explainers.learned.leta.config import build_run_config
     from explainers.learned.leta.pretrain import pretrain
 
     run = build_run_config(
-        None, max_steps=2, batch_size=4, centres=2, head_depth=1, radius=1, device=EMULATED.type, split="train"
+        None, max_steps=2, batch_size=4, centres=2, head_depth=1, radius=1, split="train"
     )
     with emulated_device():
         encoder = load_explainee(build_hf_model(num_labels=4))

@@ -7,6 +7,7 @@ import json
 import typer
 
 from explainers.cli.app import app
+from explainers.cli.normalisation import MEAN_OPTION, STD_OPTION, normalisation_kwargs
 
 
 @app.command()
@@ -17,12 +18,14 @@ def info(
     device: str = typer.Option(
         None, "--device", help="cpu, cuda, cuda:N or auto (default: this process's GPU if any, else CPU)."
     ),
+    mean: str = MEAN_OPTION,
+    std: str = STD_OPTION,
 ) -> None:
     """Print what the adapter reads off an explainee (size, normalisation, patch grid, prefix tokens)."""
     from explainers.cli.explain import default_device
     from explainers.models import load_explainee
 
-    adapter = load_explainee(explainee, device=default_device(device))
+    adapter = load_explainee(explainee, device=default_device(device), **normalisation_kwargs(mean, std))
     typer.echo(json.dumps(adapter.describe(), indent=2))
 
 

@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator
 
 import torch
 from torch import nn
 
+from explainers.data.resize import InputGeometry
 from explainers.errors import ModelError
-from explainers.models.base import AttentionOutput, HeadPart, ViTAdapterBase, ViTBlockParts, ViTParts
+from explainers.models.base import (
+    AttentionOutput,
+    HeadPart,
+    TrainableBackbone,
+    ViTAdapterBase,
+    ViTBlockParts,
+    ViTParts,
+)
 
 # model_type -> (attribute holding the encoder model, number of prefix tokens)
 _SUPPORTED = {"vit": ("vit", 1), "deit": ("deit", 2)}
 
 
-class _HFBackbone(nn.Module):
-    """pixel values → tokens after the final LayerNorm, for a HF ViT/DeiT encoder."""
+class _HFBackbone(TrainableBackbone):
+    """pixel values → tokens after the final LayerNorm, for a HF ViT/DeiT encoder (``ViTModel``...)."""
 
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()
@@ -25,13 +34,61 @@ class _HFBackbone(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.encoder(pixel_values).last_hidden_state
 
+    @property
+    def blocks(self) -> list[nn.Module]:
+        # ``encoder.layers`` in transformers 5, ``encoder.encoder.layer`` before
+        layers = getattr(self.encoder, "layers", None)
+        return list(layers if layers is not None else self.encoder.encoder.layer)
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.encoder.layernorm
+
+    def attention_mode(self) -> object:
+        return self.encoder.config._attn_implementation
+
+    def set_attention_mode(self, mode: object) -> None:
+        if self.encoder.config._attn_implementation != mode:
+            self.encoder.set_attn_implementation(mode)
+
+    def eager_mode(self) -> object:
+        return "eager"
+
+    def fused_mode(self) -> object:
+        return "sdpa"
+
+    def architecture(self) -> dict | None:
+        emb = self.encoder.embeddings
+        return {
+            "kind": "hf",
+            "class": type(self.encoder).__name__,
+            "config": self.encoder.config.to_dict(),
+            "kwargs": {
+                "add_pooling_layer": getattr(self.encoder, "pooler", None) is not None,
+                "use_mask_token": getattr(emb, "mask_token", None) is not None,
+            },
+        }
+
 
 class HFViTAdapter(ViTAdapterBase):
     """``ViTForImageClassification``, ``DeiTForImageClassification`` and ``...WithTeacher``."""
 
     def __init__(
-        self, model: nn.Module, *, mean=None, std=None, image_size=None, identifier=None, class_names=None
+        self,
+        model: nn.Module,
+        *,
+        mean=None,
+        std=None,
+        image_size=None,
+        identifier=None,
+        class_names=None,
+        geometry: InputGeometry | None = None,
     ) -> None:
+        """``mean``/``std``: the model's normalisation; else what its config carries (``image_mean``/
+        ``image_std``, which ``explainers train-classifier`` writes); else refused — there is no safe default.
+        ``geometry``: how images of other sizes are preprocessed (a directory's processor, read by
+        :func:`explainers.models.loading.load_hf_directory`); else a direct resize to ``image_size``
+        (default: the config's ``image_size``)."""
         config = model.config
         model_type = getattr(config, "model_type", None)
         if model_type not in _SUPPORTED:
@@ -43,7 +100,10 @@ class HFViTAdapter(ViTAdapterBase):
         self.encoder = getattr(model, attr, None)
         if self.encoder is None:
             raise ModelError(f"{type(model).__name__} has no '{attr}' encoder: pass an image-classification model")
-        size = config.image_size if image_size is None else image_size
+        if geometry is not None:
+            size = geometry.size
+        else:
+            size = config.image_size if image_size is None else image_size
         size = (size, size) if isinstance(size, int) else tuple(size)
         patch = config.patch_size
         patch = (patch, patch) if isinstance(patch, int) else tuple(patch)
@@ -52,15 +112,14 @@ class HFViTAdapter(ViTAdapterBase):
         super().__init__(
             model,
             image_size=size,
-            # Explicit values, else what the config carries (our trained explainees store it), else
-            # the ViT processors' default of 0.5.
-            mean=mean if mean is not None else getattr(config, "image_mean", None) or [0.5, 0.5, 0.5],
-            std=std if std is not None else getattr(config, "image_std", None) or [0.5, 0.5, 0.5],
+            mean=mean if mean is not None else getattr(config, "image_mean", None),
+            std=std if std is not None else getattr(config, "image_std", None),
             num_classes=config.num_labels,
             class_names=class_names,
             identifier=identifier or getattr(config, "_name_or_path", "") or type(model).__name__,
             patch_size=patch,
             num_prefix_tokens=prefix,
+            geometry=geometry,
         )
         self._parts: ViTParts | None = None
 
@@ -102,6 +161,10 @@ class HFViTAdapter(ViTAdapterBase):
 
     def backbone(self) -> nn.Module:
         return _HFBackbone(self.encoder)
+
+    def trainable_backbone(self) -> TrainableBackbone:
+        # The encoder model (ViTModel/DeiTModel) holds no classifier head: a copy of it is the backbone.
+        return _HFBackbone(copy.deepcopy(self.encoder))
 
     def parts(self) -> ViTParts:
         if self._parts is None:
