@@ -114,7 +114,10 @@ def smoke(kind: str, rows: list[dict], memory: dict[str, dict], *, tiny: bool = 
     from explainers.models import load_explainee
 
     adapter = phase(
-        rows, kind, "load (random init)", lambda: load_explainee(build_model(kind, tiny=tiny), device=device)
+        rows,
+        kind,
+        "load (random init)",
+        lambda: load_explainee(build_model(kind, tiny=tiny), mean=[0.5] * 3, std=[0.5] * 3, device=device),
     )
     size = adapter.image_size
     g = torch.Generator().manual_seed(0)

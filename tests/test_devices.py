@@ -3,6 +3,7 @@ memory-aware LTE refinement (chunks sized to a memory budget, same results)."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 
 import pytest
@@ -148,7 +149,9 @@ def test_free_memory_on_the_cpu_with_and_without_psutil(monkeypatch):
 
 def test_memory_budget_config_key_is_checked():
     assert LTEConfig(memory_budget="4GiB").memory_budget == "4GiB"
-    assert LTEConfig.from_dict({"memory_budget": 2_000_000}).memory_budget == "2000000"
+    assert LTEConfig.from_dict({"memory_budget": 2_000_000}).memory_budget == 2_000_000
+    assert LTEConfig.from_dict({"memory_budget": "8GiB"}).memory_budget == "8GiB"  # --set memory_budget=8GiB
+    assert LTEConfig.from_dict({"memory_budget": None}).memory_budget is None
     with pytest.raises(ExplainersError, match="memory_budget"):
         LTEConfig(memory_budget="a lot")
 
@@ -227,9 +230,11 @@ def test_a_small_budget_refines_in_chunks_with_the_same_results(explainer, monke
     chunk_sizes = []
     original = refine_module._refine_parallel
 
-    def spy(explainer, images, classes, logits, index, *rest):
-        chunk_sizes.append(len(index))
-        return original(explainer, images, classes, logits, index, *rest)
+    position = list(inspect.signature(original).parameters).index("index")
+
+    def spy(*args):
+        chunk_sizes.append(len(args[position]))
+        return original(*args)
 
     monkeypatch.setattr(refine_module, "_refine_parallel", spy)
     per_image = bytes_per_image(explainer).total
@@ -307,7 +312,8 @@ def test_gpu_smoke_trains_tiny_on_the_cpu(tmp_path):
     code, result = _run_gpu_smoke(tmp_path)
     assert code == 0 and result["errors"] == []
     trained = {(r["phase"], r["model"]) for r in result["rows"] if r["phase"].endswith("train")}
-    assert trained == {(p, f"{m}/fp32") for p in ("pLTE train", "LETA train") for m in ("vit-b", "deit-s-distilled")}
+    runs = ("vit-b/fp32", "vit-b/bf16", "deit-s-distilled/fp32")
+    assert trained == {(p, run) for p in ("pLTE train", "LETA train") for run in runs}
 
 
 def test_gpu_smoke_exits_non_zero_on_any_error(tmp_path, monkeypatch):

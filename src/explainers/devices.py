@@ -90,6 +90,12 @@ _UNITS = {
 }
 
 
+class ByteSize(str):
+    """Type of settings that hold a memory size: bytes (an int) or a number with a unit (``"4GiB"``).
+
+    A marker for the config checks, which then pass the value through for :func:`parse_bytes` to judge."""
+
+
 def parse_bytes(value: str | int | float) -> int:
     """``"4GiB"`` → 4294967296, ``"500MB"`` → 500000000, ``1e9``/``"1e9"`` → 1000000000 bytes."""
     if isinstance(value, bool):

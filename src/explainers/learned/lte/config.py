@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from explainers.devices import ByteSize
 from explainers.errors import ExplainersError
 
 ACTIVATIONS = ("sigmoid", "relu", "softmax", "none")
@@ -98,7 +99,7 @@ class LTEConfig:
     refine_select: str = "pos"
     refine_stop_below: float = 6.0
     refine_stop_above: float = 89.0
-    memory_budget: str | None = None
+    memory_budget: ByteSize | int | None = None
 
     device: str = "auto"
     precision: str = "fp32"
