@@ -49,6 +49,16 @@ class AttentionMethod(Method):
         return matrix[..., 0, self.adapter.num_prefix_tokens :]
 
 
+def check_start_layer(adapter: ExplaineeAdapter, start_layer: int, method: str) -> int:
+    """``start_layer`` as a block index the product can start at (0 = the first block)."""
+    blocks = len(adapter.parts().blocks)
+    if isinstance(start_layer, bool) or not isinstance(start_layer, int) or not 0 <= start_layer < blocks:
+        raise ExplainersError(
+            f"{method}: start_layer must be an integer block index in 0..{blocks - 1}, got {start_layer!r}"
+        )
+    return start_layer
+
+
 def rollout(
     matrices: Sequence[torch.Tensor], *, add_identity: bool = True, normalize_rows: bool = True
 ) -> torch.Tensor:
