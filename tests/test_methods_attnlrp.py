@@ -96,7 +96,6 @@ def _ln_rule(norm, x, y, r_y):
     """ε-rule through LayerNorm's linear part with σ constant: R_x = x ⊙ ((R_y/y) M)."""
     if isinstance(norm, torch.nn.Identity):
         return r_y
-    d = x.shape[-1]
     std = x.var(-1, unbiased=False, keepdim=True).add(norm.eps).sqrt()  # T×1
     s = r_y / y * norm.weight / std  # (R/y)_j w_j / σ
     return x * (s - s.mean(-1, keepdim=True))  # … times (I − 11ᵀ/D)
@@ -116,7 +115,8 @@ def explicit_attnlrp(adapter, pixels, target, attention="attnlrp"):
         for blk in parts.blocks:
             c = {"x": x, "h1": blk.norm1(x)}
             t = x.shape[0]
-            for n, w, b in (("q", blk.q_weight, blk.q_bias), ("k", blk.k_weight, blk.k_bias), ("v", blk.v_weight, blk.v_bias)):
+            for n in "qkv":
+                w, b = getattr(blk, f"{n}_weight"), getattr(blk, f"{n}_bias")
                 c["z" + n] = F.linear(c["h1"], w, b)
                 c[n] = c["z" + n].view(t, blk.num_heads, -1).transpose(0, 1)
             c["xs"] = blk.scale * c["q"] @ c["k"].transpose(-1, -2)
@@ -162,7 +162,7 @@ def explicit_attnlrp(adapter, pixels, target, attention="attnlrp"):
                 r_q = c["q"] * (s2 @ c["k"])
                 r_k = c["k"] * (s2.transpose(-1, -2) @ c["q"])
 
-            def merge(h):
+            def merge(h, t=t):
                 return h.transpose(0, 1).reshape(t, -1)
 
             r_h1 = (
