@@ -70,7 +70,10 @@ def make_rules(rules: str, eps: float) -> Rules:
     """Validated :class:`Rules` from method options (one clear error for a bad value)."""
     if rules not in RULE_SETS:
         raise ExplainersError(f"rules must be one of {', '.join(RULE_SETS)}, got {rules!r}")
-    eps = float(eps)
+    try:
+        eps = float(eps)
+    except (TypeError, ValueError):
+        raise ExplainersError(f"eps (the division stabiliser) must be a number > 0, got {eps!r}") from None
     if not eps > 0:
         raise ExplainersError(f"eps (the division stabiliser) must be > 0, got {eps}")
     return Rules(rules, eps)  # type: ignore[arg-type]
