@@ -4,6 +4,8 @@ case, and batch = per image."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -13,6 +15,22 @@ from explainers.errors import ExplainersError
 from explainers.methods import get_method
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+timm_available = importlib.util.find_spec("timm") is not None
+
+
+def _model(name):
+    if name.startswith("hf-"):
+        return build_hf_model(name[3:])
+    import timm.models.vision_transformer as vt
+
+    torch.manual_seed(0)
+    model = vt.VisionTransformer(
+        img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, num_classes=5, reg_tokens=2, init_values=0.5
+    ).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
 
 
 def _reference(model, pixel_values, target, pool, start_layer, prefix):
@@ -58,13 +76,15 @@ def test_legrad_equals_per_layer_autograd_on_the_models_own_forward(kind, pool, 
             assert expected.abs().max() > 0
 
 
-def test_last_layer_only_is_relu_of_the_logit_gradient(images):
+@pytest.mark.parametrize("name", ["hf-vit", "hf-deit-distilled"] + (["timm-registers"] if timm_available else []))
+def test_last_layer_only_is_relu_of_the_logit_gradient(name, images):
     # Analytic: at the last block with the model's own pooling, s^L is the logit, so the map is
-    # relu(∂logit/∂A_L) averaged over heads and query rows (the adapter's attention gradients).
-    adapter = load_explainee(build_hf_model("vit"))
+    # relu(∂logit/∂A_L) averaged over heads and query rows (the adapter's attention gradients,
+    # captured by hooks on the model's own forward).
+    adapter = load_explainee(_model(name))
     targets = torch.tensor([1, 1, 3])
     _, _, grads, _ = adapter.attention_gradients(adapter.normalize(images), targets)
-    expected = grads[-1].clamp(min=0).mean(dim=(1, 2))[:, 1:]
+    expected = grads[-1].clamp(min=0).mean(dim=(1, 2))[:, adapter.num_prefix_tokens :]
     method = get_method("legrad", adapter, normalize=False, start_layer=adapter.num_blocks - 1)
     torch.testing.assert_close(method.attribute(images, targets), expected)
 
