@@ -29,6 +29,7 @@ class AttentionRollout(AttentionMethod):
     def attribute(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             attentions = self.adapter.forward_attentions(self.adapter.normalize(images)).attentions
+            check_start_layer(self.adapter, self.start_layer, self.name, blocks=len(attentions))
             means = [a.mean(dim=1) for a in attentions[self.start_layer :]]
             joint = rollout(means, add_identity=True, normalize_rows=True)
         return self.cls_patches(joint)
