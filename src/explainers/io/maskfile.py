@@ -11,8 +11,12 @@ Layout (all datasets share the first axis, one row per image, in the order the i
 
 Attributes: ``format``, ``format_version``, ``method``, ``method_config`` (JSON), ``explainee`` (JSON from
 ``adapter.describe()``), ``image_size`` [H, W], ``dataset`` (the ``KIND:PATH`` spec), ``targets``
-(``predicted`` or ``target``), ``maps_dtype``, ``created`` (ISO time of the first write),
-``library_version``, ``count`` (rows committed) and ``complete``.
+(``predicted`` or ``target``: the class convention the maps explain), ``maps_dtype``, ``created`` (ISO
+time of the first write), ``library_version``, ``count`` (rows committed) and ``complete``. What the maps
+were made with (:mod:`explainers.provenance`, absent in files of older versions): ``explainee_fingerprint``
+(sha256 of the explainee's weights), ``dataset_info`` (JSON: spec, kind, resolved location, split, labelling
+task, class names) and ``head`` (JSON: the linear head explained when it is not the explainee's own
+classifier — LETA with ``--head`` — with its and the encoder's fingerprints; ``null`` otherwise).
 
 Writing is crash-safe in the sense that matters: rows go to ``FILE.partial``; ``count`` is updated only
 after a batch's rows are all written, so a rerun drops any half-written batch and continues after the last
@@ -85,6 +89,7 @@ class MaskFileWriter:
         overwrite: bool = False,
         chunk_images: int = 16,
         compression: str | None = None,
+        provenance: Mapping[str, Any] | None = None,
     ) -> None:
         from explainers import __version__
 
@@ -105,6 +110,10 @@ class MaskFileWriter:
             "targets": targets,
             "maps_dtype": dtype,
         }
+        # What the maps are made with (explainee weights, dataset, head): a resumed run must match it too.
+        identity.update(
+            {k: v if isinstance(v, str) else _canonical(v) for k, v in (provenance or {}).items()}
+        )
         if self.path.exists() and not overwrite:
             raise MaskFileError(
                 f"{self.path} already exists and is complete; pass overwrite=True (--overwrite) to replace "
@@ -125,7 +134,7 @@ class MaskFileWriter:
             attrs = self._file.attrs
             attrs["format"] = FORMAT
             attrs["format_version"] = FORMAT_VERSION
-            for key in _IDENTITY:
+            for key in identity:
                 attrs[key] = identity[key]
             attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
             attrs["library_version"] = __version__
@@ -150,7 +159,7 @@ class MaskFileWriter:
                 raise MaskFileError(
                     f"{self.partial} is not an explainers mask file; delete it or choose another output"
                 )
-            diffs = [k for k in _IDENTITY if _attr_str(f.attrs.get(k, "")) != identity[k]]
+            diffs = [k for k in identity if _attr_str(f.attrs.get(k, "")) != identity[k]]
             if diffs:
                 details = "; ".join(
                     f"{k}: file has {_attr_str(f.attrs.get(k, ''))[:80]!r}, this run {identity[k][:80]!r}"
@@ -356,6 +365,13 @@ class MaskFile:
             self.maps_dtype: str = _attr_str(attrs["maps_dtype"])
             self.created: str = _attr_str(attrs["created"])
             self.library_version: str = _attr_str(attrs["library_version"])
+            # Provenance (None where a file of an older version did not record it).
+            fp = attrs.get("explainee_fingerprint")
+            self.explainee_fingerprint: str | None = None if fp is None else _attr_str(fp)
+            info = attrs.get("dataset_info")
+            self.dataset_info: dict | None = None if info is None else json.loads(_attr_str(info))
+            self.has_head_record: bool = "head" in attrs
+            self.head: dict | None = json.loads(_attr_str(attrs["head"])) if self.has_head_record else None
             self.ids: list[str] = [_attr_str(s) for s in self._file["ids"][:]]
             self.labels: np.ndarray = self._file["labels"][:]
             self.predicted: np.ndarray = self._file["predicted"][:]
@@ -420,6 +436,9 @@ class MaskFile:
             "maps_dtype": self.maps_dtype,
             "created": self.created,
             "library_version": self.library_version,
+            "explainee_fingerprint": self.explainee_fingerprint,
+            "dataset_info": self.dataset_info,
+            "head": self.head,
             "num_images": len(self),
             "extras": self.extras,
         }
