@@ -58,7 +58,7 @@ NOTES = """### Where the cost goes
 - full LRP: forward + relevance through every block and the zβ convolution; no gradients.
 - AttnLRP: one forward over the adapter's parts with the rules as gradient modifications (a few cheap
   extra element-wise ops: detached σ, the GELU ratio, gradient halving) + one backward to the pixels;
-  so ≈ 3× a forward (the authors' lxt: 10.4× on a ViT-B-sized model, as reported in the issue).
+  so ≈ 3× a forward (lxt itself was measured at 10.4× a forward on a ViT-B-sized model).
 - LeGrad: one no-grad forward keeping each block's input, attention and values, then every block's
   attention-to-output part (A v, projection, MLP, final norm, head) recomputed from A as a leaf, and one
   backward for all layers at once (s^l depends on A^l only through block l); ≈ 3× a forward. torchcam's
