@@ -81,7 +81,7 @@ def test_last_layer_only_is_relu_of_the_logit_gradient(name, images):
     # Analytic: at the last block with the model's own pooling, s^L is the logit, so the map is
     # relu(∂logit/∂A_L) averaged over heads and query rows (the adapter's attention gradients,
     # captured by hooks on the model's own forward).
-    adapter = load_explainee(_model(name))
+    adapter = load_explainee(_model(name), mean=[0.5] * 3, std=[0.5] * 3)  # timm models from configs carry no mean/std
     targets = torch.tensor([1, 1, 3])
     _, _, grads, _ = adapter.attention_gradients(adapter.normalize(images), targets)
     expected = grads[-1].clamp(min=0).mean(dim=(1, 2))[:, adapter.num_prefix_tokens :]
