@@ -24,7 +24,7 @@ import os
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from explainers.learned.leta.encoder import check_same_encoder, encoder_signatur
 from explainers.learned.leta.explainer import LETAExplainer
 from explainers.learned.leta.objective import compute_targets, leta_loss, sample_centres
 from explainers.models.base import ExplaineeAdapter
+from explainers.training.loop import Runtime, check_finite
 
 LOG_FILE = "train_log.jsonl"
 PLOT_FILE = "loss.png"
@@ -47,58 +48,9 @@ _RESUME_FREE_KEYS = {"device", "log_every", "save_every", "target_batch", "cache
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Processes
-
-
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _init_distributed(device_kind: str) -> tuple[DistInfo, bool]:
-    """Join the process group when launched by torchrun / ``accelerate launch`` (WORLD_SIZE > 1)."""
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo(), False
-    created = False
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
-        created = True
-    info = DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-    return info, created
-
-
-def _barrier(info: DistInfo) -> None:
-    if info.world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
-def _all_mean(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    if info.world > 1:
-        import torch.distributed as dist
-
-        values = values.clone()
-        dist.all_reduce(values)
-        values /= info.world
-    return values
-
-
-def _resolve_device(name: str, info: DistInfo) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and info.world > 1:
-        return torch.device("cuda", info.local_rank)
-    return torch.device(name)
+# Processes: one :class:`~explainers.training.loop.Runtime` (accelerate) per run; it joins the process group
+# when launched by torchrun / accelerate launch, pins each process to its own GPU and runs every collective
+# on that device.
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -106,10 +58,15 @@ def _resolve_device(name: str, info: DistInfo) -> torch.device:
 
 
 class _ImageSource:
-    """Training images at the encoder's size; decoded once into a uint8 cache when it fits in memory."""
+    """Training images at the encoder's size; decoded once into a uint8 cache when it fits in memory
+    (with ``workers`` decoding processes)."""
 
-    def __init__(self, dataset, geometry: InputGeometry, cache: bool, limit_mb: int, progress: bool) -> None:
-        from explainers.data.base import iter_batches
+    def __init__(
+        self, dataset, geometry: InputGeometry, cache: bool, limit_mb: int, progress: bool, workers: int = 0
+    ) -> None:
+        import functools
+
+        from explainers.data.base import collate
 
         self.dataset, self.geometry = dataset, geometry  # the encoder's preprocessing (resize, crop)
         size = geometry.size
@@ -118,10 +75,17 @@ class _ImageSource:
         if cache and need_mb <= limit_mb:
             from tqdm.auto import tqdm
 
+            loader = torch.utils.data.DataLoader(
+                dataset,
+                batch_size=256,
+                shuffle=False,
+                num_workers=workers,
+                collate_fn=functools.partial(collate, size=geometry),
+            )
             self.cache = torch.empty(len(dataset), 3, *size, dtype=torch.uint8)
             pos = 0
             with tqdm(total=len(dataset), desc="loading images", unit="img", disable=not progress) as bar:
-                for batch in iter_batches(dataset, 256, geometry):
+                for batch in loader:
                     n = batch.images.shape[0]
                     self.cache[pos : pos + n] = (batch.images * 255).round().to(torch.uint8)
                     pos += n
@@ -308,11 +272,11 @@ def lr_at(step: int, total: int, base: float, warmup: float) -> float:
 
 
 @contextmanager
-def _threads_per_process(info: DistInfo, device: torch.device):
+def _threads_per_process(runtime: Runtime):
     # N CPU processes on one machine: split the cores instead of oversubscribing them N times over.
     previous = torch.get_num_threads()
-    if info.world > 1 and device.type == "cpu":
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", info.world))
+    if runtime.world > 1 and runtime.device.type == "cpu":
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", runtime.world))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     try:
         yield
@@ -348,31 +312,22 @@ def pretrain(
         encoder_spec = encoder_spec or str(encoder)
         encoder = load_explainee(encoder)
     require_vit(encoder, "LETA pre-training")
-    device_kind = "cuda" if cfg.device in ("cuda", "auto") and torch.cuda.is_available() else "cpu"
-    info, created_group = _init_distributed(device_kind)
-    device = _resolve_device(cfg.device, info)
-    if cfg.batch_size % info.world:
-        raise ExplainersError(f"batch_size {cfg.batch_size} must be divisible by the {info.world} processes")
-    try:
-        with _threads_per_process(info, device):
-            return _pretrain(
-                encoder,
-                data,
-                Path(out).expanduser(),
-                run,
-                info,
-                device,
-                encoder_spec=encoder_spec,
-                resume=resume,
-                progress=progress and info.main,
-                stop_after=stop_after,
-                command=command,
-            )
-    finally:
-        if created_group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+    runtime = Runtime(cfg.device, cfg.precision)
+    if cfg.batch_size % runtime.world:
+        raise ExplainersError(f"batch_size {cfg.batch_size} must be divisible by the {runtime.world} processes")
+    with _threads_per_process(runtime):
+        return _pretrain(
+            encoder,
+            data,
+            Path(out).expanduser(),
+            run,
+            runtime,
+            encoder_spec=encoder_spec,
+            resume=resume,
+            progress=progress,
+            stop_after=stop_after,
+            command=command,
+        )
 
 
 def _pretrain(
@@ -380,8 +335,7 @@ def _pretrain(
     data,
     out: Path,
     run: RunConfig,
-    info: DistInfo,
-    device,
+    runtime: Runtime,
     *,
     encoder_spec,
     resume,
@@ -390,9 +344,10 @@ def _pretrain(
     command,
 ) -> Path:
     from safetensors.torch import load_file, load_model
-    from tqdm.auto import tqdm
 
     cfg = run.training
+    device = runtime.device
+    main = runtime.main
     dataset = _open(data, cfg.split)
     n_images = len(dataset)
     steps_per_epoch = n_images // cfg.batch_size
@@ -401,7 +356,7 @@ def _pretrain(
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     state_dir, log_path = out / STATE_DIR, out / LOG_FILE
     signature = encoder_signature(encoder, encoder_spec)
-    run_record = {"run": run.to_dict(), "data": data, "world_size": info.world}
+    run_record = {"run": run.to_dict(), "data": data, "world_size": runtime.world}
 
     encoder.to(device)
     explainer = LETAExplainer.build(encoder, run.model, seed=cfg.seed)
@@ -417,30 +372,26 @@ def _pretrain(
         load_model(network, str(ckpt / "model.safetensors"))
         _load_optimizer(opt, load_file(str(ckpt / "optimizer.safetensors")), saved["optimizer"])
         start_step, elapsed = int(saved["step"]), float(saved["elapsed_s"])
-    elif info.main:
+    elif main:
         shutil.rmtree(state_dir, ignore_errors=True)
         if log_path.exists():
             log_path.unlink()
-    _barrier(info)
-    if info.main:
+    runtime.barrier()
+    if main:
         out.mkdir(parents=True, exist_ok=True)
         _truncate_log(log_path, start_step)
 
-    source = _ImageSource(dataset, encoder.input_geometry, cfg.cache_images, cfg.cache_limit_mb, progress)
-    val = _validation_set(data, cfg, encoder, progress) if info.main else None
+    source = _ImageSource(
+        dataset, encoder.input_geometry, cfg.cache_images, cfg.cache_limit_mb, progress and main, cfg.workers
+    )
+    val = _validation_set(data, cfg, encoder, progress) if main else None
     windows = explainer.windows()
     target_dtype = torch.bfloat16 if cfg.target_dtype == "bfloat16" else None
-    train_net: torch.nn.Module = network
-    if info.world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        train_net = DistributedDataParallel(
-            network, device_ids=[device.index] if device.type == "cuda" else None
-        )
+    train_net = runtime.prepare(network)
     network.train()
 
     def checkpoint(step: int) -> None:
-        if info.main:
+        if main:
             state = {
                 "step": step,
                 "elapsed_s": elapsed,
@@ -449,10 +400,10 @@ def _pretrain(
                 **run_record,
             }
             _save_checkpoint(state_dir, network, opt, state)
-        _barrier(info)
+        runtime.barrier()
 
     def log(row: dict) -> None:
-        if info.main:
+        if main:
             with log_path.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
 
@@ -460,7 +411,7 @@ def _pretrain(
     last_val: dict[str, float] = {}
     sums = torch.zeros(3)
     count, window_start = 0, time.perf_counter()
-    bar = tqdm(total=total, initial=start_step, desc="LETA pre-training", unit="step", disable=not progress)
+    bar = runtime.progress(total, start_step, "LETA pre-training", progress)
     step = start_step
     try:
         while step < total:
@@ -474,7 +425,7 @@ def _pretrain(
             batch = order[k * cfg.batch_size : (k + 1) * cfg.batch_size].tolist()
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
             centres = sample_centres(cfg.batch_size, cfg.centres, encoder.num_patches, gen)
-            local = slice(info.rank, None, info.world)
+            local = slice(runtime.rank, None, runtime.world)
             images = source.get(batch[local]).to(device)
             centres = centres[local].to(device)
             torch.manual_seed(cfg.seed + step)  # dropout, if the backbone has any
@@ -482,23 +433,27 @@ def _pretrain(
             t_pos, t_neg = compute_targets(
                 encoder, encoder.normalize(images), centres, windows, cfg.target_batch, dtype=target_dtype
             )
-            psi_pos, psi_neg = train_net(images)
-            loss, loss_pos, loss_neg = leta_loss(psi_pos, psi_neg, centres, t_pos, t_neg)
+            with runtime.autocast():
+                psi_pos, psi_neg = train_net(images)
+            loss, loss_pos, loss_neg = leta_loss(psi_pos.float(), psi_neg.float(), centres, t_pos, t_neg)
+            values = torch.stack([loss.detach(), loss_pos.detach(), loss_neg.detach()]).cpu()
+            if runtime.world > 1:  # every process stops together on a non-finite loss
+                values = values if torch.isfinite(values).all() else values * float("nan")
+                if not torch.isfinite(runtime.reduce_sum(values)).all():
+                    values = values * float("nan")
+            check_finite(float(values[0]), step + 1)
             lr = lr_at(step, total, cfg.lr, cfg.warmup)
             for group in opt.param_groups:
                 group["lr"] = lr
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(network.parameters(), cfg.grad_clip)
-            opt.step()
+            runtime.backward(loss)
+            runtime.step(opt, list(network.parameters()), cfg.grad_clip)
             step += 1
             elapsed += time.perf_counter() - t0
-            sums += torch.tensor([loss.item(), loss_pos.item(), loss_neg.item()])
+            sums += values
             count += 1
 
             if step % cfg.log_every == 0 or step == total:
-                mean = _all_mean(sums / count, info)
+                mean = runtime.reduce_mean(sums / count)
                 rate = count * cfg.batch_size / (time.perf_counter() - window_start)
                 last_train = {"loss": float(mean[0]), "loss_pos": float(mean[1]), "loss_neg": float(mean[2])}
                 log(
@@ -527,17 +482,17 @@ def _pretrain(
         bar.close()
         # Ctrl-C or a crash: keep the last completed step so a rerun continues from there. With several
         # processes the others may be gone, so only a single process can still save safely.
-        if info.world == 1 and step > start_step:
+        if runtime.world == 1 and step > start_step:
             checkpoint(step)
             plot_log(log_path, out / PLOT_FILE)
         raise
     bar.close()
     if step < total:  # stopped by stop_after: resumable
         checkpoint(step)
-        if info.main:
+        if main:
             plot_log(log_path, out / PLOT_FILE)
         return out
-    if info.main:
+    if main:
         summary = {
             "data": data,
             "split": cfg.split,
@@ -545,7 +500,7 @@ def _pretrain(
             "epochs": total / steps_per_epoch,
             "images_seen": total * cfg.batch_size,
             "masked_targets": total * cfg.batch_size * cfg.centres * 2,
-            "world_size": info.world,
+            "world_size": runtime.world,
             "device": str(device),
             "wall_s": round(elapsed, 1),
             "config": asdict(cfg),
@@ -555,7 +510,7 @@ def _pretrain(
         }
         explainer.save_pretrained(out, training=summary)
         plot_log(log_path, out / PLOT_FILE)
-    _barrier(info)
+    runtime.barrier()
     return out
 
 
