@@ -131,10 +131,7 @@ def select_subsets(
 
 
 def _dataset_labels(dataset: ImageDataset) -> list[int]:
-    labels = getattr(dataset, "labels", None)
-    if labels is not None and not callable(labels):
-        return [int(v) for v in labels]
-    return [dataset[i].label for i in range(len(dataset))]  # generic (loads every image once)
+    return [int(v) for v in dataset.labels]  # from the label file / folder names / CSV: no decoding
 
 
 def open_training_data(data: str | ImageDataset, split: str | None) -> ImageDataset:
