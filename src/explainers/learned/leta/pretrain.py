@@ -50,7 +50,15 @@ PLOT_FILE = "loss.png"
 STATE_FORMAT = "explainers-leta-train-state"
 
 # Training keys that may change between an interrupted run and its resumption without changing results.
-_RESUME_FREE_KEYS = {"device", "log_every", "save_every", "target_batch", "cache_images", "cache_limit_mb"}
+_RESUME_FREE_KEYS = {
+    "device",
+    "workers",
+    "log_every",
+    "save_every",
+    "target_batch",
+    "cache_images",
+    "cache_limit_mb",
+}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -68,11 +76,15 @@ class _ImageSource:
     (with ``workers`` decoding processes)."""
 
     def __init__(
-        self, dataset, geometry: InputGeometry, cache: bool, limit_mb: int, progress: bool, workers: int = 0
+        self,
+        dataset,
+        geometry: InputGeometry,
+        cache: bool,
+        limit_mb: int,
+        progress: bool,
+        workers: int | None = None,
     ) -> None:
-        import functools
-
-        from explainers.data.base import collate
+        from explainers.data.loader import BatchLoader
 
         self.dataset, self.geometry = dataset, geometry  # the encoder's preprocessing (resize, crop)
         size = geometry.size
@@ -81,17 +93,11 @@ class _ImageSource:
         if cache and need_mb <= limit_mb:
             from tqdm.auto import tqdm
 
-            loader = torch.utils.data.DataLoader(
-                dataset,
-                batch_size=256,
-                shuffle=False,
-                num_workers=workers,
-                collate_fn=functools.partial(collate, size=geometry),
-            )
+            batches = [list(range(i, min(i + 256, len(dataset)))) for i in range(0, len(dataset), 256)]
             self.cache = torch.empty(len(dataset), 3, *size, dtype=torch.uint8)
             pos = 0
             with tqdm(total=len(dataset), desc="loading images", unit="img", disable=not progress) as bar:
-                for batch in loader:
+                for batch in BatchLoader(dataset, batches, geometry, workers=workers):
                     n = batch.images.shape[0]
                     self.cache[pos : pos + n] = (batch.images * 255).round().to(torch.uint8)
                     pos += n

@@ -59,6 +59,8 @@ STATE_FORMAT = "explainers-lte-train-state"
 
 # Settings that do not change the trained weights: a resumed run may differ in these.
 _FREE_KEYS = {
+    "device",
+    "workers",
     "eval_batch_size",
     "checkpoint_every",
     "refine_steps",
