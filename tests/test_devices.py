@@ -296,13 +296,12 @@ def _run_gpu_smoke(tmp_path, *extra):
 def test_gpu_smoke_explains_and_evaluates_tiny_on_the_cpu(tmp_path):
     """The GPU smoke's own code path (every method in fp32 and bf16 autocast, evaluation) on tiny models on
     the CPU: what must work the first time it meets a GPU."""
-    from explainers.methods import available_methods
-
+    smoke = _gpu_smoke()
     code, result = _run_gpu_smoke(tmp_path, "--models", "vit-b", "--no-training")
     assert code == 0 and result["errors"] == []
     explained = {(r["model"], r["method"]) for r in result["rows"] if r["phase"] == "explain"}
     for precision in ("fp32", "bf16"):
-        assert {m for model, m in explained if model == f"vit-b/{precision}"} == set(available_methods())
+        assert {m for model, m in explained if model == f"vit-b/{precision}"} == set(smoke.library_methods())
     assert [r["phase"] for r in result["rows"]].count("evaluate") == 2
 
 

@@ -40,6 +40,8 @@ DEMO_METHODS: tuple[DemoMethod, ...] = (
     DemoMethod("transformer-attribution", {}),
     DemoMethod("partial-lrp", {}),
     DemoMethod("lrp", {}),
+    DemoMethod("attnlrp", {}),
+    DemoMethod("legrad", {}),
     DemoMethod("integrated-gradients", {"steps": 20}),
     DemoMethod("rise", {"num_masks": 1000}),
     DemoMethod("plte", {}, asset="plte"),

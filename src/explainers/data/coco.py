@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from explainers.data.base import ImageDataset, Sample, load_image
+from explainers.data.base import Sample, UnlabelledDataset, load_image
 from explainers.errors import DatasetError
 
 
@@ -30,7 +30,7 @@ def _has_segmentation(ann: dict[str, Any]) -> bool:
     return isinstance(seg, dict) and "counts" in seg and "size" in seg
 
 
-class CocoDataset(ImageDataset):
+class CocoDataset(UnlabelledDataset):
     """Images with ≥ 1 instance and the union of their instance masks."""
 
     def __init__(self, root: Path | str, split: str = "val2017") -> None:

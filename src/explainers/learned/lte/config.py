@@ -104,7 +104,7 @@ class LTEConfig:
     device: str = "auto"
     precision: str = "fp32"
     grad_accum: int = 1
-    workers: int = 0
+    workers: int | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -150,7 +150,9 @@ class LTEConfig:
         for key in positive:
             if int(getattr(self, key)) < 1:
                 raise LTEConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
-        for key in ("freeze_blocks", "checkpoint_every", "workers"):
+        if self.workers is not None and self.workers < 0:
+            raise LTEConfigError(f"workers must be 0 or more (or null: the default), got {self.workers}")
+        for key in ("freeze_blocks", "checkpoint_every"):
             if int(getattr(self, key)) < 0:
                 raise LTEConfigError(f"{key} must be 0 or more, got {getattr(self, key)}")
         for key in (
