@@ -26,6 +26,11 @@ def demo(
         "--downstream/--no-downstream",
         help="Also explain the probes' downstream tasks (colour, size) with the pre-trained LETA explainer.",
     ),
+    leaderboard: bool = typer.Option(
+        True,
+        "--leaderboard/--no-leaderboard",
+        help="End with the leaderboard of the comparison and a quick run of the other benchmark scenarios.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     device: str = typer.Option(
         None, "--device", help="cpu, cuda, cuda:N or auto (default: this process's GPU if any, else CPU)."
@@ -45,6 +50,7 @@ def demo(
         accuracy_images=accuracy_images,
         methods=names,
         downstream=downstream,
+        leaderboard=leaderboard,
         progress=not quiet,
         echo=typer.echo,
         device=default_device(device),
