@@ -113,7 +113,7 @@ def test_cli_pretrain_writes_explainer_log_and_plot(tmp_path, bench, capsys):
             ]
         )
     assert exc.value.code in (0, None), capsys.readouterr().err
-    assert {"config.json", "model.safetensors", "train_log.jsonl", "loss.png", "training"} <= {
+    assert {"config.json", "model.safetensors", "train_log.jsonl", "loss.png", "train_state"} <= {
         p.name for p in out.iterdir()
     }
     rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
@@ -136,7 +136,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, bench):
     pretrain(enc, data, tmp_path / "straight", run, progress=False)
     part = tmp_path / "resumed"
     pretrain(enc, data, part, run, progress=False, stop_after=2)
-    assert not (part / "model.safetensors").exists() and (part / "training" / "latest").exists()
+    assert not (part / "model.safetensors").exists() and (part / "train_state" / "state.pt").exists()
     pretrain(enc, data, part, run, progress=False)
     a, b = weights(tmp_path / "straight"), weights(part)
     assert a.keys() == b.keys()

@@ -382,3 +382,23 @@ def test_cli_unknown_config_key_is_one_line(tmp_path, synthetic_dir, capsys):
         capsys,
     )
     assert code == 2 and "lamda_mask" in err and "valid keys" in err and err.strip().count("\n") == 0
+
+
+@pytest.mark.trainer
+def test_gradient_accumulation_equals_the_whole_batch_and_bf16_trains(tmp_path, adapter):
+    """grad_accum=2 splits each batch into two micro-batches with one optimiser step: the same training
+    as the whole batch at once (up to float rounding). bf16 autocast trains too, float32 weights kept."""
+    cfg = LTEConfig(**{**TINY, "epochs": 1, "validate_initial": False})
+    whole = pretrain_lte(adapter, TinyImages(), tmp_path / "whole", cfg, progress=False)
+    split = pretrain_lte(adapter, TinyImages(), tmp_path / "split", cfg.replace(grad_accum=2), progress=False)
+    a, b = whole.last.net.state_dict(), split.last.net.state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+    assert_trained(b, initial_weights(adapter, cfg))
+    bf16 = pretrain_lte(adapter, TinyImages(), tmp_path / "bf16", cfg.replace(precision="bf16"), progress=False)
+    weights = load_file(tmp_path / "bf16" / "model.safetensors")
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights.values())
+    assert_trained(weights, initial_weights(adapter, cfg))
+    assert bf16.log[0]["loss"] == pytest.approx(whole.log[0]["loss"], rel=0.05)
+    with pytest.raises(ExplainersError, match="grad_accum"):
+        pretrain_lte(adapter, TinyImages(), tmp_path / "bad", cfg.replace(grad_accum=3), progress=False)

@@ -83,7 +83,7 @@ class ClassifierTrainConfig:
     select: str = "best"  # keep the epoch with the best validation accuracy ("best") or the last ("last")
     device: str = "auto"
     precision: str = "fp32"
-    workers: int = 0  # image-decoding processes (non-synthetic data)
+    workers: int | None = None  # image-decoding processes (non-synthetic data; None: the loader's default)
 
     def __post_init__(self) -> None:
         if self.augment not in AUGMENTATIONS:

@@ -151,28 +151,20 @@ class Runtime:
 
 
 def load_images(
-    dataset: Any, indices: list[int], size: Any, workers: int = 0, batch_size: int = 64
+    dataset: Any, indices: list[int], size: Any, workers: int | None = None, batch_size: int = 64
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Decode ``dataset[indices]`` into memory (images N×3×H×W in [0, 1], labels, ids), in order, with
-    ``workers`` decoding processes (0: in this process). ``size``: a (height, width) or the model's
-    ``adapter.input_geometry`` (its own resize and crop), as :func:`~explainers.data.base.collate` takes."""
-    import functools
-
-    from explainers.data.base import collate
+    """Decode ``dataset[indices]`` into memory (images N×3×H×W in [0, 1], labels, ids), in order, through
+    the shared :class:`~explainers.data.loader.BatchLoader` with ``workers`` decoding processes (None: the
+    loader's default; 0: in this process). ``size``: a (height, width) or the model's
+    ``adapter.input_geometry`` (its own resize and crop)."""
+    from explainers.data.base import as_geometry
+    from explainers.data.loader import BatchLoader
 
     if not indices:
-        from explainers.data.base import as_geometry
-
         return torch.empty(0, 3, *as_geometry(size).size), torch.empty(0, dtype=torch.long), []
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(dataset, list(indices)),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=functools.partial(collate, size=size),
-    )
+    batches = [list(indices[i : i + batch_size]) for i in range(0, len(indices), batch_size)]
     images, labels, ids = [], [], []
-    for batch in loader:
+    for batch in BatchLoader(dataset, batches, size, workers=workers):
         images.append(batch.images)
         labels.append(batch.labels)
         ids += batch.ids

@@ -89,7 +89,7 @@ class PretrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "fp32"
-    workers: int = 0
+    workers: int | None = None
     cache_images: bool = True
     cache_limit_mb: int = 4096
 
@@ -110,8 +110,8 @@ class PretrainConfig:
         validate_device(self.device)
         if self.precision not in PRECISIONS:
             raise ExplainersError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.workers < 0:
-            raise ExplainersError(f"workers must be 0 or more, got {self.workers}")
+        if self.workers is not None and self.workers < 0:
+            raise ExplainersError(f"workers must be 0 or more (or null: the default), got {self.workers}")
 
 
 @dataclass

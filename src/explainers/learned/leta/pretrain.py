@@ -13,7 +13,8 @@ Output directory::
     OUT/config.json, OUT/model.safetensors   the explainer (``LETAExplainer.from_pretrained(OUT)``)
     OUT/train_log.jsonl                      one JSON object per logged step / validation
     OUT/loss.png                             training and validation loss
-    OUT/training/latest, OUT/training/ckpt-STEP/   resumable state (weights, optimiser, step)
+    OUT/train_state/                         resumable state (weights, optimiser, step): the shared
+                                             training-state folder (explainers.training.checkpoint)
 """
 
 from __future__ import annotations
@@ -21,12 +22,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -37,14 +36,29 @@ from explainers.learned.leta.encoder import check_same_encoder, encoder_signatur
 from explainers.learned.leta.explainer import LETAExplainer
 from explainers.learned.leta.objective import compute_targets, leta_loss, sample_centres
 from explainers.models.base import ExplaineeAdapter
+from explainers.training.checkpoint import (
+    STATE_NAME,
+    find_training_state,
+    load_training_state,
+    remove_training_state,
+    save_training_state,
+)
 from explainers.training.loop import Runtime, check_finite
 
 LOG_FILE = "train_log.jsonl"
 PLOT_FILE = "loss.png"
-STATE_DIR = "training"
+STATE_FORMAT = "explainers-leta-train-state"
 
 # Training keys that may change between an interrupted run and its resumption without changing results.
-_RESUME_FREE_KEYS = {"device", "log_every", "save_every", "target_batch", "cache_images", "cache_limit_mb"}
+_RESUME_FREE_KEYS = {
+    "device",
+    "workers",
+    "log_every",
+    "save_every",
+    "target_batch",
+    "cache_images",
+    "cache_limit_mb",
+}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -62,11 +76,15 @@ class _ImageSource:
     (with ``workers`` decoding processes)."""
 
     def __init__(
-        self, dataset, geometry: InputGeometry, cache: bool, limit_mb: int, progress: bool, workers: int = 0
+        self,
+        dataset,
+        geometry: InputGeometry,
+        cache: bool,
+        limit_mb: int,
+        progress: bool,
+        workers: int | None = None,
     ) -> None:
-        import functools
-
-        from explainers.data.base import collate
+        from explainers.data.loader import BatchLoader
 
         self.dataset, self.geometry = dataset, geometry  # the encoder's preprocessing (resize, crop)
         size = geometry.size
@@ -75,17 +93,11 @@ class _ImageSource:
         if cache and need_mb <= limit_mb:
             from tqdm.auto import tqdm
 
-            loader = torch.utils.data.DataLoader(
-                dataset,
-                batch_size=256,
-                shuffle=False,
-                num_workers=workers,
-                collate_fn=functools.partial(collate, size=geometry),
-            )
+            batches = [list(range(i, min(i + 256, len(dataset)))) for i in range(0, len(dataset), 256)]
             self.cache = torch.empty(len(dataset), 3, *size, dtype=torch.uint8)
             pos = 0
             with tqdm(total=len(dataset), desc="loading images", unit="img", disable=not progress) as bar:
-                for batch in loader:
+                for batch in BatchLoader(dataset, batches, geometry, workers=workers):
                     n = batch.images.shape[0]
                     self.cache[pos : pos + n] = (batch.images * 255).round().to(torch.uint8)
                     pos += n
@@ -106,69 +118,6 @@ def _open(data: str, split: str | None):
     if split is None and kind == "synthetic":
         split = "train"  # the synthetic reader defaults to the test split
     return open_dataset(data, split=split)
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Checkpoints (no pickle: safetensors + JSON)
-
-
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    sd = opt.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, Any] = {}
-    for pid, state in sd["state"].items():
-        for key, value in state.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"{pid}.{key}"] = value.detach().cpu().contiguous()
-            else:
-                scalars[f"{pid}.{key}"] = value
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def _load_optimizer(
-    opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
-) -> None:
-    state: dict[int, dict[str, Any]] = {}
-    for name, value in tensors.items():
-        pid, _, key = name.partition(".")
-        state.setdefault(int(pid), {})[key] = value
-    for name, value in meta["scalars"].items():
-        pid, _, key = name.partition(".")
-        state.setdefault(int(pid), {})[key] = value
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
-def _save_checkpoint(
-    state_dir: Path, network: torch.nn.Module, opt: torch.optim.Optimizer, state: dict
-) -> None:
-    from safetensors.torch import save_file, save_model
-
-    name = f"ckpt-{state['step']:08d}"
-    tmp = state_dir / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model(network, str(tmp / "model.safetensors"))
-    tensors, meta = _optimizer_tensors(opt)
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({**state, "optimizer": meta}, indent=1))
-    final = state_dir / name
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    # The pointer is the commit: written last, atomically, so a crash never leaves it naming a partial dir.
-    pointer = state_dir / ".latest.tmp"
-    pointer.write_text(name + "\n")
-    os.replace(pointer, state_dir / "latest")
-    for old in state_dir.glob("ckpt-*"):
-        if old.name != name:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _read_checkpoint(state_dir: Path) -> Path | None:
-    pointer = state_dir / "latest"
-    if not pointer.is_file():
-        return None
-    path = state_dir / pointer.read_text().strip()
-    return path if (path / "state.json").is_file() else None
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -343,8 +292,6 @@ def _pretrain(
     stop_after,
     command,
 ) -> Path:
-    from safetensors.torch import load_file, load_model
-
     cfg = run.training
     device = runtime.device
     main = runtime.main
@@ -354,7 +301,7 @@ def _pretrain(
     if steps_per_epoch == 0:
         raise ExplainersError(f"{data} has {n_images} images, fewer than one batch of {cfg.batch_size}")
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
-    state_dir, log_path = out / STATE_DIR, out / LOG_FILE
+    log_path = out / LOG_FILE
     signature = encoder_signature(encoder, encoder_spec)
     run_record = {"run": run.to_dict(), "data": data, "world_size": runtime.world}
 
@@ -365,15 +312,16 @@ def _pretrain(
     opt = torch.optim.AdamW(network.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     start_step, elapsed = 0, 0.0
-    ckpt = _read_checkpoint(state_dir) if resume else None
+    ckpt = find_training_state(out) if resume else None
     if ckpt is not None:
-        saved = json.loads((ckpt / "state.json").read_text())
-        _check_resumable(saved, run_record, signature, encoder, out)
-        load_model(network, str(ckpt / "model.safetensors"))
-        _load_optimizer(opt, load_file(str(ckpt / "optimizer.safetensors")), saved["optimizer"])
+        saved = torch.load(ckpt / STATE_NAME, map_location="cpu", weights_only=True)
+        if saved.get("format") == STATE_FORMAT:  # the settings first: a clear message, not a shape error
+            _check_resumable(saved, run_record, signature, encoder, out)
+        load_training_state(ckpt, STATE_FORMAT, network)
+        opt.load_state_dict(saved["optimizer"])
         start_step, elapsed = int(saved["step"]), float(saved["elapsed_s"])
     elif main:
-        shutil.rmtree(state_dir, ignore_errors=True)
+        remove_training_state(out)
         if log_path.exists():
             log_path.unlink()
     runtime.barrier()
@@ -393,13 +341,15 @@ def _pretrain(
     def checkpoint(step: int) -> None:
         if main:
             state = {
+                "format": STATE_FORMAT,
                 "step": step,
                 "elapsed_s": elapsed,
                 "total_steps": total,
                 "encoder": signature,
                 **run_record,
+                "optimizer": opt.state_dict(),
             }
-            _save_checkpoint(state_dir, network, opt, state)
+            save_training_state(out, network, state)
         runtime.barrier()
 
     def log(row: dict) -> None:

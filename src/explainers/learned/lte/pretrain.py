@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -42,19 +41,17 @@ from explainers.io.atomic import write_text_atomic
 from explainers.learned.lte.config import LTEConfig
 from explainers.learned.lte.explainer import (
     CONFIG_NAME,
-    WEIGHTS_NAME,
     LTEExplainer,
     check_compatible,
 )
 from explainers.learned.lte.loss import loss_classes, lte_loss
 from explainers.learned.lte.scoring import perturbation_auc
 from explainers.models import ExplaineeAdapter, load_explainee
+from explainers.training.checkpoint import find_training_state, load_training_state, save_training_state
 from explainers.training.loop import Runtime, check_finite, load_images
 
 log = logging.getLogger(__name__)
 
-STATE_DIR = "train_state"
-STATE_NAME = "state.pt"
 LOG_NAME = "log.jsonl"
 PLOT_NAME = "training.png"
 SUBSETS_NAME = "subsets.json"
@@ -62,6 +59,8 @@ STATE_FORMAT = "explainers-lte-train-state"
 
 # Settings that do not change the trained weights: a resumed run may differ in these.
 _FREE_KEYS = {
+    "device",
+    "workers",
     "eval_batch_size",
     "checkpoint_every",
     "refine_steps",
@@ -271,38 +270,7 @@ def plot_log(records: list[dict[str, Any]], path: Path) -> None:
 
 # ----------------------------------------------------------------------------------------------- state
 def _save_state(out: Path, net: torch.nn.Module, payload: dict[str, Any]) -> None:
-    """Write the training state to a fresh folder, then swap it in: a crash leaves the old or the new one."""
-    from safetensors.torch import save_file
-
-    tmp, final, old = out / (STATE_DIR + ".tmp"), out / STATE_DIR, out / (STATE_DIR + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(
-        {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp / WEIGHTS_NAME)
-    )
-    torch.save(payload, tmp / STATE_NAME)
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _find_state(out: Path) -> Path | None:
-    for name in (STATE_DIR, STATE_DIR + ".old"):  # .old: a crash between the two renames of _save_state
-        if (out / name / STATE_NAME).is_file() and (out / name / WEIGHTS_NAME).is_file():
-            return out / name
-    return None
-
-
-def _load_state(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    from safetensors.torch import load_file
-
-    weights = load_file(str(folder / WEIGHTS_NAME))
-    payload = torch.load(folder / STATE_NAME, map_location="cpu", weights_only=True)
-    if payload.get("format") != STATE_FORMAT:
-        raise ExplainersError(f"{folder} is not an LTE training state")
-    return weights, payload
+    save_training_state(out, net, payload)
 
 
 def _check_resume(
@@ -406,12 +374,13 @@ def pretrain_lte(
     best: dict[str, Any] = {"epoch": None, "val_pos_auc": None}
     records: list[dict[str, Any]] = []
     sums = torch.zeros(4, dtype=torch.float64)  # total, prediction, mask, images (this epoch so far)
-    state_dir = _find_state(out) if out.exists() else None
+    state_dir = find_training_state(out) if out.exists() else None
     resumed = state_dir is not None
     if state_dir is not None:
-        weights, payload = _load_state(state_dir)
-        _check_resume(payload, config, adapter, subsets, out)
-        net.load_state_dict(weights)
+        payload = torch.load(state_dir / "state.pt", map_location="cpu", weights_only=True)
+        if payload.get("format") == STATE_FORMAT:  # the settings first: a clear message, not a shape error
+            _check_resume(payload, config, adapter, subsets, out)
+        load_training_state(state_dir, STATE_FORMAT, net)
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
         epoch, step_in_epoch, global_step = payload["epoch"], payload["step_in_epoch"], payload["global_step"]
