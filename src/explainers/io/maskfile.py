@@ -14,6 +14,9 @@ Attributes: ``format``, ``format_version``, ``method``, ``method_config`` (JSON)
 (``predicted`` or ``target``), ``maps_dtype``, ``created`` (ISO time of the first write),
 ``library_version``, ``count`` (rows committed) and ``complete``.
 
+Every numeric dataset carries HDF5's Fletcher-32 checksum filter, so a chunk damaged by a crash fails to read
+rather than reading as zeros.
+
 Writing is crash-safe in the sense that matters:
 
 * rows go to ``FILE.partial``; ``count`` is updated (and the file flushed) only after a batch's rows are
@@ -453,10 +456,11 @@ class MaskFileWriter:
             dtype=self.dtype,
             chunks=(self.chunk_images, h, w),
             compression=self.compression,
+            fletcher32=True,  # a chunk damaged by a crash fails to read instead of reading as zeros
         )
         f.create_dataset("ids", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype("utf-8"), chunks=(256,))
         for name in _INT_DATASETS:
-            f.create_dataset(name, shape=(0,), maxshape=(None,), dtype="int64", chunks=(256,))
+            f.create_dataset(name, shape=(0,), maxshape=(None,), dtype="int64", chunks=(256,), fletcher32=True)
 
     # ------------------------------------------------------------------ state
     @property
@@ -543,6 +547,7 @@ class MaskFileWriter:
                         maxshape=(None, *arr.shape[1:]),
                         dtype=arr.dtype,
                         chunks=(max(1, min(1024, 2**20 // max(1, arr[:1].nbytes))), *arr.shape[1:]),
+                        fletcher32=arr.dtype.kind in "biufc",
                     )
                 ds = f[name]
                 ds.resize(start + n, axis=0)
@@ -708,22 +713,38 @@ class MaskFile:
             self.explained: np.ndarray = self._file["explained"][:]
             self.extras: list[str] = sorted(k for k in self._file if k not in CORE_DATASETS)
             n = len(self.ids)
-            if any(self._file[k].shape[0] != n for k in self._file):
+            if any(len(self._file[k].shape) == 0 or self._file[k].shape[0] != n for k in self._file):
                 raise MaskFileError(f"mask file {path} has datasets of different lengths; it is damaged")
+            maps = self._file["maps"]
+            if maps.shape[1:] != tuple(self.image_size) or maps.dtype.kind != "f":
+                raise MaskFileError(
+                    f"mask file {path}: maps are {maps.dtype} of shape {maps.shape}, but the file says "
+                    f"{n} float maps of {self.image_size[0]}×{self.image_size[1]}; it is damaged"
+                )
+            if "count" in attrs and int(attrs["count"]) != n:
+                raise MaskFileError(
+                    f"mask file {path} says it holds {int(attrs['count'])} images but has {n}; it is damaged"
+                )
         except MaskFileError:
             self._file.close()
             raise
-        except (KeyError, ValueError) as exc:
+        except (KeyError, ValueError, TypeError, OSError, RuntimeError) as exc:
             self._file.close()
             raise MaskFileError(
-                f"mask file {path} has missing or malformed metadata ({exc}); it is damaged"
-            ) from None
+                f"mask file {path} has missing or malformed metadata ({_h5_reason(exc)}); it is damaged"
+            ) from exc
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def maps(self, index: int | slice | Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """float32 maps: all (``None``), one (int), a slice, or any list of row indices (any order)."""
+        try:
+            return self._read_maps(index)
+        except (OSError, RuntimeError) as exc:
+            raise MaskFileError(f"cannot read the maps of {self.path}: {_h5_reason(exc)}; the file is damaged") from exc
+
+    def _read_maps(self, index: int | slice | Sequence[int] | np.ndarray | None) -> np.ndarray:
         ds = self._file["maps"]
         if index is None:
             out = ds[:]
