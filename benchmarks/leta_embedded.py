@@ -91,7 +91,7 @@ def evaluate_task(task: str, args) -> dict[str, Any]:
     values: dict[str, dict[str, list[float]]] = {m: {label: [] for _, label in metrics} for m in methods}
     seconds = dict.fromkeys(methods, 0.0)
     correct = 0
-    for batch in iter_batches(dataset, args.batch, adapter.image_size, list(range(n))):
+    for batch in iter_batches(dataset, args.batch, adapter.input_geometry, list(range(n))):
         images = batch.images
         with torch.no_grad():
             logits = adapter.predict(images)
@@ -129,7 +129,7 @@ def _mean_ci(values: list[float]) -> tuple[float, float]:
 def latency(result: dict[str, Any], data: str, batch: int, repeats: int) -> dict[str, float]:
     adapter, methods = result["adapter"], result["methods"]
     dataset = open_dataset(data, split="test", task=result["task"])
-    images = next(iter_batches(dataset, batch, adapter.image_size, list(range(batch)))).images
+    images = next(iter_batches(dataset, batch, adapter.input_geometry, list(range(batch)))).images
     fns = {name: (lambda m=m: m(images)) for name, m in methods.items()}
     fns["explainee forward"] = lambda: adapter.predict(images)
     medians = interleaved_medians(fns, repeats=repeats, warmup=1)

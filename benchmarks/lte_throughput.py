@@ -47,7 +47,7 @@ def main() -> None:
     explainer = LTEExplainer.from_pretrained(explainer_dir, explainee=adapter)
     dataset = open_dataset(args.data, split=args.split)
     n = max(args.batch, args.refine_batch)
-    batch = next(iter_batches(dataset, n, adapter.image_size))
+    batch = next(iter_batches(dataset, n, adapter.input_geometry))
     images, labels = batch.images, batch.labels
     x, y = images[: args.batch], labels[: args.batch]
     plte = get_method("plte", adapter, explainer=str(explainer_dir))

@@ -44,7 +44,7 @@ def _validation_extras(out: Path, adapter, dataset, config: LTEConfig) -> dict[s
     from explainers.data import iter_batches
 
     neg, masks = [], []
-    for batch in iter_batches(dataset, 64, adapter.image_size, val):
+    for batch in iter_batches(dataset, 64, adapter.input_geometry, val):
         m = explainer(batch.images)
         classes = batch.labels if config.class_mode == "target" else adapter.predict(batch.images).argmax(-1)
         neg.append(perturbation_auc(adapter, batch.images, m, classes, "neg"))

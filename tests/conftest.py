@@ -44,7 +44,10 @@ def tiny_vit_config(model_type: str = "vit", image_size: int = 32, patch_size: i
 
 
 def build_hf_model(kind: str = "vit", seed: int = 0, **kw):
-    """kind: vit | deit | deit-distilled. Random weights, eval mode, SDPA attention (the default)."""
+    """kind: vit | deit | deit-distilled. Random weights, eval mode, SDPA attention (the default).
+
+    The config carries mean = std = 0.5 (as ``explainers train-classifier`` writes them), so adapters
+    built from it have a normalisation without being told one."""
     from transformers import (
         DeiTForImageClassification,
         DeiTForImageClassificationWithTeacher,
@@ -59,6 +62,7 @@ def build_hf_model(kind: str = "vit", seed: int = 0, **kw):
         "deit": DeiTForImageClassification,
         "deit-distilled": DeiTForImageClassificationWithTeacher,
     }[kind]
+    config.image_mean, config.image_std = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
     model = cls(config).eval()
     # Random init leaves LayerNorms at identity and small weights; perturb so tests are not degenerate.
     with torch.no_grad():

@@ -174,7 +174,7 @@ def test_timm_vit_adapter(distilled, images):
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    adapter = load_explainee(model)
+    adapter = load_explainee(model, mean=[0.5] * 3, std=[0.5] * 3)  # built directly: no pretrained_cfg
     assert adapter.num_prefix_tokens == (2 if distilled else 3)
     assert adapter.grid == (4, 4)
     x = adapter.normalize(images)
@@ -194,7 +194,7 @@ def test_timm_vit_adapter(distilled, images):
 
 def test_normalisation_from_model_config():
     model = build_hf_model("vit")
-    assert torch.equal(load_explainee(model).mean, torch.full((3,), 0.5))  # ViT processors' default
+    assert torch.equal(load_explainee(model).mean, torch.full((3,), 0.5))  # what build_hf_model records
     model.config.image_mean, model.config.image_std = [0.1, 0.2, 0.3], [0.2, 0.2, 0.2]
     adapter = load_explainee(model)
     torch.testing.assert_close(adapter.mean, torch.tensor([0.1, 0.2, 0.3]))

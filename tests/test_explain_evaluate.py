@@ -116,13 +116,16 @@ def test_explain_target_needs_labels(adapter, tmp_path):
 def test_evaluate_api_classes_and_nonfinite(adapter, tmp_path):
     ds = random_dataset(4, size=16)
     explain_dataset(CenterMethod(adapter), ds, tmp_path / "c.h5", progress=False)
-    res = evaluate_maskfiles(adapter, ds, [tmp_path / "c.h5"], "pos,neg,map", classes="auto", progress=False)
-    assert res.config["classes"] == "target"  # every image labelled
+    explain_dataset(CenterMethod(adapter), ds, tmp_path / "t.h5", targets="target", progress=False)
+    # The class convention scored defaults to the one the maps were made for.
+    res = evaluate_maskfiles(adapter, ds, [tmp_path / "t.h5"], "pos,neg,map", progress=False)
+    assert res.config["classes"] == "target" and not res.warnings
     f = res.files[0]
     assert f.summaries["pos"]["class"] == "target" and f.summaries["map"]["class"].startswith("predicted")
     assert len(f.per_image["pos"]) == 4 and f.curves["pos"].shape == (4, 10)
     assert f.summaries["pos"]["value"] == pytest.approx(f.per_image["pos"].mean())
-    pred = evaluate_maskfiles(adapter, ds, [tmp_path / "c.h5"], ["pos"], classes="predicted", progress=False)
+    pred = evaluate_maskfiles(adapter, ds, [tmp_path / "c.h5"], ["pos"], progress=False)
+    assert pred.config["classes"] == "predicted"
     assert pred.files[0].curves["pos"][:, 0].tolist() == [1.0] * 4  # the clean image is always "correct"
 
     # A NaN map: refused by default, naming the image; excluded (and listed) when asked.

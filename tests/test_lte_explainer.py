@@ -145,7 +145,7 @@ def test_timm_explainee(images):
     model = vt.VisionTransformer(
         img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, num_classes=5, reg_tokens=2
     ).eval()
-    ex = LTEExplainer(load_explainee(model))
+    ex = LTEExplainer(load_explainee(model, mean=[0.5] * 3, std=[0.5] * 3))
     patch, mask = ex.masks(images)
     assert patch.shape == (3, 4, 4) and mask.shape == (3, 32, 32)
     frozen_names = [n for n, p in ex.net.named_parameters() if not p.requires_grad]

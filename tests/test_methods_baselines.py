@@ -184,7 +184,7 @@ def test_timm_variants(variant, images):
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    adapter = load_explainee(model)
+    adapter = load_explainee(model, mean=[0.5] * 3, std=[0.5] * 3)  # built directly: no pretrained_cfg
     result = propagate(adapter, adapter.normalize(images), None, depth="input")
     torch.testing.assert_close(result.token_relevance.sum((1, 2)), torch.ones(3), rtol=0, atol=1e-4)
     with torch.no_grad():

@@ -112,7 +112,8 @@ def test_insertion_by_hand():
 def test_patch_insertion_deletion_by_hand():
     # 2×2 grid of 2×2 patches. Patch means of DESCENDING: 13.5, 11.5, 5.5, 3.5 → order 0,1,2,3; the top
     # row lies in patches 0 and 1 (two pixels each).
-    out, _ = run(["patch-deletion", "patch-insertion"], DESCENDING, grid=True)
+    black = {"patch-deletion": {"fill": "black"}, "patch-insertion": {"fill": "black"}}
+    out, _ = run(["patch-deletion", "patch-insertion"], DESCENDING, grid=True, **black)
     removed = [0, 2, 4, 4, 4]
     y = [sigmoid(4 - 2 * r - 0.5) for r in removed]
     np.testing.assert_allclose(out["patch-deletion"].curves[0], y, rtol=1e-6)
@@ -120,12 +121,17 @@ def test_patch_insertion_deletion_by_hand():
     present = [0, 2, 4, 4, 4]
     y = [sigmoid(2 * p - 4 - 0.5) for p in present]
     assert out["patch-insertion"].values[0] == pytest.approx(trapz(y, 0.25), rel=1e-6)
-    # fill=mean: removed pixels become the explainee's mean colour (0 after normalisation): logit0 = present.
-    out, _ = run(["patch-deletion"], DESCENDING, grid=True, **{"patch-deletion": {"fill": "mean"}})
+    # fill=mean, the default (the LETA protocol): removed pixels become the explainee's mean colour (0 after
+    # normalisation): logit0 = present; insertion starts from the mean-colour image (logit0 = 0).
+    out, _ = run(["patch-deletion", "patch-insertion"], DESCENDING, grid=True)
     y = [sigmoid(4 - r - 0.5) for r in removed]
+    np.testing.assert_allclose(out["patch-deletion"].curves[0], y, rtol=1e-6)
     assert out["patch-deletion"].values[0] == pytest.approx(trapz(y, 0.25), rel=1e-6)
+    y = [sigmoid(p - 0.5) for p in present]
+    assert out["patch-insertion"].values[0] == pytest.approx(trapz(y, 0.25), rel=1e-6)
+    assert get_metric("patch-deletion").options["fill"] == "mean"
     # Ties between patches: lower patch index first (a constant map behaves like DESCENDING).
-    out_flat, _ = run(["patch-deletion"], torch.zeros(1, 4, 4), grid=True)
+    out_flat, _ = run(["patch-deletion"], torch.zeros(1, 4, 4), grid=True, **black)
     assert out_flat["patch-deletion"].values[0] == pytest.approx(
         trapz([sigmoid(4 - 2 * r - 0.5) for r in removed], 0.25)
     )

@@ -271,15 +271,15 @@ def test_generate_refuses_to_overwrite_and_writes_atomically(written: Path, tmp_
 
 def test_interrupted_generation_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = {"n": 0}
-    original = synth._write_pngs
+    original = synth._write_mask
 
-    def failing(job):  # fail after a few files: the folder must not appear
+    def failing(path, mask):  # fail after a few files: the folder must not appear
         calls["n"] += 1
         if calls["n"] > 3:
             raise KeyboardInterrupt
-        return original(job)
+        return original(path, mask)
 
-    monkeypatch.setattr(synth, "_write_pngs", failing)
+    monkeypatch.setattr(synth, "_write_mask", failing)
     with pytest.raises(KeyboardInterrupt):
         generate_synthetic(tmp_path / "data", SMALL, progress=False)
     assert list(tmp_path.iterdir()) == []

@@ -34,6 +34,7 @@ from explainers.io.atomic import atomic_path
 from explainers.io.maskfile import MaskFileWriter
 from explainers.methods.base import Method, check_images
 from explainers.metrics.sharding import barrier, broadcast_from_main, current_shard, gather_to_main
+from explainers.provenance import maskfile_provenance
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def explain_dataset(
     out: str | Path,
     *,
     batch_size: int = 16,
-    targets: str = "predicted",
+    targets: str | None = None,
     resume: bool = True,
     overwrite: bool = False,
     progress: bool = True,
@@ -79,15 +80,15 @@ def explain_dataset(
     """Run ``method`` over ``dataset`` and write the mask file ``out``.
 
     targets: ``predicted`` (explain the explainee's argmax on the clean image) or ``target`` (the
-    ground-truth label; every image needs one). resume: continue ``out.partial`` if present (False:
-    start over). overwrite: replace an existing complete ``out``. png_dir: also write heatmap overlays
+    ground-truth label; every image needs one); None: the method's own convention when it has one (LTE:
+    the class its pLTE checkpoint was trained for), else ``predicted``. resume: continue ``out.partial`` if
+    present (False: start over). overwrite: replace an existing complete ``out``. png_dir: also write heatmap overlays
     there, one ``<id>.png`` per image (:func:`explainers.heatmap.overlay`: jet, opacity 0.4, the explained
     class's name in the corner). dtype: ``float32`` or ``float16`` maps. Returns the summary on the
     main process (None on the others when sharded).
     """
     t0 = time.perf_counter()
-    if targets not in ("predicted", "target"):
-        raise ExplainersError(f"--class must be predicted or target, got {targets!r}")
+    targets = _class_convention(method, targets)
     if batch_size < 1:
         raise ExplainersError(f"batch size must be at least 1, got {batch_size}")
     if limit is not None and limit < 1:
@@ -126,6 +127,7 @@ def explain_dataset(
                 resume=resume,
                 overwrite=overwrite,
                 chunk_images=min(batch_size, 64),
+                provenance=maskfile_provenance(method, dataset, dataset_spec),
             )
             status = ("ok", sorted(writer.done_ids))
         except ExplainersError as exc:
@@ -195,7 +197,7 @@ def _explain_batch(
     method: Method, dataset: ImageDataset, indices: list[int], *, targets: str, png: Path | None
 ) -> dict[str, Any]:
     adapter = method.adapter
-    batch = collate([dataset[i] for i in indices], adapter.image_size)
+    batch = collate([dataset[i] for i in indices], adapter.input_geometry)
     images = batch.images.to(adapter.device)
     check_images(images, batch.ids, who=method.name)  # here, where the image ids are known
     # The method's own notion of "predicted": LETA explains its head's argmax, which need not be the
@@ -211,7 +213,11 @@ def _explain_batch(
         explained = batch.labels.to(adapter.device)
     else:
         explained = predicted
-    maps = method(images, explained)
+    if getattr(method, "reads_labels", False):
+        # LTE selects its refinement step on the ground truth where the image has one.
+        maps = method(images, explained, labels=batch.labels.to(adapter.device))
+    else:
+        maps = method(images, explained)
     if tuple(maps.shape) != (len(indices), *adapter.image_size):
         raise ExplainersError(
             f"method {method.name} returned maps of shape {tuple(maps.shape)}, expected "
@@ -233,6 +239,23 @@ def _explain_batch(
         "explained": explained.cpu().numpy(),
         "extras": extras,
     }
+
+
+def _class_convention(method: Method, targets: str | None) -> str:
+    """The class convention of the run: as asked, else the method's own (``class_convention``), else
+    ``predicted``. A method bound to one convention (LTE refines towards its checkpoint's class) refuses
+    another, so that the file never claims a class its maps were not made for."""
+    own: str | None = getattr(method, "class_convention", None)
+    if targets is None:
+        return own or "predicted"
+    if targets not in ("predicted", "target"):
+        raise ExplainersError(f"--class must be predicted or target, got {targets!r}")
+    if own is not None and own != targets:
+        hint = getattr(method, "class_convention_hint", "")
+        raise ExplainersError(
+            f"method {method.name} explains the {own} class{hint}; pass --class {own} (or leave --class out)"
+        )
+    return targets
 
 
 def _extras(method: Method, n: int) -> dict[str, np.ndarray]:

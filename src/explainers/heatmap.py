@@ -105,7 +105,7 @@ def render_heatmaps(
 
     Images go through :func:`explainers.data.load_image` (grayscale, RGBA and palette become RGB).
     """
-    from explainers.data.base import load_image, resize_images
+    from explainers.data.base import load_image
 
     files = images if isinstance(images, list) else list_images(images)
     adapter = method.adapter
@@ -119,7 +119,7 @@ def render_heatmaps(
     written = []
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
-        batch = torch.cat([resize_images(load_image(f)[None], adapter.image_size) for f in chunk])
+        batch = torch.cat([adapter.resize(load_image(f)[None]) for f in chunk])
         targets = _explained_classes(method, batch.to(adapter.device), target)
         maps = method(batch, targets)
         for file, img, heat, t in zip(chunk, batch, maps, targets.tolist(), strict=True):

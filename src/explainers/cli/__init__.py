@@ -9,7 +9,7 @@ import sys
 from explainers.cli.app import app
 
 # Each module registers its commands on ``app`` when imported.
-_COMMAND_MODULES = ("info", "data", "explain", "evaluate", "pretrain", "leta", "demo")
+_COMMAND_MODULES = ("info", "data", "explain", "evaluate", "pretrain", "leta", "demo", "benchmark", "importer")
 
 INTERRUPTED = (
     "explainers: interrupted; outputs under their final names are untouched, rerun the same command to "

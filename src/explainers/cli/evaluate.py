@@ -9,6 +9,7 @@ import typer
 
 from explainers.cli.app import app
 from explainers.cli.explain import default_device, open_data, parse_key_values
+from explainers.cli.normalisation import MEAN_OPTION, STD_OPTION, normalisation_kwargs
 from explainers.errors import ExplainersError
 
 
@@ -30,6 +31,8 @@ def evaluate(
     explainee: str = typer.Option(
         "embedded", "--explainee", "-m", help="The explainee the maps were made for."
     ),
+    mean: str = MEAN_OPTION,
+    std: str = STD_OPTION,
     data: str = typer.Option(..., "--data", help="Dataset KIND:PATH the maps were made on."),
     split: str = typer.Option(None, "--split", help="Dataset split (default: the kind's own)."),
     masks: list[Path] = typer.Option(
@@ -39,7 +42,9 @@ def evaluate(
         "all", "--metrics", help="Comma-separated metric names, or 'all' (those that apply)."
     ),
     target_class: str = typer.Option(
-        "auto", "--class", help="Class scored: target, predicted, or auto (target if labelled)."
+        None,
+        "--class",
+        help="Class scored: target or predicted (default: the one the mask files were made for).",
     ),
     out: Path = typer.Option(
         ..., "--out", help="Output folder (metrics.json, .npz, .md, curves.png, heatmaps.png)."
@@ -49,7 +54,16 @@ def evaluate(
         64, "--max-batch", help="Most perturbed images per explainee forward (memory knob)."
     ),
     nonfinite: str = typer.Option(
-        "fail", "--nonfinite", help="Maps with NaN/inf: fail, or exclude those images."
+        "fail",
+        "--nonfinite",
+        help="NaN/inf in maps or per-image metric values: fail (naming the images), or exclude them "
+        "(counted in the report).",
+    ),
+    allow_mismatch: bool = typer.Option(
+        False,
+        "--allow-mismatch",
+        help="Score mask files made for another explainee, dataset, labelling, class convention or head "
+        "anyway (recorded in the report); refused by default.",
     ),
     metric_option: list[str] = typer.Option(
         None, "--metric-option", help="METRIC.KEY=VALUE, e.g. adp.normalize=minmax."
@@ -75,7 +89,7 @@ def evaluate(
                 f"unknown metric(s) {', '.join(unknown)}; valid metrics: {', '.join(valid)}"
             )
     options = parse_metric_options(metric_option)
-    adapter = load_explainee(explainee, device=default_device(device))
+    adapter = load_explainee(explainee, device=default_device(device), **normalisation_kwargs(mean, std))
     dataset, name = open_data(data, split, data_option)
     result = evaluate_maskfiles(
         adapter,
@@ -86,6 +100,7 @@ def evaluate(
         batch_size=batch_size,
         max_batch=max_batch,
         nonfinite=nonfinite,
+        allow_mismatch=allow_mismatch,
         metric_options=options,
         progress=progress,
         dataset_spec=name,
@@ -93,5 +108,7 @@ def evaluate(
     if result is None:  # a non-main process of a sharded run
         return
     paths = write_report(result, out)
+    for line in result.warnings:
+        typer.echo(f"warning: {line}", err=True)
     typer.echo("\n".join(comparison_table(result)))
     typer.echo(f"\nwrote {', '.join(str(p) for p in paths.values())} ({result.timing['seconds']:.1f}s)")

@@ -7,6 +7,7 @@ import json
 import typer
 
 from explainers.cli.app import app
+from explainers.cli.normalisation import MEAN_OPTION, STD_OPTION, normalisation_kwargs
 
 
 @app.command()
@@ -14,11 +15,13 @@ def info(
     explainee: str = typer.Option(
         "embedded", "--explainee", "-m", help="Model directory, hub id, timm:NAME, 'embedded' or probe:DIR."
     ),
+    mean: str = MEAN_OPTION,
+    std: str = STD_OPTION,
 ) -> None:
     """Print what the adapter reads off an explainee (size, normalisation, patch grid, prefix tokens)."""
     from explainers.models import load_explainee
 
-    adapter = load_explainee(explainee)
+    adapter = load_explainee(explainee, **normalisation_kwargs(mean, std))
     typer.echo(json.dumps(adapter.describe(), indent=2))
 
 

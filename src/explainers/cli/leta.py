@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from explainers.cli.app import app, pretrain_app
+from explainers.cli.normalisation import MEAN_OPTION, STD_OPTION, normalisation_kwargs
 
 
 def _command_line(ctx: typer.Context) -> str:
@@ -173,6 +174,8 @@ def heatmap(
     explainee: str = typer.Option(
         "embedded", "--explainee", "-m", help="Model directory, hub id, timm:NAME, 'embedded' or probe:DIR."
     ),
+    mean: str = MEAN_OPTION,
+    std: str = STD_OPTION,
     images: Path = typer.Option(..., "--images", help="Folder of images (png, jpg, ...), or one image file."),
     out: Path = typer.Option(
         Path("output"), "--out", help="Writes OUT/image/NAME.png and OUT/explanation/heatmap-NAME.png."
@@ -194,7 +197,7 @@ def heatmap(
 
     files = list_images(images)  # before loading anything: a wrong folder fails at once
     options = parse_key_values(option, "--option")
-    adapter = load_explainee(explainee, device=device)  # "probe:DIR" included
+    adapter = load_explainee(explainee, device=device, **normalisation_kwargs(mean, std))  # "probe:DIR" included
     m = get_method(method, adapter, **options)
     written = render_heatmaps(m, files, out, batch_size=batch_size, target=target, scale=scale, alpha=alpha)
     typer.echo(f"wrote {len(written)} heatmaps to {out / 'explanation'} ({method})")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from explainers.data.base import Batch, ImageDataset, Sample, collate, iter_batches, load_image
+from explainers.data.resize import InputGeometry
 from explainers.errors import DatasetError
 
 # kind -> "module:factory"; factories take (path, **options) and return an ImageDataset.
@@ -18,6 +19,7 @@ DATASET_KINDS: dict[str, str] = {
     "imagenet-seg": "explainers.data.imagenet_seg:ImageNetSegDataset",
     "coco": "explainers.data.coco:CocoDataset",
     "voc": "explainers.data.voc:VocDataset",
+    "masks": "explainers.data.masks:MasksDataset",
 }
 
 
@@ -48,6 +50,7 @@ __all__ = [
     "DATASET_KINDS",
     "Batch",
     "ImageDataset",
+    "InputGeometry",
     "Sample",
     "collate",
     "iter_batches",

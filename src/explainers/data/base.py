@@ -8,9 +8,10 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
+# resize_images/resize_masks are re-exported: their home before data/resize.py.
+from explainers.data.resize import InputGeometry, as_geometry, resize_images, resize_masks  # noqa: F401
 from explainers.errors import DatasetError
 
 
@@ -31,17 +32,19 @@ class Sample:
     mask: torch.Tensor | None
     id: str
     ignore: torch.Tensor | None = None
+    #: Evidence of a competing class in the same image (the other object of a contrast scene), or None.
+    counter_mask: torch.Tensor | None = None
 
 
 @dataclass
 class Batch:
-    """Samples resized to one size and stacked (images bilinear, masks nearest)."""
+    """Samples resized to one size and stacked (images antialiased, masks nearest-exact: see :func:`collate`)."""
 
     images: torch.Tensor  # B×3×H×W in [0, 1]
     labels: torch.Tensor  # B, int64, -1 where unknown
     masks: torch.Tensor | None  # B×H×W bool, None if no sample has one
     ids: list[str]
-    ignore: torch.Tensor | None = None  # B×H×W bool (nearest), None if no sample has one
+    ignore: torch.Tensor | None = None  # B×H×W bool (resized like masks), None if no sample has one
 
 
 class ImageDataset(Sequence[Sample]):
@@ -145,47 +148,40 @@ def pil_to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
-def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize (align_corners=False, antialias off: the reference's plain resize) of B×C×H×W."""
-    if tuple(images.shape[-2:]) == tuple(size):
-        return images
-    return F.interpolate(images, size=size, mode="bilinear", align_corners=False).clamp_(0.0, 1.0)
+def collate(samples: Sequence[Sample], size: tuple[int, int] | InputGeometry) -> Batch:
+    """Resize every sample to ``size`` and stack them.
 
-
-def resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Nearest-neighbour resize of B×H×W boolean masks."""
-    if tuple(masks.shape[-2:]) == tuple(size):
-        return masks
-    out = F.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0]
-    return out > 0.5
-
-
-def collate(samples: Sequence[Sample], size: tuple[int, int]) -> Batch:
-    """Resize every sample to ``size`` and stack them."""
+    Pass the explainee's ``adapter.input_geometry`` so that images of other sizes are preprocessed as the
+    model's own processor does (e.g. resize the shorter side, then centre-crop); a plain (height, width)
+    resizes straight to it. Images are resized antialiased (PIL-equivalent), masks and ignore regions with
+    nearest-exact (PIL NEAREST) through the same resize and crop, so they stay aligned with the image.
+    """
     if not samples:
         raise DatasetError("cannot build a batch from zero samples")
-    images = torch.stack([resize_images(s.image[None], size)[0] for s in samples])
+    geometry = as_geometry(size)
+    size = geometry.size
+    images = torch.stack([geometry.images(s.image[None])[0] for s in samples])
     labels = torch.tensor([s.label for s in samples], dtype=torch.long)
     masks = None
     if any(s.mask is not None for s in samples):
         if not all(s.mask is not None for s in samples):
             raise DatasetError("some samples have a ground-truth mask and others do not")
-        masks = torch.stack([resize_masks(s.mask[None], size)[0] for s in samples])  # type: ignore[index]
+        masks = torch.stack([geometry.masks(s.mask[None])[0] for s in samples])  # type: ignore[index]
     ignore = None
     if any(s.ignore is not None for s in samples):
         # A sample without an ignore region simply ignores nothing.
         nothing = torch.zeros(size, dtype=torch.bool)
-        ignore = torch.stack([nothing if s.ignore is None else resize_masks(s.ignore[None], size)[0] for s in samples])
+        ignore = torch.stack([nothing if s.ignore is None else geometry.masks(s.ignore[None])[0] for s in samples])
     return Batch(images=images, labels=labels, masks=masks, ids=[s.id for s in samples], ignore=ignore)
 
 
 def iter_batches(
     dataset: ImageDataset,
     batch_size: int,
-    size: tuple[int, int],
+    size: tuple[int, int] | InputGeometry,
     indices: Sequence[int] | None = None,
 ) -> Iterator[Batch]:
-    """Yield batches of ``dataset`` (optionally only ``indices``), resized to ``size``."""
+    """Yield batches of ``dataset`` (optionally only ``indices``), resized to ``size`` (see :func:`collate`)."""
     order = list(range(len(dataset))) if indices is None else list(indices)
     for start in range(0, len(order), batch_size):
         yield collate([dataset[i] for i in order[start : start + batch_size]], size)

@@ -27,7 +27,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -46,6 +46,8 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 TASKS: tuple[str, ...] = ("shape", "color", "size", "quadrant")
 QUADRANTS: tuple[str, ...] = ("top-left", "top-right", "bottom-left", "bottom-right")
 SIZES: tuple[str, ...] = ("small", "large")
+SCENARIOS: tuple[str, ...] = ("single", "distractors", "contrast", "cue")
+OMITTABLE: tuple[str, ...] = ("object", "object_b", "distractors", "cue")
 
 # Hue centre (degrees) of each colour family; the object's hue is jittered around it.
 COLOR_FAMILIES: dict[str, float] = {"red": 0.0, "yellow": 55.0, "green": 120.0, "blue": 225.0}
@@ -68,6 +70,10 @@ _SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
 # Clutter slots per image, fixed so that the random stream of an image never depends on the counts drawn.
 _MAX_LINES, _MAX_ARCS, _MAX_DOTS, _GRATINGS = 8, 4, 12, 2
 _SLOTS = _MAX_LINES + _MAX_ARCS + _MAX_DOTS
+# Scenario shapes besides the class object (distractors, or the contrast scenario's second object).
+_MAX_EXTRAS = 4
+# Placement attempts per extra shape; one that finds no free place is left out (counted in the attributes).
+_PLACEMENT_TRIES = 24
 _N_UNIFORM = 13 + 4 * _GRATINGS + 3 + 5 * _MAX_LINES + 6 * _MAX_ARCS + 3 * _MAX_DOTS + 3 * _SLOTS
 
 
@@ -101,6 +107,14 @@ class SyntheticConfig:
     dot_radius: tuple[float, float] = (0.8, 1.6)
     background_contrast: float = 0.08
     noise: float = 0.025
+    # Known-truth scenario (docs/benchmark.md): "single" (one class object: the easy case), "distractors"
+    # (the class object among non-class shapes of the same colours and sizes), "contrast" (two objects of
+    # different classes, each in its own half of the image), "cue" (the label is the colour of a small
+    # square marker in a corner; the large class object is random and carries no label information).
+    scenario: str = "single"
+    distractor_shapes: tuple[str, ...] = ("square", "star", "hexagon", "semidisk")
+    distractors: tuple[int, int] = (2, 3)
+    cue_size: float = 0.1  # side of the cue square as a fraction of image_size
 
     def __post_init__(self) -> None:
         # JSON round trips give lists: store tuples so configs compare equal.
@@ -137,6 +151,27 @@ class SyntheticConfig:
             if not 0 <= a <= b <= limit:
                 raise DatasetError(f"{name} must be (min, max) with 0 <= min <= max <= {limit}")
 
+        if self.scenario not in SCENARIOS:
+            raise DatasetError(f"unknown scenario {self.scenario!r}; valid scenarios: {', '.join(SCENARIOS)}")
+        bad = [d for d in self.distractor_shapes if d not in SHAPE_EXTENT or d in self.shapes]
+        if self.scenario == "distractors" and (bad or not self.distractor_shapes):
+            raise DatasetError(
+                f"distractor_shapes must be shape names from {', '.join(SHAPES)} that are not class shapes "
+                f"{list(self.shapes)}; got {list(self.distractor_shapes)}"
+            )
+        a, b = self.distractors
+        if not 0 <= a <= b <= _MAX_EXTRAS:
+            raise DatasetError(f"distractors must be (min, max) with 0 <= min <= max <= {_MAX_EXTRAS}")
+        # Contrast: each object (radius extent·size + 1 px) must fit in its half of the image.
+        extent = max(SHAPE_EXTENT[s] for s in self.shapes)
+        if self.scenario == "contrast" and 4 * extent * hi + 4 / self.image_size > 1:
+            raise DatasetError(
+                f"object_size {self.object_size} is too large for the contrast scenario: two objects must fit in "
+                "the two halves of the image (max below about 0.18)"
+            )
+        if self.scenario == "cue" and not (self.cue_size * self.image_size >= 2 and self.cue_size < 0.25):
+            raise DatasetError(f"cue_size must be below 0.25 of the image and at least 2 pixels, got {self.cue_size}")
+
     def split_size(self, split: str) -> int:
         _check_split(split)
         return {"train": self.train_size, "val": self.val_size, "test": self.test_size}[split]
@@ -151,7 +186,20 @@ class SyntheticConfig:
             return list(SIZES)
         if task == "quadrant":
             return list(QUADRANTS)
-        raise DatasetError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+        if task == "shape_b" and self.scenario == "contrast":
+            return list(self.shapes)
+        if task == "cue" and self.scenario == "cue":
+            return list(self.color_families)
+        raise DatasetError(f"unknown task {task!r}; valid tasks: {', '.join(self.tasks())}")
+
+    def tasks(self) -> tuple[str, ...]:
+        """The labellings of this configuration's scenes (the scenario adds ``shape_b`` or ``cue``)."""
+        extra = {"contrast": ("shape_b",), "cue": ("cue",)}.get(self.scenario, ())
+        return (*TASKS, *extra)
+
+    def default_task(self) -> str:
+        """The labelling a classifier of this scenario is trained on."""
+        return "cue" if self.scenario == "cue" else "shape"
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -323,21 +371,124 @@ def _scene_params(config: SyntheticConfig, split: str, index: int) -> dict[str, 
     }
 
 
-def render_scenes(config: SyntheticConfig, split: str, start: int = 0, count: int | None = None) -> dict:
+def _object_radius(name: str, scale: float) -> float:
+    """Radius of a disc that holds the whole shape, plus a pixel of clearance."""
+    return SHAPE_EXTENT[name] * scale + 1.0
+
+
+def _random_colour(rng: np.random.Generator, config: SyntheticConfig) -> tuple[int, tuple[float, float, float]]:
+    family = int(rng.integers(len(config.color_families)))
+    hue = COLOR_FAMILIES[config.color_families[family]] + float(rng.uniform(-1.0, 1.0)) * config.hue_jitter
+    return family, (hue, float(rng.uniform(0.7, 1.0)), float(rng.uniform(0.75, 1.0)))
+
+
+def _scenario_params(config: SyntheticConfig, split: str, index: int, base: dict[str, Any]) -> dict[str, Any]:
+    """The scenario's additions to one scene, drawn from a second random stream of (seed, split, index).
+
+    The background, clutter and class object come from the scene's own stream as in the "single"
+    scenario (the contrast scenario only moves the class object into its half), so every scenario is a
+    controlled change of the same scenes. Extra shapes never overlap the class object or each other: each
+    is placed where the discs holding the two shapes are apart (tries that find no place drop the shape).
+    """
+    out: dict[str, Any] = {"extras": [], "cue": None, "centre": None}
+    if config.scenario == "single":
+        return out
+    rng = np.random.default_rng([config.seed, _SPLIT_CODE[split], index, 1])
+    size = float(config.image_size)
+    a_name = config.shapes[base["shape"]]
+
+    def shape_params(name: str, centre: np.ndarray, scale: float) -> dict[str, Any]:
+        angle = float(rng.uniform(0.0, 2 * math.pi)) if config.rotate else 0.0
+        family, hsv = _random_colour(rng, config)
+        return {
+            "name": name,
+            "centre": centre,
+            "scale": scale,
+            "rotation": (math.cos(angle), math.sin(angle)),
+            "hsv": hsv,
+            "color": family,
+        }
+
+    if config.scenario == "distractors":
+        placed = [(np.asarray(base["centre"], dtype=np.float64), _object_radius(a_name, base["scale"]))]
+        for _ in range(int(rng.integers(config.distractors[0], config.distractors[1] + 1))):
+            name = config.distractor_shapes[int(rng.integers(len(config.distractor_shapes)))]
+            scale = float(rng.uniform(*config.object_size)) * size
+            radius = _object_radius(name, scale)
+            tries = rng.uniform(radius, size - radius, size=(_PLACEMENT_TRIES, 2))
+            free = [c for c in tries if all(np.hypot(*(c - pc)) > radius + pr for pc, pr in placed)]
+            extra = shape_params(name, free[0] if free else tries[0], scale)
+            if free:
+                placed.append((free[0], radius))
+                out["extras"].append(extra)
+    elif config.scenario == "contrast":
+        vertical_split, a_side = int(rng.integers(2)), int(rng.integers(2))
+        n = len(config.shapes)
+        b_shape = (base["shape"] + 1 + int(rng.integers(n - 1))) % n
+        b_scale = float(rng.uniform(*config.object_size)) * size
+
+        def centre_in_half(name: str, scale: float, side: int) -> np.ndarray:
+            r = _object_radius(name, scale)
+            across = rng.uniform(side * size / 2 + r, (side + 1) * size / 2 - r)
+            along = rng.uniform(r, size - r)
+            return np.array([along, across] if vertical_split else [across, along])
+
+        out["centre"] = centre_in_half(a_name, base["scale"], a_side)
+        b_name = config.shapes[b_shape]
+        extra = shape_params(b_name, centre_in_half(b_name, b_scale, 1 - a_side), b_scale)
+        extra["shape"] = b_shape
+        out["extras"].append(extra)
+    elif config.scenario == "cue":
+        side = max(2, round(config.cue_size * size))
+        far = size - 1 - side
+        corners = np.array([[1, 1], [far, 1], [1, far], [far, far]], dtype=np.float64)
+        centre, radius = np.asarray(base["centre"], dtype=np.float64), _object_radius(a_name, base["scale"])
+        # Nearest point of each corner square to the object's centre: free when outside the object's disc.
+        nearest = np.clip(centre, corners, corners + side)
+        free = np.flatnonzero(np.hypot(*(nearest - centre).T) > radius)
+        corner = int(free[int(rng.integers(len(free)))])  # the opposite corner is always free
+        family, (hue, _, _) = _random_colour(rng, config)
+        out["cue"] = {
+            "corner": corner,
+            "x0": corners[corner, 0],
+            "y0": corners[corner, 1],
+            "side": side,
+            "color": family,
+            "hsv": (hue, float(rng.uniform(0.85, 1.0)), float(rng.uniform(0.85, 1.0))),
+        }
+    return out
+
+
+def render_scenes(
+    config: SyntheticConfig, split: str, start: int = 0, count: int | None = None, omit: Collection[str] = ()
+) -> dict:
     """Render images ``start … start+count-1`` of ``split``.
 
     Returns a dict with ``images`` (uint8 N×H×W×3), ``masks`` (bool N×H×W, the class object's pixels),
     ``clutter`` (bool N×H×W, visible clutter pixels), ``labels`` ({task: int64 N}), ``attributes``
-    ({name: array N}: centre, size, rotation, colour, clutter counts…) and ``ids``.
+    ({name: array N}: centre, size, rotation, colour, clutter counts…) and ``ids``; and the scenario's
+    other objects, all-false where the scenario has none: ``distractor_masks`` (every distractor),
+    ``masks_b`` (the contrast scenario's second object) and ``cue_masks`` (the cue square).
     Indices may go beyond the split's stored size (fresh scenes from the same distribution).
+
+    ``omit`` renders the same scenes without some of their parts — ``object`` (the class object),
+    ``object_b``, ``distractors``, ``cue`` — for interventions: what is behind them (background and clutter)
+    shows instead. The masks still describe the full scene.
     """
     _check_split(split)
+    unknown = sorted(set(omit) - set(OMITTABLE))
+    if unknown:
+        raise DatasetError(f"cannot omit {', '.join(unknown)}; valid parts: {', '.join(OMITTABLE)}")
     if count is None:
         count = config.split_size(split) - start
     if start < 0 or count < 0:
         raise DatasetError(f"start and count must be >= 0, got start={start}, count={count}")
     size = config.image_size
     params = [_scene_params(config, split, start + i) for i in range(count)]
+    scenario = [_scenario_params(config, split, start + i, p) for i, p in enumerate(params)]
+    for p, extra in zip(params, scenario, strict=True):
+        if extra["centre"] is not None:
+            p["centre"] = extra["centre"]
     n = count
 
     def stack(key: str) -> np.ndarray:
@@ -350,6 +501,8 @@ def render_scenes(config: SyntheticConfig, split: str, start: int = 0, count: in
     images_u8 = np.zeros((n, size, size, 3), dtype=np.uint8)
     masks = np.zeros((n, size, size), dtype=bool)
     clutter = np.zeros((n, size, size), dtype=bool)
+    extra_masks = np.zeros((n, _MAX_EXTRAS, size, size), dtype=bool)
+    cue_masks = np.zeros((n, size, size), dtype=bool)
     if n:
         # Background: base colour + gradient + gratings + noise. Everything that varies along both axes
         # is built from per-row and per-column factors, so each full-size operation is a single pass.
@@ -430,37 +583,96 @@ def render_scenes(config: SyntheticConfig, split: str, start: int = 0, count: in
             paint(_MAX_LINES + _MAX_ARCS + k, k < counts[:, 2], dot(k))
 
         # The class object, drawn last: its pixels are exactly the mask.
-        shape_idx = np.array([p["shape"] for p in params])
-        centre, scale = stack("centre"), stack("scale")
-        rot = stack("rotation")  # N×2: cos, sin
-        cos_s = (rot[:, 0] / scale)[:, None, None]
-        sin_s = (rot[:, 1] / scale)[:, None, None]
-        dx, dy = xs - centre[:, 0, None, None], ys - centre[:, 1, None, None]
-        u = cos_s * dx + sin_s * dy
-        v = cos_s * dy - sin_s * dx
-        for s, name in enumerate(config.shapes):
-            sel = shape_idx == s
-            if sel.any():
-                masks[sel] = _shape_inside(name, u[sel], v[sel])
-        top[masks] = _SLOTS
+        masks[:] = _shapes_inside(
+            [config.shapes[p["shape"]] for p in params], stack("centre"), stack("scale"), stack("rotation"), size
+        )
+        # The scenario's extra shapes (distractors, the second object: never overlapping the class object),
+        # then the class object, then the cue square on top.
+        extra_hsv = np.zeros((n, _MAX_EXTRAS, 3), dtype=np.float32)
+        for k in range(_MAX_EXTRAS):
+            rows = [i for i, sc in enumerate(scenario) if len(sc["extras"]) > k]
+            if not rows:
+                continue
+            ex = [scenario[i]["extras"][k] for i in rows]
+            extra_masks[rows, k] = _shapes_inside(
+                [e["name"] for e in ex],
+                np.array([e["centre"] for e in ex], dtype=np.float32),
+                np.array([e["scale"] for e in ex], dtype=np.float32),
+                np.array([e["rotation"] for e in ex], dtype=np.float32),
+                size,
+            )
+            extra_hsv[rows, k] = [e["hsv"] for e in ex]
+            if ("object_b" if config.scenario == "contrast" else "distractors") not in omit:
+                top[extra_masks[:, k]] = _SLOTS + 1 + k
+        if "object" not in omit:
+            top[masks] = _SLOTS
+        cue_hsv = np.zeros((n, 3), dtype=np.float32)
+        for i, sc in enumerate(scenario):
+            if sc["cue"] is not None:
+                c = sc["cue"]
+                x0, y0, side = int(c["x0"]), int(c["y0"]), int(c["side"])
+                cue_masks[i, y0 : y0 + side, x0 : x0 + side] = True
+                cue_hsv[i] = c["hsv"]
+        if "cue" not in omit:
+            top[cue_masks] = _SLOTS + 1 + _MAX_EXTRAS
         clutter = top >= 0
         clutter &= ~masks
+        clutter &= ~extra_masks.any(axis=1)
+        clutter &= ~cue_masks
 
-        # Flat colours of the clutter slots and the object, composited in one pass in uint8.
-        hsv = np.concatenate([stack("clutter_hsv"), stack("hsv")[:, None, :]], axis=1)  # N×(S+1)×3
+        # Flat colours of the clutter slots, the object, the extra shapes and the cue, composited in one pass.
+        hsv = np.concatenate(
+            [stack("clutter_hsv"), stack("hsv")[:, None, :], extra_hsv, cue_hsv[:, None, :]], axis=1
+        )  # N×(S+2+E)×3
         rgb = np.clip(_hsv_to_rgb(hsv[..., 0], hsv[..., 1], hsv[..., 2]), 0, 1)
         table = np.rint(rgb * 255).astype(np.uint8)
         where = np.nonzero(top >= 0)
         images_u8[where] = table[where[0], top[where]]
 
+    is_contrast = config.scenario == "contrast"
+    distractor_masks = np.zeros_like(masks) if is_contrast else extra_masks.any(axis=1)
+    masks_b = extra_masks[:, 0] if is_contrast else np.zeros_like(masks)
+    labels = _labels(params, masks, config)
+    attributes = _attributes(params, masks, images_u8)
+    if config.scenario == "distractors":
+        attributes["n_distractors"] = np.array([len(sc["extras"]) for sc in scenario], dtype=np.int64)
+    if is_contrast:
+        labels["shape_b"] = np.array([sc["extras"][0]["shape"] for sc in scenario], dtype=np.int64)
+        attributes["color_b"] = np.array([sc["extras"][0]["color"] for sc in scenario], dtype=np.int64)
+    if config.scenario == "cue":
+        labels["cue"] = np.array([sc["cue"]["color"] for sc in scenario], dtype=np.int64)
+        attributes["cue_corner"] = np.array([sc["cue"]["corner"] for sc in scenario], dtype=np.int64)
     return {
         "images": images_u8,
         "masks": masks,
         "clutter": clutter,
-        "labels": _labels(params, masks, config),
-        "attributes": _attributes(params, masks, images_u8),
+        "distractor_masks": distractor_masks,
+        "masks_b": masks_b,
+        "cue_masks": cue_masks,
+        "labels": labels,
+        "attributes": attributes,
         "ids": [scene_id(split, start + i) for i in range(n)],
     }
+
+
+def _shapes_inside(
+    names: Sequence[str], centre: np.ndarray, scale: np.ndarray, rotation: np.ndarray, size: int
+) -> np.ndarray:
+    """Membership masks N×H×W of one shape per image: its name, centre (x, y), size parameter (pixels) and
+    rotation (cos, sin), at pixel centres; vectorised over the images of each shape name."""
+    coords = np.arange(size, dtype=np.float32) + 0.5
+    ys, xs = coords[None, :, None], coords[None, None, :]
+    cos_s = (rotation[:, 0] / scale)[:, None, None]
+    sin_s = (rotation[:, 1] / scale)[:, None, None]
+    dx, dy = xs - centre[:, 0, None, None], ys - centre[:, 1, None, None]
+    u = cos_s * dx + sin_s * dy
+    v = cos_s * dy - sin_s * dx
+    out = np.zeros((len(names), size, size), dtype=bool)
+    name_of = np.array(names)
+    for name in dict.fromkeys(names):
+        sel = name_of == name
+        out[sel] = _shape_inside(name, u[sel], v[sel])
+    return out
 
 
 def _quadrants(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -543,8 +755,8 @@ def generate_synthetic(
     pool = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)))
     try:
         for split in SPLITS:
-            (tmp / "images" / split).mkdir(parents=True)
-            (tmp / "masks" / split).mkdir(parents=True)
+            for folder in ("images", *_mask_folders(config).values()):
+                (tmp / folder / split).mkdir(parents=True, exist_ok=True)
         jobs = [
             (split, start, min(chunk, config.split_size(split) - start))
             for split in SPLITS
@@ -560,14 +772,17 @@ def generate_synthetic(
                 rows[split][1].extend(attr_rows)
                 bar.update(len(label_rows))
         for split, (label_rows, attr_rows) in rows.items():
-            _write_csv(tmp / "labels" / f"{split}.csv", ["id", *TASKS], label_rows)
+            _write_csv(tmp / "labels" / f"{split}.csv", ["id", *config.tasks()], label_rows)
             _write_csv(tmp / "attributes" / f"{split}.csv", ["id", *attr_names], attr_rows)
         manifest = {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
             "config": config.to_dict(),
-            "tasks": {t: config.class_names(t) for t in TASKS},
-            "default_task": "shape",
+            "tasks": {t: config.class_names(t) for t in config.tasks()},
+            "default_task": config.default_task(),
+            "scenario": config.scenario,
+            # The ground truth of each labelling: the folder of masks that shows the labelled evidence.
+            "task_masks": {t: _mask_folders(config)[_TASK_EVIDENCE.get(t, "object")] for t in config.tasks()},
             "splits": {s: config.split_size(s) for s in SPLITS},
             "image_size": [config.image_size, config.image_size],
         }
@@ -596,16 +811,12 @@ def _write_chunk(root: Path, config: SyntheticConfig, split: str, start: int, co
     scenes = render_scenes(config, split, start, count)
     attrs = scenes["attributes"]
     label_rows, attr_rows = [], []
+    folders = _mask_folders(config)
     for i, sid in enumerate(scenes["ids"]):
-        _write_pngs(
-            (
-                root / "images" / split / f"{sid}.png",
-                scenes["images"][i],
-                root / "masks" / split / f"{sid}.png",
-                scenes["masks"][i],
-            )
-        )
-        label_rows.append([sid, *(int(scenes["labels"][t][i]) for t in TASKS)])
+        Image.fromarray(scenes["images"][i], "RGB").save(root / "images" / split / f"{sid}.png", compress_level=1)
+        for part, folder in folders.items():
+            _write_mask(root / folder / split / f"{sid}.png", scenes[_RENDERED_MASK[part]][i])
+        label_rows.append([sid, *(int(scenes["labels"][t][i]) for t in config.tasks())])
         attr_rows.append([sid, *(_fmt(attrs[a][i]) for a in attrs)])
     return split, label_rows, attr_rows
 
@@ -614,11 +825,25 @@ def _fmt(value: Any) -> Any:
     return round(float(value), 4) if isinstance(value, (float, np.floating)) else int(value)
 
 
-def _write_pngs(job: tuple[Path, np.ndarray, Path, np.ndarray]) -> None:
-    image_path, image, mask_path, mask = job
-    # Level 1: these small noisy images barely compress better at higher levels, and it is much faster.
-    Image.fromarray(image, "RGB").save(image_path, compress_level=1)
-    Image.fromarray(mask.astype(np.uint8) * 255, "L").save(mask_path, compress_level=1)
+# Which object of a scene each labelling is about (its ground truth), the folder of each object's masks and
+# the key of :func:`render_scenes`'s output that holds them. PNGs are saved at compression level 1: these
+# small noisy images barely compress better at higher levels, and it is much faster.
+_TASK_EVIDENCE = {"shape_b": "object_b", "cue": "cue"}
+_RENDERED_MASK = {"object": "masks", "object_b": "masks_b", "distractors": "distractor_masks", "cue": "cue_masks"}
+
+
+def _mask_folders(config: SyntheticConfig) -> dict[str, str]:
+    """Mask folders written for ``config``'s scenario, by scene part."""
+    extra = {
+        "distractors": {"distractors": "masks_distractors"},
+        "contrast": {"object_b": "masks_b"},
+        "cue": {"cue": "masks_cue"},
+    }.get(config.scenario, {})
+    return {"object": "masks", **extra}
+
+
+def _write_mask(path: Path, mask: np.ndarray) -> None:
+    Image.fromarray(mask.astype(np.uint8) * 255, "L").save(path, compress_level=1)
 
 
 def _write_csv(path: Path, header: Sequence[str], rows: list[list[Any]]) -> None:
@@ -634,9 +859,17 @@ def _write_csv(path: Path, header: Sequence[str], rows: list[list[Any]]) -> None
 
 
 class SyntheticDataset(ImageDataset):
-    """One split of a folder written by :func:`generate_synthetic`, labelled by one task."""
+    """One split of a folder written by :func:`generate_synthetic`, labelled by one task.
 
-    def __init__(self, root: Path | str, split: str = "test", task: str = "shape") -> None:
+    ``task`` defaults to the scenario's own labelling (``cue`` for the cue scenario, else ``shape``); each
+    sample's mask is the ground truth of that labelling (the cue square for ``cue``). A **contrast**
+    dataset labelled by ``shape`` holds every scene twice, once per object: sample ``2i`` is scene ``i``
+    labelled with its first object (id ``<scene>-a``, mask = that object), sample ``2i + 1`` the same image
+    labelled with the other object (id ``<scene>-b``), so explaining the ground-truth class explains each
+    object in turn; the other object's mask is the sample's ``counter_mask``.
+    """
+
+    def __init__(self, root: Path | str, split: str = "test", task: str | None = None) -> None:
         self.root = Path(root).expanduser()
         manifest_path = self.root / "manifest.json"
         if not manifest_path.is_file():
@@ -664,6 +897,7 @@ class SyntheticDataset(ImageDataset):
         if split not in splits:
             raise DatasetError(f"unknown split {split!r} in {self.root}; valid splits: {', '.join(splits)}")
         tasks = manifest["tasks"]
+        task = task or manifest.get("default_task", "shape")
         if task not in tasks:
             raise DatasetError(f"unknown task {task!r} in {self.root}; valid tasks: {', '.join(tasks)}")
         self.split, self.task = split, task
@@ -675,12 +909,23 @@ class SyntheticDataset(ImageDataset):
                 f"{self.root}/labels/{split}.csv has {len(self._rows)} rows but the manifest says "
                 f"{splits[split]}; the dataset is incomplete: regenerate it"
             )
-        self._ids = [row["id"] for row in self._rows]
-        self._labels = np.array([int(row[task]) for row in self._rows], dtype=np.int64)
+        self.scenario = str(manifest.get("scenario", "single"))
+        #: Contrast scenes labelled by shape are explained once per object (see the class docstring).
+        self.pairs = self.scenario == "contrast" and task == "shape"
+        self._scene_ids = [row["id"] for row in self._rows]
+        mask_folder = manifest.get("task_masks", {}).get(task, "masks")
+        if self.pairs:
+            self._ids = [f"{sid}-{half}" for sid in self._scene_ids for half in "ab"]
+            self._labels = np.array([int(row[t]) for row in self._rows for t in ("shape", "shape_b")], dtype=np.int64)
+            self._mask_folders = ("masks", "masks_b")
+        else:
+            self._ids = list(self._scene_ids)
+            self._labels = np.array([int(row[task]) for row in self._rows], dtype=np.int64)
+            self._mask_folders = (mask_folder,)
         self._attrs: list[dict[str, str]] | None = None
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self._ids)
 
     @property
     def ids(self) -> list[str]:
@@ -695,25 +940,36 @@ class SyntheticDataset(ImageDataset):
             raise IndexError(f"index {index} out of range for {len(self)} images")
         return index % len(self)
 
-    def image_path(self, index: int) -> Path:
-        return self.root / "images" / self.split / f"{self._ids[self._index(index)]}.png"
+    def _scene(self, index: int) -> int:
+        """Row of the scene behind sample ``index`` (contrast pairs share one scene)."""
+        index = self._index(index)
+        return index // 2 if self.pairs else index
 
-    def mask_path(self, index: int) -> Path:
-        return self.root / "masks" / self.split / f"{self._ids[self._index(index)]}.png"
+    def image_path(self, index: int) -> Path:
+        return self.root / "images" / self.split / f"{self._scene_ids[self._scene(index)]}.png"
+
+    def mask_path(self, index: int, other: bool = False) -> Path:
+        """The ground-truth mask of sample ``index`` (``other``: the contrast pair's other object)."""
+        index = self._index(index)
+        half = (index % 2) ^ int(other) if self.pairs else 0
+        return self.root / self._mask_folders[half] / self.split / f"{self._scene_ids[self._scene(index)]}.png"
 
     def __getitem__(self, index: int) -> Sample:  # type: ignore[override]
         index = self._index(index)
         image = load_image(self.image_path(index))
         mask = torch.from_numpy(_read_mask(self.mask_path(index)))
-        return Sample(image=image, label=int(self._labels[index]), mask=mask, id=self._ids[index])
+        sample = Sample(image=image, label=int(self._labels[index]), mask=mask, id=self._ids[index])
+        if self.pairs:
+            sample.counter_mask = torch.from_numpy(_read_mask(self.mask_path(index, other=True)))
+        return sample
 
     def attributes(self, index: int) -> dict[str, Any]:
         """Every labelling (index and name) and the scene parameters of image ``index``."""
-        index = self._index(index)
+        out: dict[str, Any] = {"id": self._ids[self._index(index)]}
+        index = self._scene(index)
         if self._attrs is None:
             path = self.root / "attributes" / f"{self.split}.csv"
             self._attrs = _read_csv(path) if path.is_file() else [{} for _ in self._rows]
-        out: dict[str, Any] = {"id": self._ids[index]}
         for task, names in self.manifest["tasks"].items():
             label = int(self._rows[index][task])
             out[task] = label

@@ -11,8 +11,12 @@ Layout (all datasets share the first axis, one row per image, in the order the i
 
 Attributes: ``format``, ``format_version``, ``method``, ``method_config`` (JSON), ``explainee`` (JSON from
 ``adapter.describe()``), ``image_size`` [H, W], ``dataset`` (the ``KIND:PATH`` spec), ``targets``
-(``predicted`` or ``target``), ``maps_dtype``, ``created`` (ISO time of the first write),
-``library_version``, ``count`` (rows committed) and ``complete``.
+(``predicted`` or ``target``: the class convention the maps explain), ``maps_dtype``, ``created`` (ISO
+time of the first write), ``library_version``, ``count`` (rows committed) and ``complete``. What the maps
+were made with (:mod:`explainers.provenance`, absent in files of older versions): ``explainee_fingerprint``
+(sha256 of the explainee's weights), ``dataset_info`` (JSON: spec, kind, resolved location, split, labelling
+task, class names) and ``head`` (JSON: the linear head explained when it is not the explainee's own
+classifier — LETA with ``--head`` — with its and the encoder's fingerprints; ``null`` otherwise).
 
 Every numeric dataset carries HDF5's Fletcher-32 checksum filter, so a chunk damaged by a crash fails to read
 rather than reading as zeros.
@@ -226,6 +230,7 @@ class MaskFileWriter:
         overwrite: bool = False,
         chunk_images: int = 16,
         compression: str | None = None,
+        provenance: Mapping[str, Any] | None = None,
     ) -> None:
         from explainers import __version__
 
@@ -254,6 +259,10 @@ class MaskFileWriter:
             "targets": targets,
             "maps_dtype": dtype,
         }
+        # What the maps are made with (explainee weights, dataset, head): a resumed run must match it too.
+        identity.update(
+            {k: v if isinstance(v, str) else _canonical(v) for k, v in (provenance or {}).items()}
+        )
         if self.path.is_dir():
             raise MaskFileError(
                 f"mask file path {self.path} is a directory; pass a file name such as maps.h5"
@@ -349,7 +358,7 @@ class MaskFileWriter:
         attrs = f.attrs
         attrs["format"] = FORMAT
         attrs["format_version"] = FORMAT_VERSION
-        for key in _IDENTITY:
+        for key in identity:
             attrs[key] = identity[key]
         attrs["created"] = created
         attrs["library_version"] = self._version
@@ -380,7 +389,7 @@ class MaskFileWriter:
                 raise MaskFileError(
                     f"{self.partial} is not an explainers mask file; delete it or choose another output"
                 )
-            diffs = [k for k in _IDENTITY if _attr_str(attrs.get(k, "")) != identity[k]]
+            diffs = [k for k in identity if _attr_str(attrs.get(k, "")) != identity[k]]
             if diffs:
                 details = "; ".join(
                     f"{k}: file has {_attr_str(attrs.get(k, ''))[:80]!r}, this run {identity[k][:80]!r}"
@@ -707,6 +716,13 @@ class MaskFile:
             self.maps_dtype: str = _attr_str(attrs["maps_dtype"])
             self.created: str = _attr_str(attrs["created"])
             self.library_version: str = _attr_str(attrs["library_version"])
+            # Provenance (None where a file of an older version did not record it).
+            fp = attrs.get("explainee_fingerprint")
+            self.explainee_fingerprint: str | None = None if fp is None else _attr_str(fp)
+            info = attrs.get("dataset_info")
+            self.dataset_info: dict | None = None if info is None else json.loads(_attr_str(info))
+            self.has_head_record: bool = "head" in attrs
+            self.head: dict | None = json.loads(_attr_str(attrs["head"])) if self.has_head_record else None
             self.ids: list[str] = [_attr_str(s) for s in self._file["ids"][:]]
             self.labels: np.ndarray = self._file["labels"][:]
             self.predicted: np.ndarray = self._file["predicted"][:]
@@ -787,6 +803,9 @@ class MaskFile:
             "maps_dtype": self.maps_dtype,
             "created": self.created,
             "library_version": self.library_version,
+            "explainee_fingerprint": self.explainee_fingerprint,
+            "dataset_info": self.dataset_info,
+            "head": self.head,
             "num_images": len(self),
             "extras": self.extras,
         }

@@ -15,22 +15,26 @@ pic                 adp-pic       higher  % of images whose probability rises on
 pixel-accuracy      segmentation  higher  % correct pixels, pooled over the dataset          0–100
 miou                segmentation  higher  % mean IoU (bg, fg), pooled over the dataset       0–100
 map                 segmentation  higher  % mean over images of AP on [1 − R, R]             0–100
+pointing-game       localization  higher  % share of the map's maximal pixels inside the GT  0–100
+energy-in-gt        localization  higher  % of the min–max normalised map's mass in the GT   0–100
 ==================  ============  ======  =================================================  ==========
 
 AUCs are 100 × the trapezoid area over the x-axis shown. Removed pixels are black (0 in the [0,1] image)
-before normalisation; pixel order comes from one stable sort per map, so among tied values the pixel
+before normalisation, except for the patch metrics, which by default fill with the explainee's mean colour
+(the LETA protocol); pixel order comes from one stable sort per map, so among tied values the pixel
 with the lower row-major index goes first. Class convention (evaluation ``classes``): ``target`` (ground
-truth) or ``predicted`` (the clean-image argmax) for every metric that reads a class; the segmentation
-metrics read none and expect maps of the predicted class.
+truth) or ``predicted`` (the clean-image argmax) for every metric that reads a class, by default the one
+the mask files were made with; the segmentation metrics read none and expect maps of the predicted class.
 
 Options (``get_metric(name, **options)``; CLI ``--metric-option NAME.KEY=VALUE``):
-``insertion.steps`` (10: points at i/steps), ``patch-*.fill`` (``black`` | ``mean``: removed patches
-become the explainee's mean colour), ``adp.normalize`` / ``pic.normalize`` (``none`` | ``minmax``). The
+``insertion.steps`` (10: points at i/steps), ``patch-*.fill`` (``mean``, the default: removed patches
+become the explainee's mean colour | ``black``), ``adp.normalize`` / ``pic.normalize`` (``none`` | ``minmax``). The
 evaluation knobs are :func:`evaluate_maskfiles`'s ``batch_size`` (images loaded per step), ``max_batch``
-(most perturbed images per explainee forward: the memory knob), ``classes`` and ``nonfinite``.
+(most perturbed images per explainee forward: the memory knob), ``classes``, ``nonfinite`` and
+``allow_mismatch``.
 """
 
-from explainers.metrics import adp_pic, deletion, perturbation, segmentation  # noqa: F401  (registers)
+from explainers.metrics import adp_pic, deletion, localization, perturbation, segmentation  # noqa: F401  (registers)
 from explainers.metrics.base import (
     BatchContext,
     Metric,

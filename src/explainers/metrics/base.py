@@ -93,7 +93,7 @@ class Metric:
     """
 
     name: ClassVar[str] = "metric"
-    #: Family: perturbation, deletion, adp-pic, segmentation.
+    #: Family: perturbation, deletion, adp-pic, segmentation, localization.
     category: ClassVar[str] = ""
     #: "lower" or "higher" is better.
     direction: ClassVar[str] = "higher"
@@ -175,7 +175,7 @@ def register_metric(cls: type[Metric]) -> type[Metric]:
 
 
 def _load_builtins() -> None:
-    from explainers.metrics import adp_pic, deletion, perturbation, segmentation  # noqa: F401
+    from explainers.metrics import adp_pic, deletion, localization, perturbation, segmentation  # noqa: F401
 
 
 def available_metrics() -> list[str]:

@@ -2,7 +2,8 @@
 
 All read the softmax probability of the class c along a perturbation curve built with the §6.1 machinery
 (:mod:`explainers.metrics.perturbation`: one stable sort per image, ties → lower row-major index first,
-removed pixels black = 0 in the [0,1] image unless ``fill=mean``), ×100 trapezoid area.
+removed pixels black = 0 in the [0,1] image; the patch variants fill with the explainee's mean colour by
+default, ``fill=black`` for black), ×100 trapezoid area.
 
 =============== ======================================= ========================== =========== =========
 metric          images                                  points / x-axis            range       better
@@ -16,7 +17,9 @@ patch-insertion start black, add whole patches          g²+1: added 0 … 1    
 
 ``neg-deletion`` is what the LTE reference calls "insertion". Patch variants rank the patches of the
 explainee's g×g grid by the mean of the map over each patch (ties → lower row-major patch index first) and
-add/remove k = 0…g² whole patches (the LETA evaluation).
+add/remove k = 0…g² whole patches (the LETA evaluation). Removed patches take the explainee's mean colour
+(``fill=mean``, the default: 0 in its normalised space, how LETA masks its encoder and how its protocol
+scores), or black (``fill=black``).
 """
 
 from __future__ import annotations
@@ -90,9 +93,9 @@ class _PatchCurve(CurveMetric):
     curve_unit = "patch"
     classes = ("predicted", "target")
     unit = "probability AUC ×100 over patch fraction 0…1 (g²+1 points), range 0–100"
-    #: fill: what removed patches become — "black" (0 in [0,1], as in §6.1) or "mean" (the explainee's
-    #: normalisation mean, i.e. 0 in its normalised space, how LETA masks its target encoder).
-    defaults: ClassVar[dict[str, Any]] = {"fill": "black"}
+    #: fill: what removed patches become — "mean" (the explainee's normalisation mean, i.e. 0 in its
+    #: normalised space: how LETA masks its encoder, the LETA protocol) or "black" (0 in [0,1]).
+    defaults: ClassVar[dict[str, Any]] = {"fill": "mean"}
 
     def __init__(self, **options: object) -> None:
         super().__init__(**options)

@@ -10,6 +10,8 @@ sums).
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +35,9 @@ from explainers.metrics.base import (
 )
 from explainers.metrics.sharding import Shard, current_shard, gather_to_main
 from explainers.models.base import ExplaineeAdapter
+from explainers.provenance import ScoredWith, compare, dataset_record, mismatch_message
+
+log = logging.getLogger(__name__)
 
 #: Metrics run by ``metrics="all"`` (those needing masks or a patch grid only where available).
 DEFAULT_METRICS = (
@@ -76,6 +81,9 @@ class EvaluationResult:
     timing: dict[str, Any]
     #: A few images (k×H×W×3 in [0,1], ids) and each file's maps of them (k×H×W), for the heatmap grid.
     preview: dict[str, Any] = field(default_factory=dict)
+    #: Things the user must know about the numbers (mismatches scored anyway, checks that could not be
+    #: made, excluded non-finite values), one line each; also in the report.
+    warnings: list[str] = field(default_factory=list)
 
 
 #: Images shown in the heatmap grid of the report.
@@ -87,7 +95,7 @@ def _preview(
 ) -> dict[str, Any]:
     """The first images (those no file excluded as non-finite are fine too: maps are shown as stored)."""
     shown = ids[:PREVIEW_IMAGES]
-    batch = collate([dataset[index_of[i]] for i in shown], adapter.image_size)
+    batch = collate([dataset[index_of[i]] for i in shown], adapter.input_geometry)
     maps = [np.nan_to_num(mf.maps([row_of[k][i] for i in shown])) for k, mf in enumerate(files)]
     return {"ids": shown, "images": batch.images.permute(0, 2, 3, 1).numpy(), "maps": maps}
 
@@ -129,7 +137,7 @@ def resolve_metrics(
         if m.needs_gt and not has_gt:
             raise ExplainersError(
                 f"metric {m.name!r} needs ground-truth masks but the dataset has none; use imagenet-seg, "
-                "coco, voc or synthetic data, or drop the segmentation metrics"
+                "coco, voc, masks or synthetic data, or drop the segmentation metrics"
             )
         if m.needs_grid and _gridless(adapter):
             raise ExplainersError(
@@ -137,11 +145,6 @@ def resolve_metrics(
                 "use a ViT explainee or the pixel-level insertion/deletion"
             )
     return metrics
-
-
-def _comparable(desc: Mapping[str, Any]) -> dict[str, Any]:
-    # The identifier is where the model was loaded from: the same model may be given by another path.
-    return {k: v for k, v in desc.items() if k != "identifier"}
 
 
 def scan_maps(mf: MaskFile, chunk: int = 64) -> dict[str, Any]:
@@ -182,31 +185,39 @@ def evaluate_maskfiles(
     maskfiles: Sequence[str | Path],
     metrics: Sequence[str] | str = "all",
     *,
-    classes: str = "auto",
+    classes: str | None = None,
     batch_size: int = 16,
     max_batch: int = 64,
     nonfinite: str = "fail",
+    allow_mismatch: bool = False,
     metric_options: Mapping[str, Mapping[str, Any]] | None = None,
     progress: bool = True,
     dataset_spec: str | None = None,
 ) -> EvaluationResult | None:
     """Score the maps in ``maskfiles`` on ``dataset`` with ``adapter``.
 
-    classes: ``target`` (ground truth), ``predicted`` (clean-image argmax) or ``auto`` (target when every
-    image has a label, else predicted). nonfinite: ``fail`` (refuse maps with NaN/inf, naming the images)
-    or ``exclude`` (leave those images out of that file's results and list them). max_batch: most
-    perturbed images per explainee forward (the memory knob). Returns the result on the main process and
-    None on the others when sharded.
+    classes: the class convention scored, ``target`` (ground truth) or ``predicted`` (clean-image
+    argmax); None: the one the mask files were made with. Each file is checked against what it is scored
+    with (explainee weights, dataset and labelling, class convention, explained head; see
+    :mod:`explainers.provenance`): a mismatch is refused with the differences listed unless
+    ``allow_mismatch``, which scores anyway and records them. nonfinite: ``fail`` (refuse maps with
+    NaN/inf and per-image metric values that are NaN/inf, naming the images) or ``exclude`` (leave those
+    images out — of the file for maps, of the metric's mean for values — and count them in the report).
+    max_batch: most perturbed images per explainee forward (the memory knob). Returns the result on the
+    main process and None on the others when sharded.
     """
     t0 = time.perf_counter()
-    if classes not in ("auto", "target", "predicted"):
-        raise ExplainersError(f"class convention must be target, predicted or auto, got {classes!r}")
+    if classes not in (None, "target", "predicted"):
+        raise ExplainersError(
+            f"class convention must be target or predicted (default: the mask files'), got {classes!r}"
+        )
     if nonfinite not in ("fail", "exclude"):
         raise ExplainersError(f"--nonfinite must be fail or exclude, got {nonfinite!r}")
     if batch_size < 1:
         raise ExplainersError(f"batch size must be at least 1, got {batch_size}")
     if not maskfiles:
         raise ExplainersError("no mask files given; pass --masks FILE.h5 (written by 'explainers explain')")
+    _refuse_repeated_paths(maskfiles)
     files = [MaskFile(p) for p in maskfiles]
     try:
         return _evaluate(
@@ -218,6 +229,7 @@ def evaluate_maskfiles(
             batch_size=batch_size,
             max_batch=max_batch,
             nonfinite=nonfinite,
+            allow_mismatch=allow_mismatch,
             metric_options=metric_options,
             progress=progress,
             dataset_spec=dataset_spec,
@@ -238,13 +250,13 @@ def _evaluate(
     batch_size,
     max_batch,
     nonfinite,
+    allow_mismatch,
     metric_options,
     progress,
     dataset_spec,
     t0,
 ) -> EvaluationResult | None:
     size = tuple(adapter.image_size)
-    mine = _comparable(adapter.describe())
     for mf in files:
         if tuple(mf.image_size) != size:
             raise ExplainersError(
@@ -252,12 +264,12 @@ def _evaluate(
                 f"{adapter.identifier} takes {size[0]}×{size[1]} images; evaluate with the explainee the "
                 "maps were made for"
             )
-        theirs = _comparable(mf.explainee)
-        if theirs != mine:
-            diff = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k))
+        seen: set[str] = set()
+        repeated = [i for i in mf.ids if i in seen or seen.add(i)]
+        if repeated:
             raise ExplainersError(
-                f"{mf.path} was written for another explainee ({mf.explainee.get('identifier')}; differs in "
-                f"{', '.join(diff)}); pass the same --explainee that made the maps"
+                f"{mf.path} holds {len(repeated)} image id(s) more than once (e.g. {', '.join(repeated[:3])}); "
+                "each image would be scored twice: rewrite the mask file with 'explainers explain'"
             )
     ids = files[0].ids
     for mf in files[1:]:
@@ -283,13 +295,43 @@ def _evaluate(
     metrics = resolve_metrics(metric_names, adapter=adapter, has_gt=has_gt, options=metric_options)
 
     labels = files[0].labels
-    if classes == "auto":
-        classes = "target" if (labels >= 0).all() else "predicted"
-    elif classes == "target" and (labels < 0).any():
+    if classes is None:
+        made = sorted({mf.targets for mf in files})
+        if len(made) > 1:
+            listed = ", ".join(f"{mf.path.name}: {mf.targets}" for mf in files)
+            raise ExplainersError(
+                f"the mask files explain different class conventions ({listed}); score them separately, "
+                "or pass --class target|predicted with --allow-mismatch to score all for one"
+            )
+        classes = made[0]
+    if classes == "target" and (labels < 0).any():
         raise ExplainersError(
             f"--class target needs ground-truth labels, but {int((labels < 0).sum())} images of "
             f"{files[0].path} have none (label -1); use --class predicted"
         )
+
+    # What the maps were made with against what they are scored with: refused unless allowed.
+    scored_with = ScoredWith(adapter, dataset_record(dataset, dataset_spec), classes)
+    index_rows = np.asarray([index_of[i] for i in ids])
+    known = _known_labels(dataset, index_rows)
+    checks: list[dict[str, Any]] = []
+    notes: list[str] = []
+    for mf in files:
+        comparison = compare(mf, scored_with)
+        if known is not None:
+            row = {i: r for r, i in enumerate(mf.ids)}
+            differ = [i for i, lab in zip(ids, known, strict=True) if mf.labels[row[i]] != lab]
+            if differ:
+                comparison.mismatches.append(_label_mismatch(differ, len(ids)))
+        if comparison.mismatches and not allow_mismatch:
+            raise ExplainersError(mismatch_message(mf.path, comparison.mismatches))
+        checks.append({"mismatches": comparison.mismatches, "unchecked": comparison.unchecked})
+        notes += [f"{mf.path}: scored despite a mismatch: {m}" for m in comparison.mismatches]
+        if comparison.unchecked:
+            notes.append(
+                f"{mf.path}: could not check {', '.join(comparison.unchecked)} (not recorded in the mask "
+                "file: written by an older version)"
+            )
 
     scans = [scan_maps(mf) for mf in files]
     excluded: list[set[int]] = []
@@ -307,6 +349,8 @@ def _evaluate(
 
     shard = current_shard()
     row_of = [{i: r for r, i in enumerate(mf.ids)} for mf in files]
+    # Labels not read cheaply above are compared while the images are scored.
+    compare_labels = known is None
     local = _score_shard(
         adapter,
         dataset,
@@ -321,6 +365,7 @@ def _evaluate(
         batch_size=batch_size,
         max_batch=max_batch,
         progress=progress,
+        compare_labels=compare_labels,
     )
     gathered = gather_to_main(local, shard)
     if gathered is None:
@@ -329,6 +374,14 @@ def _evaluate(
     results = []
     for k, (mf, scan) in enumerate(zip(files, scans, strict=True)):
         parts = [g["files"][k] for g in gathered]
+        label_differs = [i for p in parts for i in p["label_mismatch"]]
+        if label_differs:
+            message = _label_mismatch(label_differs, len(ids))
+            if not allow_mismatch:
+                raise ExplainersError(mismatch_message(mf.path, [message]))
+            checks[k]["mismatches"].append(message)
+            notes.append(f"{mf.path}: scored despite a mismatch: {message}")
+        explained_differs = int(sum(p["explained_mismatch"] for p in parts))
         res = FileResult(
             info=mf.describe(),
             label=_file_label(mf, taken),
@@ -338,12 +391,26 @@ def _evaluate(
             checks={
                 "images": sum(len(p["ids"]) for p in parts),
                 "predicted_differs_from_file": int(sum(p["predicted_mismatch"] for p in parts)),
-                "explained_differs_from_scored_class": int(sum(p["explained_mismatch"] for p in parts)),
+                "explained_differs_from_scored_class": explained_differs,
+                **checks[k],
             },
         )
+        if explained_differs and not any(m.startswith("class convention") for m in checks[k]["mismatches"]):
+            # Same convention and explainee: only numerical noise can flip a clean argmax. Told, not refused.
+            notes.append(
+                f"{mf.path}: {explained_differs} image(s) are scored for another class than their map "
+                "explains (the explainee's argmax differs from the one recorded at explain time)"
+            )
         for m in metrics:
             values = np.concatenate([p["values"][m.name] for p in parts])
             res.per_image[m.name] = values
+            nonfinite_stats = _nonfinite_values(m, mf, res.ids, values, nonfinite)
+            if nonfinite_stats.get("nonfinite_excluded"):
+                notes.append(
+                    f"{mf.path}: {m.name}: {nonfinite_stats['nonfinite_excluded']} image(s) with a NaN/inf "
+                    f"value left out of the mean ({', '.join(nonfinite_stats['nonfinite_ids'][:3])}"
+                    + (", …)" if nonfinite_stats["nonfinite_excluded"] > 3 else ")")
+                )
             stats = summary_stats(values)
             curves = [p["curves"][m.name] for p in parts if p["curves"][m.name] is not None]
             if curves:
@@ -361,6 +428,7 @@ def _evaluate(
                 if "target" in m.classes
                 else "predicted (maps should explain the predicted class)",
                 **({"maps_minmax_normalized": scan["minmax_normalized"]} if m.category == "adp-pic" else {}),
+                **nonfinite_stats,
             }
         results.append(res)
     curve_x = {
@@ -376,6 +444,7 @@ def _evaluate(
         "batch_size": batch_size,
         "max_batch": max_batch,
         "nonfinite": nonfinite,
+        "allow_mismatch": allow_mismatch,
         "processes": shard.world_size,
     }
     timing = {
@@ -391,7 +460,68 @@ def _evaluate(
         curve_x=curve_x,
         timing=timing,
         preview=_preview(adapter, dataset, files, ids, index_of, row_of),
+        warnings=notes,
     )
+
+
+def _refuse_repeated_paths(maskfiles: Sequence[str | Path]) -> None:
+    """The same file given twice would be scored as two methods."""
+    seen: dict[Any, str] = {}
+    for p in maskfiles:
+        path = Path(p)
+        try:
+            st = path.stat()
+            key: Any = (st.st_dev, st.st_ino)
+        except OSError:  # missing: MaskFile says so
+            key = os.path.abspath(path)
+        if key in seen:
+            raise ExplainersError(
+                f"mask file {path} is given twice (also as {seen[key]}); pass each mask file once"
+            )
+        seen[key] = str(path)
+
+
+def _known_labels(dataset: ImageDataset, rows: np.ndarray) -> np.ndarray | None:
+    """The dataset's labels of ``rows`` when it can give them without loading images (``labels``)."""
+    labels = getattr(dataset, "labels", None)
+    if labels is None or callable(labels):
+        return None
+    try:
+        arr = np.asarray(labels, dtype=np.int64)
+    except (TypeError, ValueError):
+        return None
+    if arr.shape != (len(dataset),):
+        return None
+    return arr[rows]
+
+
+def _label_mismatch(differ: list[str], total: int) -> str:
+    return (
+        f"labels differ for {len(differ)} of {total} images (e.g. {', '.join(differ[:3])}): the maps were "
+        "made for another labelling of these images"
+    )
+
+
+def _nonfinite_values(
+    metric: Metric, mf: MaskFile, ids: list[str], values: np.ndarray, mode: str
+) -> dict[str, Any]:
+    """Per-image values that are NaN/inf: refused (``fail``) or counted and left out of the mean
+    (``exclude``). Pooled metrics take their value from counts, where an undefined per-image ratio (no
+    valid pixel) is expected; those are only counted."""
+    bad = ~np.isfinite(values)
+    if not bad.any():
+        return {}
+    bad_ids = [ids[i] for i in np.flatnonzero(bad)]
+    if metric.aggregation == "pooled":
+        return {"per_image_undefined": len(bad_ids)}
+    if mode == "fail":
+        shown = ", ".join(bad_ids[:5]) + (", …" if len(bad_ids) > 5 else "")
+        raise ExplainersError(
+            f"{mf.path}: metric {metric.name} is NaN or inf for {len(bad_ids)} image(s) ({shown}); pass "
+            "--nonfinite exclude to leave them out of the mean (counted in the report)"
+        )
+    log.warning("%s: %s: %d NaN/inf value(s) left out of the mean", mf.path, metric.name, len(bad_ids))
+    return {"nonfinite_excluded": len(bad_ids), "nonfinite_ids": bad_ids}
 
 
 def _score_shard(
@@ -409,6 +539,7 @@ def _score_shard(
     batch_size,
     max_batch,
     progress,
+    compare_labels: bool = True,
 ) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
@@ -422,6 +553,7 @@ def _score_shard(
             "counts": {m.name: [] for m in metrics},
             "predicted_mismatch": 0,
             "explained_mismatch": 0,
+            "label_mismatch": [],
         }
         for _ in files
     ]
@@ -429,7 +561,7 @@ def _score_shard(
     bar = tqdm(total=len(ids), desc="evaluate", unit="img", disable=not progress or not shard.is_main)
     for start in range(0, len(mine), batch_size):
         chunk = mine[start : start + batch_size]
-        batch = collate([dataset[index_of[i]] for i in chunk], adapter.image_size)
+        batch = collate([dataset[index_of[i]] for i in chunk], adapter.input_geometry)
         images = batch.images.to(device)
         clean_logits = chunked_logits(adapter, images, max_batch)
         forwarded += len(images)
@@ -457,6 +589,9 @@ def _score_shard(
                 (torch.as_tensor(mf.predicted[rows]) != predicted[sel].cpu()).sum()
             )
             out["explained_mismatch"] += int((torch.as_tensor(mf.explained[rows]) != scored[sel].cpu()).sum())
+            if compare_labels:
+                differ = torch.as_tensor(mf.labels[rows]) != batch.labels[sel.cpu()]
+                out["label_mismatch"].extend(inputs.ids[n] for n in differ.nonzero().flatten().tolist())
             for m in metrics:
                 res = m.compute(ctx)
                 out["values"][m.name].append(np.asarray(res.values, dtype=np.float64))

@@ -108,6 +108,7 @@ def to_json(result: EvaluationResult) -> dict[str, Any]:
                 }
                 for k, f in enumerate(result.files)
             ],
+            "warnings": result.warnings,
             "timing": result.timing,
             "versions": versions(),
             "machine": machine(),
@@ -152,16 +153,17 @@ def to_markdown(result: EvaluationResult) -> str:
         *comparison_table(result),
     ]
     lines += ["", "± = half-width of the 95% confidence interval of the per-image mean (Student t).", ""]
-    lines.append("| metric | better | class | unit |")
-    lines.append("|---|---|---|---|")
+    lines.append("| metric | better | class | options | unit |")
+    lines.append("|---|---|---|---|---|")
     for m in metrics:
         cls = result.files[0].summaries[m["name"]]["class"] if result.files else ""
-        lines.append(f"| {m['name']} | {m['direction']} | {cls} | {m['unit']} |")
+        lines.append(f"| {m['name']} | {m['direction']} | {cls} | {_options(m)} | {m['unit']} |")
     notes = [
         f"- {f.label}: {len(f.excluded)} image(s) with NaN/inf maps excluded"
         for f in result.files
         if f.excluded
     ]
+    notes += [f"- {line}" for line in result.warnings]
     if any(m["category"] == "adp-pic" for m in metrics):
         notes += [
             f"- {f.label}: stored maps min–max normalised per image: {f.maps_info['minmax_normalized']}"
@@ -170,6 +172,22 @@ def to_markdown(result: EvaluationResult) -> str:
     if notes:
         lines += ["", *notes]
     return "\n".join(lines) + "\n"
+
+
+#: What a metric option value means, where the value alone does not say it.
+_OPTION_WORDS = {
+    ("fill", "mean"): "removed pixels take the explainee's mean colour, 0 in its normalised space",
+    ("fill", "black"): "removed pixels are black (0 in [0,1])",
+}
+
+
+def _options(metric: dict[str, Any]) -> str:
+    opts = metric.get("options") or {}
+    if not opts:
+        return "—"
+    return "; ".join(
+        f"{k}={v}" + (f" ({_OPTION_WORDS[(k, v)]})" if (k, v) in _OPTION_WORDS else "") for k, v in opts.items()
+    )
 
 
 def plot_curves(result: EvaluationResult) -> bytes | None:

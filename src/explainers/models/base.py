@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from explainers.data.resize import InputGeometry
 from explainers.errors import ModelError
 
 Targets = int | Sequence[int] | torch.Tensor | None
@@ -70,6 +72,39 @@ class AttentionOutput:
     attentions: list[torch.Tensor]
 
 
+#: Slack on the [0, 1] range of raw images (float rounding of resizing and interpolation paths).
+_RAW_TOLERANCE = 1e-3
+
+
+def _check_raw(images: torch.Tensor) -> None:
+    """Refuse a batch that cannot be raw [0, 1] images (one min/max reduction)."""
+    if images.numel() == 0:
+        return
+    lo, hi = torch.aminmax(images.detach())
+    lo, hi = float(lo), float(hi)
+    if lo < -_RAW_TOLERANCE or hi > 1 + _RAW_TOLERANCE:
+        raise ModelError(
+            f"predict() takes raw images in [0, 1], got values in [{lo:.3g}, {hi:.3g}]: for pixel values that "
+            "are already normalised call adapter.logits(pixel_values)"
+        )
+
+
+def _normalisation(mean, std, identifier: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """mean/std as 1×C×1×1 tensors; both required (no default: a wrong one shifts every input)."""
+    if mean is None or std is None:
+        raise ModelError(
+            f"explainee {identifier} has no normalisation (mean/std): pass mean= and std= (command line: "
+            "--mean R,G,B --std R,G,B)"
+        )
+    mean_t = torch.as_tensor(mean, dtype=torch.float32).flatten()
+    std_t = torch.as_tensor(std, dtype=torch.float32).flatten()
+    if mean_t.numel() not in (1, 3) or std_t.numel() not in (1, 3):
+        raise ModelError(f"mean and std need 3 values (one per channel), got {mean_t.tolist()} and {std_t.tolist()}")
+    if not (torch.isfinite(mean_t).all() and torch.isfinite(std_t).all()) or bool((std_t <= 0).any()):
+        raise ModelError(f"std must be positive and mean/std finite, got mean {mean_t.tolist()}, std {std_t.tolist()}")
+    return mean_t.expand(3).reshape(1, 3, 1, 1).clone(), std_t.expand(3).reshape(1, 3, 1, 1).clone()
+
+
 def resolve_targets(targets: Targets, logits: torch.Tensor) -> torch.Tensor:
     """Targets as a LongTensor[B]: None → argmax of ``logits``; an int → that class for every image."""
     batch, num_classes = logits.shape
@@ -95,8 +130,15 @@ def resolve_targets(targets: Targets, logits: torch.Tensor) -> torch.Tensor:
 class ExplaineeAdapter:
     """Uniform access to a classifier.
 
-    Inputs to :meth:`logits` and the other model calls are *normalised* pixel values (what the network
-    sees). Raw images are in [0, 1]; :meth:`normalize` and :meth:`preprocess` turn them into pixel values.
+    Two kinds of input, two entry points:
+
+    - **raw images**: B×3×H×W in [0, 1] at :attr:`image_size` — :meth:`predict` (normalises, then runs the
+      model; refuses values outside [0, 1]). :meth:`resize` / :meth:`preprocess` bring images of any size
+      there with the model's own preprocessing (:attr:`input_geometry`: resize, centre crop).
+    - **pixel values**: normalised with the model's mean/std (what the network sees) — :meth:`logits`,
+      :meth:`forward_attentions`, :meth:`features` and every other model call.
+
+    The adapter itself is not callable: ``adapter(x)`` would not say which of the two ``x`` is.
     ViT adapters also describe the token layout (patch grid, prefix tokens) and give attention maps,
     their gradients, the final features and the model's parts.
     """
@@ -114,11 +156,18 @@ class ExplaineeAdapter:
         num_classes: int,
         class_names: list[str] | None = None,
         identifier: str = "model",
+        geometry: InputGeometry | None = None,
     ) -> None:
         self.model = model.eval()
         self.image_size = (int(image_size[0]), int(image_size[1]))
-        self._mean = torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1)
-        self._std = torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)
+        if geometry is not None and geometry.size != self.image_size:
+            raise ModelError(
+                f"{identifier}: the preprocessing makes {geometry.size[0]}×{geometry.size[1]} inputs but the "
+                f"model takes {self.image_size[0]}×{self.image_size[1]}"
+            )
+        #: How images of other sizes become model inputs (resize, centre crop, interpolation).
+        self.input_geometry = geometry if geometry is not None else InputGeometry(self.image_size)
+        self._mean, self._std = _normalisation(mean, std, identifier)
         self.num_classes = int(num_classes)
         self.class_names = class_names
         self.identifier = identifier
@@ -146,6 +195,7 @@ class ExplaineeAdapter:
             "num_classes": self.num_classes,
             "mean": [round(float(v), 6) for v in self.mean],
             "std": [round(float(v), 6) for v in self.std],
+            "preprocessing": self.input_geometry.describe(),
         }
 
     def weights_fingerprint(self) -> str:
@@ -175,24 +225,45 @@ class ExplaineeAdapter:
         return (images - mean) / std
 
     def resize(self, images: torch.Tensor) -> torch.Tensor:
-        """Resize [0,1] images to the explainee's size (bilinear, no centre crop, like the reference)."""
-        if tuple(images.shape[-2:]) == self.image_size:
-            return images
-        return F.interpolate(images, size=self.image_size, mode="bilinear", align_corners=False).clamp(0, 1)
+        """[0,1] images (B×3×H×W, any size) → the explainee's size, as the model's processor does.
+
+        The one place images are brought to the model's size (datasets are collated with
+        :attr:`input_geometry` too): resize — the shorter side to the processor's resize size when it
+        centre-crops (DeiT: 256, then a 224 crop), else straight to the model size — antialiased with the
+        processor's interpolation (PIL-equivalent), then centre-crop. Images already at :attr:`image_size`
+        are returned unchanged (taken as already preprocessed).
+        """
+        return self.input_geometry.images(images)
+
+    def resize_masks(self, masks: torch.Tensor) -> torch.Tensor:
+        """B×H×W boolean masks → the explainee's size through the same resize and crop as :meth:`resize`
+        (nearest-exact, identical to PIL NEAREST), so they stay aligned with the images."""
+        return self.input_geometry.masks(masks)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """Raw [0,1] images of any size → normalised pixel values at the model's size (for :meth:`logits`)."""
         return self.normalize(self.resize(images))
 
     # ----------------------------------------------------------------- forward
     def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Class logits B×C for normalised pixel values (fast path: the model's own forward)."""
+        """Class logits B×C for *normalised* pixel values (``adapter.preprocess(images)``); the fast path:
+        the model's own forward. For raw [0, 1] images use :meth:`predict`."""
         return self.model(pixel_values)
 
-    def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.logits(pixel_values)
+    def __call__(self, *args, **kwargs):
+        raise ModelError(
+            "an explainee adapter is not called directly: use adapter.predict(images) for raw images in "
+            "[0, 1], or adapter.logits(pixel_values) for normalised ones (adapter.preprocess(images))"
+        )
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits for raw [0,1] images at the explainee's size (normalises first)."""
+        """Class logits B×C for *raw* images in [0, 1] at :attr:`image_size` (normalises, then :meth:`logits`).
+
+        Refuses values outside [0, 1] (beyond float rounding): those are not raw images — most likely
+        already-normalised pixel values, which belong to :meth:`logits`. Normalising them twice would give
+        plausible-looking but wrong logits.
+        """
+        _check_raw(images)
         return self.logits(self.normalize(images))
 
     # ----------------------------------------------------------------- ViT-only API
@@ -314,6 +385,33 @@ class ViTAdapterBase(ExplaineeAdapter):
             embed_dim=self.embed_dim,
         )
         return desc
+
+    def randomized_copy(self, last_blocks: int, *, seed: int = 0, std: float = 0.02) -> ViTAdapterBase:
+        """A deep copy whose last ``last_blocks`` transformer blocks are re-initialised, for the
+        model-parameter randomisation sanity check: weight matrices drawn from N(0, std²) (the HF and timm
+        ViT initialisation), biases zero, LayerNorms reset to identity. Embeddings, the final norm, the head
+        and layer-scale factors keep their trained values, so only what the blocks compute changes."""
+        if not 1 <= last_blocks <= self.num_blocks:
+            raise ModelError(f"last_blocks must be 1…{self.num_blocks} for {self.identifier}, got {last_blocks}")
+        # The cached parts are views into the model (views cannot be deep-copied): the copy rebuilds its
+        # own. Everything else, submodule references included, is copied consistently through the memo.
+        cached = getattr(self, "_parts", None)
+        twin = copy.deepcopy(self, {id(cached): None} if cached is not None else {})
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for block in twin.parts().blocks[-last_blocks:]:
+                weights = [block.q_weight, block.k_weight, block.v_weight, block.proj.weight, block.fc1.weight]
+                for w in [*weights, block.fc2.weight]:
+                    w.copy_(torch.randn(w.shape, generator=generator).mul_(std).to(w))
+                for b in (block.q_bias, block.k_bias, block.v_bias, block.proj.bias, block.fc1.bias, block.fc2.bias):
+                    if b is not None:
+                        b.zero_()
+                for norm in (block.norm1, block.norm2):
+                    if getattr(norm, "weight", None) is not None:
+                        norm.weight.fill_(1.0)
+                    if getattr(norm, "bias", None) is not None:
+                        norm.bias.zero_()
+        return twin
 
     @contextlib.contextmanager
     def _capture(self, modules: Sequence[nn.Module], pick: Callable[[object], torch.Tensor]) -> Iterator[list]:

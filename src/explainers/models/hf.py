@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from explainers.data.resize import InputGeometry
 from explainers.errors import ModelError
 from explainers.models.base import AttentionOutput, HeadPart, ViTAdapterBase, ViTBlockParts, ViTParts
 
@@ -30,8 +31,21 @@ class HFViTAdapter(ViTAdapterBase):
     """``ViTForImageClassification``, ``DeiTForImageClassification`` and ``...WithTeacher``."""
 
     def __init__(
-        self, model: nn.Module, *, mean=None, std=None, image_size=None, identifier=None, class_names=None
+        self,
+        model: nn.Module,
+        *,
+        mean=None,
+        std=None,
+        image_size=None,
+        identifier=None,
+        class_names=None,
+        geometry: InputGeometry | None = None,
     ) -> None:
+        """``mean``/``std``: the model's normalisation; else what its config carries (``image_mean``/
+        ``image_std``, which ``explainers train-classifier`` writes); else refused — there is no safe default.
+        ``geometry``: how images of other sizes are preprocessed (a directory's processor, read by
+        :func:`explainers.models.loading.load_hf_directory`); else a direct resize to ``image_size``
+        (default: the config's ``image_size``)."""
         config = model.config
         model_type = getattr(config, "model_type", None)
         if model_type not in _SUPPORTED:
@@ -43,7 +57,10 @@ class HFViTAdapter(ViTAdapterBase):
         self.encoder = getattr(model, attr, None)
         if self.encoder is None:
             raise ModelError(f"{type(model).__name__} has no '{attr}' encoder: pass an image-classification model")
-        size = config.image_size if image_size is None else image_size
+        if geometry is not None:
+            size = geometry.size
+        else:
+            size = config.image_size if image_size is None else image_size
         size = (size, size) if isinstance(size, int) else tuple(size)
         patch = config.patch_size
         patch = (patch, patch) if isinstance(patch, int) else tuple(patch)
@@ -52,15 +69,14 @@ class HFViTAdapter(ViTAdapterBase):
         super().__init__(
             model,
             image_size=size,
-            # Explicit values, else what the config carries (our trained explainees store it), else
-            # the ViT processors' default of 0.5.
-            mean=mean if mean is not None else getattr(config, "image_mean", None) or [0.5, 0.5, 0.5],
-            std=std if std is not None else getattr(config, "image_std", None) or [0.5, 0.5, 0.5],
+            mean=mean if mean is not None else getattr(config, "image_mean", None),
+            std=std if std is not None else getattr(config, "image_std", None),
             num_classes=config.num_labels,
             class_names=class_names,
             identifier=identifier or getattr(config, "_name_or_path", "") or type(model).__name__,
             patch_size=patch,
             num_prefix_tokens=prefix,
+            geometry=geometry,
         )
         self._parts: ViTParts | None = None
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import nn
 
+from explainers.data.resize import InputGeometry
 from explainers.errors import ModelError
 from explainers.models.base import ExplaineeAdapter
 
@@ -52,7 +53,19 @@ def load_explainee(
       its classifier, i.e. an explainee for the probe's downstream task;
     - an already-built ``transformers`` ViT/DeiT classifier, or a timm ``VisionTransformer``;
     - any other ``nn.Module`` (model-agnostic methods only) with ``image_size``, ``mean`` and ``std``.
+
+    Normalisation (``mean``/``std``) is never guessed: given values win, else the directory's
+    ``preprocessor_config.json`` / the model config's ``image_mean``/``image_std`` / timm's
+    ``pretrained_cfg``; without any of them the load is refused. Input size and preprocessing come from the
+    processor (the crop size when it centre-crops; see :func:`processor_geometry`), else the model config;
+    an explicit ``image_size`` means: resize straight to it (bilinear, no crop).
     """
+    fixed = isinstance(spec, ExplaineeAdapter) or (isinstance(spec, str) and spec.startswith("probe:"))
+    if fixed and any(v is not None for v in (image_size, mean, std)):
+        raise ModelError(
+            "image_size/mean/std cannot be changed for an already-built adapter or a probe:DIR explainee "
+            "(the probe's encoder records its own)"
+        )
     if isinstance(spec, ExplaineeAdapter):
         adapter = spec
     elif isinstance(spec, nn.Module):
@@ -159,15 +172,95 @@ def _read_preprocessing(path: Path) -> dict[str, Any]:
         raise ModelError(f"{file} is not valid JSON ({exc}); fix or delete it") from None
 
 
-def _processor_size(pre: dict[str, Any]) -> tuple[int, int] | None:
-    size = pre.get("size")
-    if isinstance(size, dict) and "height" in size and "width" in size:
-        return (int(size["height"]), int(size["width"]))
-    if isinstance(size, dict) and "shortest_edge" in size:
-        return (int(size["shortest_edge"]),) * 2  # type: ignore[return-value]
-    if isinstance(size, int):
-        return (size, size)
-    return None
+#: Pillow's resample codes, as Hugging Face processors store them (``resample``).
+_PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+#: What Hugging Face's ViT/DeiT image processors do when their config leaves a key out.
+_PROCESSOR_DEFAULTS = {
+    "vit": {"size": {"height": 224, "width": 224}, "do_center_crop": False, "resample": 2},
+    "deit": {"size": {"height": 256, "width": 256}, "do_center_crop": True, "crop_size": 224, "resample": 3},
+}
+
+
+def _hw(value: Any, what: str) -> tuple[int, int] | int:
+    """A processor size as Hugging Face's ViT/DeiT processors read it: an int or {height, width} is a
+    (height, width) pair (their ``default_to_square``); {shortest_edge} is an int (shorter side)."""
+    if isinstance(value, int):
+        return (value, value)
+    if isinstance(value, dict) and "height" in value and "width" in value:
+        return (int(value["height"]), int(value["width"]))
+    if isinstance(value, dict) and set(value) == {"shortest_edge"}:
+        return int(value["shortest_edge"])
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return (int(value[0]), int(value[1]))
+    raise ModelError(f"preprocessor {what} {value!r} is not supported (an int, height/width or shortest_edge)")
+
+
+def _processor_kind(pre: dict[str, Any], model_type: str | None) -> str:
+    name = str(pre.get("image_processor_type") or pre.get("feature_extractor_type") or "")
+    if name.startswith("DeiT"):
+        return "deit"
+    if name.startswith("ViT"):
+        return "vit"
+    return "deit" if model_type == "deit" and not name else "vit"
+
+
+def processor_geometry(
+    pre: dict[str, Any], model_size: tuple[int, int], model_type: str | None = None
+) -> InputGeometry:
+    """The preprocessing a Hugging Face ``preprocessor_config.json`` describes, as an :class:`InputGeometry`.
+
+    - input size: ``crop_size`` when the processor centre-crops (``do_center_crop``), else the resize
+      ``size`` (DeiT-B/16-224: resize 256×256, crop 224 → 224×224), else the model's ``image_size``;
+    - ``size`` read as the processor reads it: an int or height/width → that exact size (ViT and DeiT
+      processors resize to a square); ``shortest_edge`` → shorter side, aspect kept;
+    - ``resample`` 2 → bilinear, 3 → bicubic (DeiT), both antialiased as PIL does; others are refused;
+    - keys left out take the processor class's defaults (``image_processor_type``: ViT or DeiT).
+    """
+    kind = _processor_kind(pre, model_type)
+    # Keys left out, or saved as null, take the processor class's defaults.
+    pre = {**_PROCESSOR_DEFAULTS[kind], **{k: v for k, v in pre.items() if v is not None}}
+    resample = pre["resample"]
+    interpolation = _PIL_RESAMPLE.get(resample, str(resample))
+    if interpolation not in ("bilinear", "bicubic"):
+        raise ModelError(
+            f"preprocessor resample {interpolation!r} is not supported (bilinear or bicubic); pass image_size= "
+            "to resize straight to the model size with bilinear instead"
+        )
+    resize = _hw(pre["size"], "size") if pre.get("do_resize", True) else None
+    if pre["do_center_crop"]:
+        size = _hw(pre.get("crop_size", 224), "crop_size")
+        if isinstance(size, int):
+            raise ModelError("preprocessor crop_size must be a size, not shortest_edge")
+        if resize is None:
+            raise ModelError(
+                "preprocessor centre-crops without resizing (do_resize false), so the crop would show a different "
+                "part of each image depending on its size; pass image_size= to resize straight to the model size"
+            )
+    elif isinstance(resize, tuple):
+        size, resize = resize, None
+    elif resize is None:
+        size = model_size
+    else:  # shorter side only, no crop: the input size would vary with the image
+        raise ModelError(
+            f"preprocessor resizes the shorter side to {resize} without a centre crop, so inputs have no fixed "
+            "size; pass image_size= (command line: use a directory whose processor has a fixed size)"
+        )
+    try:
+        return InputGeometry(size, resize=resize, interpolation=interpolation, crop_rounding="floor")
+    except ValueError as exc:
+        raise ModelError(f"preprocessor config: {exc}") from None
+
+
+def _checked_geometry(geometry: InputGeometry, config: Any, where: str) -> InputGeometry:
+    model_size = _size_pair(getattr(config, "image_size", None))
+    if model_size is not None and geometry.size != model_size:
+        raise ModelError(
+            f"{where}: the image processor makes {geometry.size[0]}×{geometry.size[1]} inputs but the model "
+            f"takes {model_size[0]}×{model_size[1]} (config image_size); fix preprocessor_config.json or pass "
+            "image_size="
+        )
+    return geometry
 
 
 def load_hf_directory(path: Path, *, image_size=None, mean=None, std=None, identifier: str | None = None):
@@ -196,13 +289,33 @@ def load_hf_directory(path: Path, *, image_size=None, mean=None, std=None, ident
     except Exception as exc:
         raise ModelError(f"cannot load the model in {path}: {exc}") from None
     pre = _read_preprocessing(path)
+    geometry = None
+    if image_size is None and pre:
+        model_size = _size_pair(config.image_size)
+        geometry = _checked_geometry(processor_geometry(pre, model_size, config.model_type), config, str(path))
+    mean, std = _given_or(mean, std, pre, config)
+    if mean is None or std is None:
+        raise ModelError(
+            f"{path} has no normalisation: no image_mean/image_std in preprocessor_config.json or config.json; "
+            "pass --mean R,G,B --std R,G,B (Python: mean=, std=) or add them to preprocessor_config.json"
+        )
     return HFViTAdapter(
         model,
-        mean=mean if mean is not None else pre.get("image_mean"),
-        std=std if std is not None else pre.get("image_std"),
-        image_size=_size_pair(image_size) or _processor_size(pre),
+        mean=mean,
+        std=std,
+        image_size=_size_pair(image_size),
+        geometry=geometry,
         identifier=identifier or str(path),
     )
+
+
+def _given_or(mean, std, pre: dict[str, Any], config: Any) -> tuple[Any, Any]:
+    """Explicit mean/std first, then the processor's, then the model config's (explainers-trained models)."""
+    if mean is None:
+        mean = pre.get("image_mean") if pre.get("image_mean") is not None else getattr(config, "image_mean", None)
+    if std is None:
+        std = pre.get("image_std") if pre.get("image_std") is not None else getattr(config, "image_std", None)
+    return mean, std
 
 
 @contextlib.contextmanager
@@ -233,10 +346,11 @@ def _load_from_hub(name: str, *, image_size, mean, std) -> ExplaineeAdapter:
             f"({type(exc).__name__}). Offline? Download the model elsewhere and pass its directory."
         ) from None
     pre = processor.to_dict()
+    geometry = None
+    if image_size is None:
+        model_size = _size_pair(model.config.image_size)
+        geometry = _checked_geometry(processor_geometry(pre, model_size, model.config.model_type), model.config, name)
+    mean, std = _given_or(mean, std, pre, model.config)
     return HFViTAdapter(
-        model,
-        mean=mean if mean is not None else pre.get("image_mean"),
-        std=std if std is not None else pre.get("image_std"),
-        image_size=_size_pair(image_size) or _processor_size(pre),
-        identifier=name,
+        model, mean=mean, std=std, image_size=_size_pair(image_size), geometry=geometry, identifier=name
     )

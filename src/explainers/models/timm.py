@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 
 import torch
 from torch import nn
 
+from explainers.data.resize import INTERPOLATIONS, InputGeometry
 from explainers.errors import ModelError
 from explainers.models.base import AttentionOutput, HeadPart, ViTAdapterBase, ViTBlockParts, ViTParts
 
@@ -17,6 +19,37 @@ def is_timm_vit(model: nn.Module) -> bool:
     return all(
         hasattr(model, a) for a in ("patch_embed", "blocks", "num_prefix_tokens", "forward_features", "_pos_embed")
     )
+
+
+def timm_geometry(image_size: tuple[int, int], cfg: dict) -> InputGeometry:
+    """timm's evaluation preprocessing (``transforms_imagenet_eval``) from a ``pretrained_cfg``.
+
+    ``crop_mode`` "center" (the default): resize the shorter side to ⌊size / crop_pct⌋, then centre-crop
+    (torchvision's rounding of the offset); "squash": resize both sides to ⌊size / crop_pct⌋, then crop.
+    ``interpolation`` defaults to bicubic and ``crop_pct`` to 0.875, as in timm. A model without a
+    ``pretrained_cfg`` (built directly) is resized straight to its size. The size is the model's own
+    (``patch_embed.img_size``), which can differ from the config's ``input_size`` when built with ``img_size``.
+    """
+    size = (int(image_size[0]), int(image_size[1]))
+    if not cfg:
+        return InputGeometry(size)
+    interpolation = cfg.get("interpolation") or "bicubic"
+    if interpolation not in INTERPOLATIONS:
+        raise ModelError(
+            f"timm pretrained_cfg interpolation {interpolation!r} is not supported ({', '.join(INTERPOLATIONS)}); "
+            "pass image_size to resize straight to the model size instead"
+        )
+    crop_pct = float(cfg.get("crop_pct") or 0.875)
+    crop_mode = cfg.get("crop_mode") or "center"
+    scale = (math.floor(size[0] / crop_pct), math.floor(size[1] / crop_pct))
+    if crop_mode == "squash":
+        return InputGeometry(size, resize=scale, interpolation=interpolation, crop_rounding="round")
+    if crop_mode != "center" or scale[0] != scale[1]:
+        raise ModelError(
+            f"timm crop_mode {crop_mode!r} with input size {size[0]}×{size[1]} is not supported (only 'center' "
+            "on square inputs and 'squash'); pass image_size to resize straight to the model size instead"
+        )
+    return InputGeometry(size, resize=scale[0], interpolation=interpolation, crop_rounding="round")
 
 
 class _TimmBackbone(nn.Module):
@@ -32,11 +65,25 @@ class TimmViTAdapter(ViTAdapterBase):
     """timm ``VisionTransformer`` (class token, optional register tokens; DeiT-distilled via ``dist_token``)."""
 
     def __init__(
-        self, model: nn.Module, *, mean=None, std=None, image_size=None, identifier=None, class_names=None
+        self,
+        model: nn.Module,
+        *,
+        mean=None,
+        std=None,
+        image_size=None,
+        identifier=None,
+        class_names=None,
+        geometry: InputGeometry | None = None,
     ) -> None:
+        """``mean``/``std``: explicit, else the model's ``pretrained_cfg`` values, else refused.
+        Preprocessing: ``geometry`` if given; else a direct resize to ``image_size`` if given; else what
+        ``pretrained_cfg`` says (timm's evaluation transform, see :func:`timm_geometry`)."""
         cfg = getattr(model, "pretrained_cfg", None) or {}
-        if image_size is None:
+        if geometry is not None:
+            image_size = geometry.size
+        elif image_size is None:
             image_size = tuple(model.patch_embed.img_size)
+            geometry = timm_geometry(image_size, cfg)
         patch = tuple(model.patch_embed.patch_size)
         num_classes = getattr(model, "num_classes", 0)
         if not num_classes:
@@ -44,13 +91,14 @@ class TimmViTAdapter(ViTAdapterBase):
         super().__init__(
             model,
             image_size=image_size,
-            mean=mean if mean is not None else cfg.get("mean", (0.5, 0.5, 0.5)),
-            std=std if std is not None else cfg.get("std", (0.5, 0.5, 0.5)),
+            mean=mean if mean is not None else cfg.get("mean"),
+            std=std if std is not None else cfg.get("std"),
             num_classes=num_classes,
             class_names=class_names,
             identifier=identifier or f"timm:{cfg.get('architecture', type(model).__name__)}",
             patch_size=patch,
             num_prefix_tokens=model.num_prefix_tokens,
+            geometry=geometry,
         )
         self._parts: ViTParts | None = None
 

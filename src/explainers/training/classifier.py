@@ -427,7 +427,7 @@ def evaluate_accuracy(explainee: Any, dataset: ImageDataset, batch_size: int = 2
             for i in range(0, len(images_u8), batch_size)
         )
     else:
-        batches = ((b.images, b.labels) for b in iter_batches(dataset, batch_size, adapter.image_size))
+        batches = ((b.images, b.labels) for b in iter_batches(dataset, batch_size, adapter.input_geometry))
     correct = total = 0
     with torch.no_grad():
         for images, labels in batches:

@@ -157,7 +157,7 @@ def extract_features(
     feats, labels = [], []
     device = encoder.device
     with tqdm(total=len(order), desc=desc, unit="img", disable=not progress) as bar:
-        for batch in iter_batches(dataset, batch_size, encoder.image_size, order):
+        for batch in iter_batches(dataset, batch_size, encoder.input_geometry, order):
             z = encoder.cls_embedding(encoder.normalize(batch.images.to(device)))
             feats.append(z.float().cpu())
             labels.append(batch.labels)
@@ -356,7 +356,7 @@ def probe_explainee(
         model,
         mean=adapter.mean.tolist(),
         std=adapter.std.tolist(),
-        image_size=adapter.image_size,
+        geometry=adapter.input_geometry,
         identifier=f"{adapter.identifier}+probe:{probe.task}",
         class_names=names,
     )

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from explainers.data.resize import InputGeometry
 from explainers.errors import ExplainersError
 from explainers.learned.leta.config import RunConfig
 from explainers.learned.leta.encoder import check_same_encoder, encoder_signature, require_vit
@@ -107,10 +108,11 @@ def _resolve_device(name: str, info: DistInfo) -> torch.device:
 class _ImageSource:
     """Training images at the encoder's size; decoded once into a uint8 cache when it fits in memory."""
 
-    def __init__(self, dataset, size: tuple[int, int], cache: bool, limit_mb: int, progress: bool) -> None:
+    def __init__(self, dataset, geometry: InputGeometry, cache: bool, limit_mb: int, progress: bool) -> None:
         from explainers.data.base import iter_batches
 
-        self.dataset, self.size = dataset, size
+        self.dataset, self.geometry = dataset, geometry  # the encoder's preprocessing (resize, crop)
+        size = geometry.size
         self.cache: torch.Tensor | None = None
         need_mb = len(dataset) * 3 * size[0] * size[1] / 2**20
         if cache and need_mb <= limit_mb:
@@ -119,7 +121,7 @@ class _ImageSource:
             self.cache = torch.empty(len(dataset), 3, *size, dtype=torch.uint8)
             pos = 0
             with tqdm(total=len(dataset), desc="loading images", unit="img", disable=not progress) as bar:
-                for batch in iter_batches(dataset, 256, size):
+                for batch in iter_batches(dataset, 256, geometry):
                     n = batch.images.shape[0]
                     self.cache[pos : pos + n] = (batch.images * 255).round().to(torch.uint8)
                     pos += n
@@ -130,7 +132,7 @@ class _ImageSource:
 
         if self.cache is not None:
             return self.cache[indices].float().div_(255)
-        return collate([self.dataset[i] for i in indices], self.size).images
+        return collate([self.dataset[i] for i in indices], self.geometry).images
 
 
 def _open(data: str, split: str | None):
@@ -424,7 +426,7 @@ def _pretrain(
         out.mkdir(parents=True, exist_ok=True)
         _truncate_log(log_path, start_step)
 
-    source = _ImageSource(dataset, encoder.image_size, cfg.cache_images, cfg.cache_limit_mb, progress)
+    source = _ImageSource(dataset, encoder.input_geometry, cfg.cache_images, cfg.cache_limit_mb, progress)
     val = _validation_set(data, cfg, encoder, progress) if info.main else None
     windows = explainer.windows()
     target_dtype = torch.bfloat16 if cfg.target_dtype == "bfloat16" else None
@@ -567,7 +569,7 @@ def _validation_set(data: str, cfg, encoder: ExplaineeAdapter, progress: bool):
         return None
     n = min(cfg.val_images, len(dataset))
     source = _ImageSource(
-        torch.utils.data.Subset(dataset, range(n)), encoder.image_size, True, 1 << 30, False
+        torch.utils.data.Subset(dataset, range(n)), encoder.input_geometry, True, 1 << 30, False
     )
     gen = torch.Generator().manual_seed(cfg.seed + 424_242)
     centres = sample_centres(n, cfg.centres, encoder.num_patches, gen)

@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from explainers.data import ImageDataset, iter_batches, open_dataset, parse_dataset_spec
+from explainers.data import ImageDataset, InputGeometry, iter_batches, open_dataset, parse_dataset_spec
 from explainers.errors import ExplainersError
 from explainers.io.atomic import write_text_atomic
 from explainers.learned.lte.config import LTEConfig
@@ -128,7 +128,7 @@ def _dataset_labels(dataset: ImageDataset) -> list[int]:
 
 
 def _load_subset(
-    dataset: ImageDataset, indices: list[int], size: tuple[int, int]
+    dataset: ImageDataset, indices: list[int], size: tuple[int, int] | InputGeometry
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     images, labels, ids = [], [], []
     for batch in iter_batches(dataset, 64, size, indices):
@@ -362,8 +362,8 @@ def pretrain_lte(
             "use a dataset labelled for this explainee, or --class predicted"
         )
     train_idx, val_idx = select_subsets(labels, config.train_per_class, config.val_per_class, config.seed)
-    train_x, train_y, train_ids = _load_subset(dataset, train_idx, adapter.image_size)
-    val_x, val_y, val_ids = _load_subset(dataset, val_idx, adapter.image_size)
+    train_x, train_y, train_ids = _load_subset(dataset, train_idx, adapter.input_geometry)
+    val_x, val_y, val_ids = _load_subset(dataset, val_idx, adapter.input_geometry)
     subsets = {"train": train_ids, "val": val_ids}
     train_c = _predict_classes(adapter, train_x, train_y, config.class_mode, config.eval_batch_size)
     val_c = _predict_classes(adapter, val_x, val_y, config.class_mode, config.eval_batch_size)

@@ -1,7 +1,10 @@
 """LTE per-instance refinement (SPEC §3.5), many images at once.
 
-Every image starts from the pre-trained weights with a fresh AdamW. Before each step its current mask is
-scored (POS accuracy-AUC for its class, or NEG with ``select="neg"``); the best mask so far is kept and the
+Every image starts from the pre-trained weights with a fresh AdamW. The loss pulls the mask towards the
+image's refinement class (``targets``); before each step the current mask is scored (POS accuracy-AUC, or
+NEG with ``select="neg"``) for the selection class (``select_targets``, default the refinement class: the
+reference refines towards its checkpoint's class and selects on the ground truth); the best mask so far is
+kept and the
 image stops once its best passes the threshold (POS below 6.0 / NEG above 89). ``steps`` counts scored
 masks: step 0 is the pLTE mask itself, and no optimiser step is taken after the last scoring because its
 result could never be selected.
@@ -122,6 +125,7 @@ def refine_images(
     images: torch.Tensor,
     targets: Targets = None,
     *,
+    select_targets: Targets = None,
     steps: int | None = None,
     lr: float | None = None,
     select: str | None = None,
@@ -131,7 +135,11 @@ def refine_images(
     parallel: bool = True,
     scorer: Scorer | None = None,
 ) -> RefineResult:
-    """Refine ``explainer`` (an :class:`LTEExplainer`) on each image; see the module docstring."""
+    """Refine ``explainer`` (an :class:`LTEExplainer`) on each image; see the module docstring.
+
+    targets: the class each image is refined towards (None: the predicted class). select_targets: the
+    class the steps are scored on for selection (None: the same as ``targets``).
+    """
     adapter, config = explainer.adapter, explainer.config
     opts = _options(config, steps, lr, select, stop_below, stop_above)
     if images.dim() != 4 or images.shape[1] != 3:
@@ -142,12 +150,13 @@ def refine_images(
     with torch.no_grad():  # the clean logits are also the p = 0 point of every score
         logits = adapter.predict(images).float()
     classes = resolve_targets(targets, logits).to(images.device)
+    select = classes if select_targets is None else resolve_targets(select_targets, logits).to(images.device)
     scorer = scorer or default_scorer(adapter, opts.select, config.eval_batch_size)
     selection = _Selection(images.shape[0], adapter.image_size, opts, images.device)
     run = _refine_parallel if parallel else _refine_sequential
     for start in range(0, images.shape[0], batch_size):
         index = torch.arange(start, min(start + batch_size, images.shape[0]))
-        run(explainer, images, classes, logits, index, opts, scorer, selection)
+        run(explainer, images, classes, select, logits, index, opts, scorer, selection)
     return RefineResult(
         maps=selection.maps,
         selected_step=selection.step,
@@ -156,7 +165,7 @@ def refine_images(
     )
 
 
-def _refine_sequential(explainer, images, classes, logits, index, opts, scorer, selection) -> None:
+def _refine_sequential(explainer, images, classes, select, logits, index, opts, scorer, selection) -> None:
     """The reference loop: one image at a time, its own module copy and ``torch.optim.AdamW``."""
     adapter, config = explainer.adapter, explainer.config
     for i in index.tolist():
@@ -164,12 +173,13 @@ def _refine_sequential(explainer, images, classes, logits, index, opts, scorer, 
         params = [p for p in net.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=opts.lr, betas=_BETAS, eps=_EPS, weight_decay=opts.weight_decay)
         x, c, clean, row = images[i : i + 1], classes[i : i + 1], logits[i : i + 1], torch.tensor([i])
+        s = select[i : i + 1]
         pixel = adapter.normalize(x)
         with net.eager_attention():  # same attention arithmetic as the parallel path
             for step in range(opts.steps):
                 with torch.enable_grad():
                     patch, mask = net(pixel)
-                done = selection.update(step, row, scorer(x, mask.detach(), c, clean), mask.detach())
+                done = selection.update(step, row, scorer(x, mask.detach(), s, clean), mask.detach())
                 if bool(done[0]) or step == opts.steps - 1:
                     break
                 with torch.enable_grad():
@@ -180,7 +190,7 @@ def _refine_sequential(explainer, images, classes, logits, index, opts, scorer, 
                 opt.step()
 
 
-def _refine_parallel(explainer, images, classes, logits, index, opts, scorer, selection) -> None:
+def _refine_parallel(explainer, images, classes, select, logits, index, opts, scorer, selection) -> None:
     """Per-image parameters stacked on a new first axis; ``vmap`` over ``functional_call``."""
     adapter, config, net = explainer.adapter, explainer.config, explainer.net
     n = len(index)
@@ -214,7 +224,7 @@ def _refine_parallel(explainer, images, classes, logits, index, opts, scorer, se
                 with torch.enable_grad():
                     patch, mask = batched(params, adapter.normalize(x))
                 done = selection.update(
-                    step, active, scorer(x, mask.detach(), c, logits[rows]), mask.detach()
+                    step, active, scorer(x, mask.detach(), select[rows], logits[rows]), mask.detach()
                 )
                 keep = ~done
                 if step == opts.steps - 1 or not keep.any():

@@ -1,0 +1,221 @@
+"""``explainers benchmark``: every method on every scenario, evaluated, ranked into one leaderboard.
+
+Layout of the output folder (everything is reused by a rerun, so an interrupted benchmark resumes)::
+
+    OUT/data/<scenario>/                 the scenario's test scenes (deterministic; regenerated only if the
+                                         configuration differs)
+    OUT/<scenario>/masks/<method>.h5     one mask file per method (complete files made with the same method
+                                         configuration and explainee are reused; partial ones resumed)
+    OUT/<scenario>/timing.json           explain seconds per method (the cost column)
+    OUT/<scenario>/report/               the evaluation report (metrics.json/.md/.npz, curves, heatmaps)
+    OUT/leaderboard.{html,md,json}       the leaderboard over all scenarios
+
+Every scenario explains the **ground-truth** class (its labels are exact) and scores with that class.
+Methods that need a learned explainer run only where one ships for the scenario's explainee; what was
+left out, and why, is printed and recorded on the leaderboard.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from explainers.benchmark.leaderboard import Leaderboard, build_leaderboard, to_html, to_json, to_markdown
+from explainers.benchmark.scenarios import SCENARIOS, Scenario, asset, get_scenario
+from explainers.errors import ExplainersError
+from explainers.io.atomic import write_text_atomic
+
+#: Metrics of every scenario: perturbation, deletion/insertion, segmentation and localisation.
+BENCHMARK_METRICS = "pos,neg,deletion,insertion,miou,pointing-game,energy-in-gt"
+#: Lighter settings for the two costliest baselines (recorded in every mask file's method config).
+METHOD_OPTIONS: dict[str, dict[str, Any]] = {"integrated-gradients": {"steps": 20}, "rise": {"num_masks": 1000}}
+#: Learned methods and the scenario asset each needs.
+LEARNED_ASSETS = {"plte": "plte", "lte": "plte", "leta": "leta"}
+DEFAULT_IMAGES = 200
+#: Images per scenario for the model-parameter randomisation check (0: skip it).
+SANITY_IMAGES = 16
+
+
+def _sanity(
+    path: Path, adapter: Any, dataset: Any, methods: dict[str, dict[str, Any]], images: int
+) -> dict[str, dict[str, float]]:
+    """Mean Spearman correlation of each method's maps under the randomisation of the last block and of
+    every block (:mod:`explainers.benchmark.sanity`), reused from ``path`` when already measured."""
+    import torch
+
+    from explainers.benchmark.sanity import randomization_test
+    from explainers.data.base import collate
+
+    n = min(images, len(dataset))
+    recorded = json.loads(path.read_text()) if path.is_file() else {}
+    key = {"images": n, "explainee": adapter.describe()}
+    if recorded.get("key") != json.loads(json.dumps(key)):
+        recorded = {"key": key, "methods": {}}
+    todo = {m: o for m, o in methods.items() if recorded["methods"].get(m, {}).get("options") != o}
+    if todo:
+        batch = collate([dataset[i] for i in range(n)], adapter.input_geometry)
+        images_t, targets = batch.images.to(adapter.device), batch.labels.to(adapter.device)
+        for name, options in todo.items():
+            rho = randomization_test(name, adapter, images_t, targets, options=options)
+            recorded["methods"][name] = {
+                "options": options,
+                "spearman": {str(k): float(torch.as_tensor(v).mean()) for k, v in rho.items()},
+            }
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(path, json.dumps(recorded, indent=2) + "\n")
+    return {m: recorded["methods"][m]["spearman"] for m in methods}
+
+
+def prepare_scenario_data(scenario: Scenario, root: Path, images: int, progress: bool) -> Path:
+    """The scenario's first ``images`` test scenes (identical to those of its full dataset: scenes are a
+    pure function of seed, split and index)."""
+    from explainers.data.synthetic import SyntheticConfig, generate_synthetic
+
+    config = SyntheticConfig(**{**scenario.synthetic, "train_size": 0, "val_size": 0, "test_size": images})
+    folder = root / "data" / scenario.name
+    manifest = folder / "manifest.json"
+    if manifest.is_file():
+        try:
+            if json.loads(manifest.read_text()).get("config") == config.to_dict():
+                return folder
+        except (OSError, json.JSONDecodeError):
+            pass  # unreadable: regenerate below
+    generate_synthetic(folder, config, progress=progress, overwrite=True)
+    return folder
+
+
+def _reusable(path: Path, method_config: dict[str, Any], explainee: dict[str, Any], count: int) -> bool:
+    from explainers.io.maskfile import MaskFile, MaskFileError
+
+    if not path.is_file():
+        return False
+    try:
+        with MaskFile(path) as mf:
+            same_explainee = mf.explainee == json.loads(json.dumps(explainee))
+            return mf.method_config == json.loads(json.dumps(method_config)) and same_explainee and len(mf) == count
+    except MaskFileError:
+        return False
+
+
+def run_benchmark(
+    out: str | Path,
+    *,
+    scenarios: Sequence[str] | None = None,
+    methods: Sequence[str] | None = None,
+    images: int = DEFAULT_IMAGES,
+    explainees: dict[str, str] | None = None,
+    metrics: str = BENCHMARK_METRICS,
+    sanity_images: int = SANITY_IMAGES,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> Leaderboard:
+    """Run ``methods`` (default: every registered one) on ``scenarios`` (default: every scenario whose
+    explainee ships or is given in ``explainees``) and write the leaderboard into ``out``."""
+    from explainers.data import open_dataset
+    from explainers.explain import explain_dataset
+    from explainers.methods import available_methods, get_method
+    from explainers.metrics.evaluate import evaluate_maskfiles
+    from explainers.metrics.report import write_report
+    from explainers.models import load_explainee
+
+    if images < 2:
+        raise ExplainersError(f"--images must be at least 2 per scenario, got {images}")
+    explainees = dict(explainees or {})
+    unknown = sorted(set(explainees) - set(SCENARIOS))
+    if unknown:
+        raise ExplainersError(f"--explainee-for names unknown scenario(s) {unknown}; valid: {', '.join(SCENARIOS)}")
+    registered = available_methods()
+    chosen_methods = list(methods) if methods else list(registered)
+    bad = [m for m in chosen_methods if m not in registered]
+    if bad:
+        raise ExplainersError(f"unknown method(s) {bad}; available: {', '.join(registered)}")
+    notes: list[str] = []
+    if scenarios:
+        chosen = [get_scenario(s) for s in scenarios]
+        for s in chosen:
+            if s.name not in explainees and asset(s.explainee) is None:
+                raise ExplainersError(
+                    f"scenario {s.name!r} has no shipped explainee (assets/{s.explainee}); train one (see "
+                    f"docs/benchmark.md) and pass --explainee-for {s.name}=DIR"
+                )
+    else:
+        chosen = [s for s in SCENARIOS.values() if s.name in explainees or asset(s.explainee) is not None]
+        for s in SCENARIOS.values():
+            if s not in chosen:
+                notes.append(f"scenario {s.name} not run: no shipped explainee (assets/{s.explainee})")
+    for note in notes:
+        echo(f"note: {note}")
+
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    results, seconds_per_image = {}, {}
+    board_sanity: dict[str, dict[str, dict[str, float]]] = {}
+    for k, scenario in enumerate(chosen, start=1):
+        echo(f"[{k}/{len(chosen)}] scenario {scenario.name}: {scenario.description}")
+        data_dir = prepare_scenario_data(scenario, root, images, progress)
+        spec = f"synthetic:{data_dir}"
+        dataset = open_dataset(spec, split="test")
+        explainee_spec = explainees.get(scenario.name) or str(asset(scenario.explainee))
+        adapter = load_explainee(explainee_spec)
+        scenario_dir = root / scenario.name
+        timing_path = scenario_dir / "timing.json"
+        timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
+        files = []
+        sanity_methods: dict[str, dict[str, Any]] = {}
+        for name in chosen_methods:
+            options = dict(METHOD_OPTIONS.get(name, {}))
+            if name in LEARNED_ASSETS:
+                # A learned explainer belongs to one explainee: the shipped one only fits the shipped model.
+                folder = asset(getattr(scenario, LEARNED_ASSETS[name])) if scenario.name not in explainees else None
+                if folder is None:
+                    notes.append(
+                        f"{scenario.name}: {name} not run (no {LEARNED_ASSETS[name]} explainer for its explainee)"
+                    )
+                    echo(f"      {name}: skipped, no {LEARNED_ASSETS[name]} explainer ships for this explainee")
+                    continue
+                options["explainer"] = str(folder)
+            method = get_method(name, adapter, **options)
+            sanity_methods[name] = options
+            path = scenario_dir / "masks" / f"{name}.h5"
+            if _reusable(path, method.config(), adapter.describe(), len(dataset)) and name in timing:
+                files.append(path)
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            start = time.perf_counter()
+            summary = explain_dataset(
+                method,
+                dataset,
+                path,
+                targets="target",
+                overwrite=True,
+                progress=progress,
+                dataset_spec=spec,
+            )
+            if summary is not None and summary.written:
+                timing[name] = {"seconds": round(time.perf_counter() - start, 3), "images": summary.written}
+                write_text_atomic(timing_path, json.dumps(timing, indent=2) + "\n")
+            files.append(path)
+        if sanity_images:
+            board_sanity[scenario.name] = _sanity(
+                scenario_dir / "sanity.json", adapter, dataset, sanity_methods, sanity_images
+            )
+        result = evaluate_maskfiles(
+            adapter, dataset, files, metrics, classes="target", progress=progress, dataset_spec=spec
+        )
+        write_report(result, scenario_dir / "report")
+        results[scenario.name] = result
+        for name, t in timing.items():
+            seconds_per_image.setdefault(name, []).append(1000.0 * t["seconds"] / max(1, t["images"]))
+
+    costs = {m: {"ms_per_image": sum(v) / len(v)} for m, v in seconds_per_image.items()}
+    board = build_leaderboard(results, costs=costs)
+    board.notes = notes + board.notes
+    board.sanity = board_sanity
+    write_text_atomic(root / "leaderboard.json", json.dumps(to_json(board), indent=2) + "\n")
+    write_text_atomic(root / "leaderboard.md", to_markdown(board))
+    write_text_atomic(root / "leaderboard.html", to_html(board))
+    echo(f"leaderboard: {root / 'leaderboard.html'} (also .md, .json)")
+    return board
