@@ -51,7 +51,7 @@ class ExplainSummary:
 
 
 def png_name(image_id: str) -> str:
-    """The overlay file name of an image id, one-to-one: letters, digits, ``-``, ``_`` and ``.`` stay,
+    """The overlay file name of an image id, one-to-one: letters, digits and ``-_.~`` stay,
     every other byte becomes ``%XX`` (``%`` itself too), so two ids never share a file and no id
     reaches outside the folder (``/`` is escaped, and ``.``/``..`` gain the ``.png`` suffix)."""
     return quote(image_id, safe="") + ".png"
