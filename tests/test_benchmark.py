@@ -78,12 +78,15 @@ def test_scenario_selection_and_learned_methods_without_an_explainer(tmp_path: P
     lines: list[str] = []
     board = run_benchmark(
         tmp_path,
-        scenarios=["cue"],
+        scenarios=["contrast"],
         methods=["random", "rollout", "plte"],
-        images=4,
-        explainees={"cue": "embedded"},
+        images=3,
+        explainees={"contrast": "embedded"},
+        sanity_images=0,
         progress=False,
         echo=lines.append,
     )
     assert board.methods == ["random", "rollout"]
+    # Each contrast scene is explained for both of its objects' classes; the contrast metric is scored.
+    assert board.cell("rollout", "contrast", "class-sensitivity").n == 6
     assert any("plte not run" in n for n in board.notes) and any("plte: skipped" in line for line in lines)

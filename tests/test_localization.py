@@ -78,3 +78,63 @@ def test_localization_refuses_missing_or_empty_ground_truth():
             score(name, maps, None)
         m = get_metric(name)
         assert m.direction == "higher" and m.category == "localization" and m.needs_gt
+
+
+def test_class_sensitivity_by_hand():
+    own = torch.zeros(4, 4, dtype=torch.bool)
+    own[0, :2] = True  # 2 pixels
+    other = torch.zeros(4, 4, dtype=torch.bool)
+    other[3, :] = True  # 4 pixels
+    on_own = torch.zeros(4, 4)
+    on_own[0, 0] = 1.0  # own mean 0.5 > other mean 0
+    on_other = torch.zeros(4, 4)
+    on_other[3, 0] = on_other[3, 1] = 1.0  # own 0 < other 0.5
+    spread = torch.zeros(4, 4)
+    spread[0, 0] = spread[3, 0] = spread[3, 1] = 1.0  # own 0.5 == other 0.5: a tie, half credit
+    # Uniform over both objects: equal means although the other object is twice as large (mass 2 vs 4).
+    both = (own | other).float()
+    maps = torch.stack([on_own, on_other, spread, both])
+    n = len(maps)
+    inputs = MetricInputs(
+        images=torch.ones(n, 3, 4, 4),
+        maps=maps,
+        classes=torch.zeros(n, dtype=torch.long),
+        clean_logits=torch.zeros(n, 2),
+        ids=[f"img{i}" for i in range(n)],
+        gt=own.expand(n, 4, 4),
+        counter=other.expand(n, 4, 4),
+    )
+    values = get_metric("class-sensitivity").compute(BatchContext(hand_adapter(), inputs)).values
+    np.testing.assert_allclose(values, [100, 0, 50, 50])
+    inputs.counter = None
+    with pytest.raises(ExplainersError, match="counter-evidence"):
+        get_metric("class-sensitivity").compute(BatchContext(hand_adapter(), inputs))
+
+
+def test_contrast_counter_evidence_reaches_the_metrics(tmp_path):
+    """A contrast dataset's counter masks travel through collate into the evaluation."""
+    from explainers.data.base import collate
+    from explainers.data.synthetic import SyntheticConfig, SyntheticDataset, generate_synthetic
+
+    cfg = SyntheticConfig(scenario="contrast", object_size=(0.12, 0.17), train_size=0, val_size=0, test_size=2)
+    data = SyntheticDataset(generate_synthetic(tmp_path / "c", cfg, progress=False), split="test")
+    batch = collate([data[i] for i in range(4)], (32, 32))
+    assert batch.counter is not None and batch.counter.shape == (4, 32, 32)
+    # Sample 2i's counter-evidence is sample 2i+1's ground truth and vice versa.
+    assert torch.equal(batch.counter[0], batch.masks[1]) and torch.equal(batch.counter[1], batch.masks[0])
+    # A map equal to the ground truth favours it; its counter map (the other object) does not.
+    maps = batch.masks.float()
+    inputs = MetricInputs(
+        images=batch.images,
+        maps=maps,
+        classes=batch.labels,
+        clean_logits=torch.zeros(4, 2),
+        ids=batch.ids,
+        gt=batch.masks,
+        counter=batch.counter,
+    )
+    np.testing.assert_allclose(
+        get_metric("class-sensitivity").compute(BatchContext(hand_adapter(), inputs)).values, 100
+    )
+    inputs.maps = batch.counter.float()
+    np.testing.assert_allclose(get_metric("class-sensitivity").compute(BatchContext(hand_adapter(), inputs)).values, 0)

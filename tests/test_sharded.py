@@ -26,7 +26,7 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one(tmp_path):
+def test_two_processes_equal_one(tmp_path, one_thread):
     model = save_tiny_vit(tmp_path / "vit", image_size=16, patch_size=8)
     voc = make_voc(tmp_path / "voc", n=5)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error"}
@@ -67,11 +67,13 @@ def test_two_processes_equal_one(tmp_path):
     rb = json.loads((two / "eval" / "metrics.json").read_text())
     assert rb["config"]["processes"] == 2 and ra["config"]["processes"] == 1
     for name, value in ra["results"][0]["values"].items():
-        assert rb["results"][0]["values"][name] == pytest.approx(value, rel=1e-6, abs=1e-9), name
+        # float32 forwards of differently composed batches differ in the last bits; ADP divides by the
+        # clean probability and amplifies that to a few 1e-6 relative. A real difference is far larger.
+        assert rb["results"][0]["values"][name] == pytest.approx(value, rel=1e-5, abs=1e-9), name
     na, nb = np.load(one / "eval" / "metrics.npz"), np.load(two / "eval" / "metrics.npz")
     assert set(na.files) == set(nb.files)
     for k in na.files:
         if na[k].dtype.kind in "fi":
-            np.testing.assert_allclose(na[k], nb[k], rtol=1e-6, atol=1e-9)
+            np.testing.assert_allclose(na[k], nb[k], rtol=1e-5, atol=1e-9)
         else:
             np.testing.assert_array_equal(na[k], nb[k])

@@ -202,8 +202,9 @@ def run_benchmark(
             board_sanity[scenario.name] = _sanity(
                 scenario_dir / "sanity.json", adapter, dataset, sanity_methods, sanity_images
             )
+        scenario_metrics = ",".join(m for m in (metrics, scenario.extra_metrics) if m)
         result = evaluate_maskfiles(
-            adapter, dataset, files, metrics, classes="target", progress=progress, dataset_spec=spec
+            adapter, dataset, files, scenario_metrics, classes="target", progress=progress, dataset_spec=spec
         )
         write_report(result, scenario_dir / "report")
         results[scenario.name] = result

@@ -44,6 +44,8 @@ class Scenario:
     explainee: str = "explainee"
     plte: str | None = None
     leta: str | None = None
+    #: Metrics only this scenario can compute (comma-separated), added to the benchmark's metrics.
+    extra_metrics: str = ""
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -70,6 +72,7 @@ SCENARIOS: dict[str, Scenario] = {
             {"scenario": "contrast", "object_size": SMALL_OBJECTS},
             explainee="scenarios/distractors/explainee",
             plte="scenarios/distractors/plte",
+            extra_metrics="class-sensitivity",
         ),
         Scenario(
             "cue",

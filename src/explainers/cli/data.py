@@ -47,7 +47,8 @@ def synth(
     cfg = build_config(SyntheticConfig, config, [*(set_ or []), *([f"seed={seed}"] if seed is not None else [])])
     path = generate_synthetic(out, cfg, overwrite=overwrite)
     counts = ", ".join(f"{s} {cfg.split_size(s)}" for s in ("train", "val", "test"))
-    typer.echo(f"wrote {path} ({counts}; classes: {', '.join(cfg.class_names())})")
+    task = cfg.default_task()
+    typer.echo(f"wrote {path} ({counts}; {task} classes: {', '.join(cfg.class_names(task))})")
 
 
 @app.command("train-classifier")

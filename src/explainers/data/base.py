@@ -45,6 +45,7 @@ class Batch:
     masks: torch.Tensor | None  # B×H×W bool, None if no sample has one
     ids: list[str]
     ignore: torch.Tensor | None = None  # B×H×W bool (resized like masks), None if no sample has one
+    counter: torch.Tensor | None = None  # B×H×W bool: evidence of a competing class, None if no sample has one
 
 
 class ImageDataset(Sequence[Sample]):
@@ -172,7 +173,16 @@ def collate(samples: Sequence[Sample], size: tuple[int, int] | InputGeometry) ->
         # A sample without an ignore region simply ignores nothing.
         nothing = torch.zeros(size, dtype=torch.bool)
         ignore = torch.stack([nothing if s.ignore is None else geometry.masks(s.ignore[None])[0] for s in samples])
-    return Batch(images=images, labels=labels, masks=masks, ids=[s.id for s in samples], ignore=ignore)
+    counter = None
+    if any(s.counter_mask is not None for s in samples):
+        # A sample without counter-evidence has none (an empty mask).
+        nothing = torch.zeros(size, dtype=torch.bool)
+        counter = torch.stack(
+            [nothing if s.counter_mask is None else geometry.masks(s.counter_mask[None])[0] for s in samples]
+        )
+    return Batch(
+        images=images, labels=labels, masks=masks, ids=[s.id for s in samples], ignore=ignore, counter=counter
+    )
 
 
 def iter_batches(

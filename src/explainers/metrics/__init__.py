@@ -17,6 +17,7 @@ miou                segmentation  higher  % mean IoU (bg, fg), pooled over the d
 map                 segmentation  higher  % mean over images of AP on [1 − R, R]             0–100
 pointing-game       localization  higher  % share of the map's maximal pixels inside the GT  0–100
 energy-in-gt        localization  higher  % of the min–max normalised map's mass in the GT   0–100
+class-sensitivity   localization  higher  % of maps favouring the asked class's object       0–100
 ==================  ============  ======  =================================================  ==========
 
 AUCs are 100 × the trapezoid area over the x-axis shown. Removed pixels are black (0 in the [0,1] image)

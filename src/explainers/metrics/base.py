@@ -31,6 +31,8 @@ class MetricInputs:
     clean_logits: B×C logits of the unperturbed images.
     gt: B×H×W bool ground-truth masks, or None.
     ignore: B×H×W bool pixels excluded from segmentation counts, or None.
+    counter: B×H×W bool evidence of a competing class in the same image (the other object of a contrast
+        scene), or None.
     """
 
     images: torch.Tensor
@@ -40,6 +42,7 @@ class MetricInputs:
     ids: list[str]
     gt: torch.Tensor | None = None
     ignore: torch.Tensor | None = None
+    counter: torch.Tensor | None = None
 
 
 @dataclass

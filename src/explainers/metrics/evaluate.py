@@ -581,6 +581,7 @@ def _score_shard(
                 ids=[chunk[n] for n in keep],
                 gt=None if batch.masks is None else batch.masks.to(device)[sel],
                 ignore=None if batch.ignore is None else batch.ignore.to(device)[sel],
+                counter=None if batch.counter is None else batch.counter.to(device)[sel],
             )
             ctx = BatchContext(adapter, inputs, max_batch=max_batch)
             out = local[k]

@@ -14,6 +14,13 @@ dataset, ×100, higher is better. Pixels in the dataset's ``ignore`` region are 
   min–max normalised map (so the map's floor carries no mass and a shift of the map changes nothing). A
   constant map is uniform: it scores the ground truth's area share.
 
+- ``class-sensitivity`` (contrast scenes, where each image also carries the *counter-evidence*: the object
+  of the competing class): does the map for a class favour that class's object over the other one? Per
+  map, 100 when the mean of the min–max normalised map over the explained object's pixels exceeds its mean
+  over the other object's, 0 when it is below, 50 on a tie. Means rather than total mass, so that a map
+  that treats both objects alike scores 50 whatever their sizes. Over a contrast dataset (each scene
+  explained for both of its classes) the value says how often the explanation follows the asked class.
+
 An image whose ground truth is empty (after ``ignore``) cannot be scored: it is refused with its id.
 """
 
@@ -65,13 +72,30 @@ def pointing_share(
 def energy_share(maps: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Per image, Σ_gt R / Σ R over the valid pixels, R the min–max normalised map (constant map: uniform)."""
     valid = torch.ones_like(gt, dtype=torch.bool) if valid is None else valid.bool()
+    r = _minmax_valid(maps, valid) * valid
+    return (r * gt.bool()).flatten(1).sum(dim=1) / r.flatten(1).sum(dim=1)
+
+
+def _minmax_valid(maps: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Per-image min–max normalisation over the valid pixels (a constant map becomes all ones)."""
     v = maps.double()
     lo = v.masked_fill(~valid, float("inf")).flatten(1).amin(dim=1)[:, None, None]
     hi = v.masked_fill(~valid, float("-inf")).flatten(1).amax(dim=1)[:, None, None]
     span = hi - lo
-    r = torch.where(span > 0, (v - lo) / span.clamp_min(torch.finfo(torch.float64).tiny), torch.ones_like(v))
-    r = r * valid
-    return (r * gt.bool()).flatten(1).sum(dim=1) / r.flatten(1).sum(dim=1)
+    return torch.where(span > 0, (v - lo) / span.clamp_min(torch.finfo(torch.float64).tiny), torch.ones_like(v))
+
+
+def sensitivity(
+    maps: torch.Tensor, gt: torch.Tensor, counter: torch.Tensor, valid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per image 1, 0 or ½: is the normalised map's mean over ``gt`` above (below, equal to) its mean over
+    ``counter``?"""
+    valid = torch.ones_like(gt, dtype=torch.bool) if valid is None else valid.bool()
+    r = _minmax_valid(maps, valid)
+    own, other = gt.bool() & valid, counter.bool() & valid
+    mean_own = (r * own).flatten(1).sum(1) / own.flatten(1).sum(1).clamp_min(1)
+    mean_other = (r * other).flatten(1).sum(1) / other.flatten(1).sum(1).clamp_min(1)
+    return (mean_own > mean_other).double() + 0.5 * (mean_own == mean_other).double()
 
 
 class _Localization(Metric):
@@ -112,3 +136,30 @@ class EnergyInGroundTruth(_Localization):
     def compute(self, ctx: BatchContext) -> MetricBatch:
         gt, valid = _valid_gt(ctx, self.name)
         return MetricBatch(values=100.0 * energy_share(ctx.inputs.maps, gt, valid).cpu().numpy())
+
+
+@register_metric
+class ClassSensitivity(_Localization):
+    """Share of maps whose mean over the explained class's object exceeds their mean over the competing
+    class's object (contrast scenes), ties counted half."""
+
+    name = "class-sensitivity"
+    unit = "% of maps favouring the explained class's object over the other class's (ties half), range 0–100"
+
+    def compute(self, ctx: BatchContext) -> MetricBatch:
+        gt, valid = _valid_gt(ctx, self.name)
+        counter = ctx.inputs.counter
+        if counter is None:
+            raise ExplainersError(
+                "class-sensitivity needs each image's counter-evidence (the competing class's object), which "
+                "only contrast scenes carry; use a synthetic contrast dataset or drop the metric"
+            )
+        counter = counter.bool().to(gt.device)
+        empty = ~(counter & valid).flatten(1).any(dim=1)
+        if empty.any():
+            ids = [ctx.inputs.ids[i] for i in torch.nonzero(empty).flatten().tolist()]
+            raise ExplainersError(
+                f"class-sensitivity needs counter-evidence in every image; {len(ids)} image(s) have none "
+                f"(e.g. {', '.join(ids[:5])})"
+            )
+        return MetricBatch(values=100.0 * sensitivity(ctx.inputs.maps, gt, counter, valid).cpu().numpy())
