@@ -23,8 +23,11 @@ from explainers.errors import OutputError, describe_os_error
 
 
 def lock_path(output: str | Path) -> Path:
-    """The lock file guarding ``output``: ``.NAME.lock`` in the same folder."""
-    output = Path(output)
+    """The lock file guarding ``output``: ``.NAME.lock`` in the same folder (for ``.`` or ``/``, whose
+    name is empty, ``.explainers.lock`` inside it)."""
+    output = Path(os.path.abspath(output))
+    if not output.name:
+        return output / ".explainers.lock"
     return output.with_name(f".{output.name}.lock")
 
 
