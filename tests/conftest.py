@@ -75,3 +75,18 @@ def build_hf_model(kind: str = "vit", seed: int = 0, **kw):
 def images() -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     return torch.rand(3, 3, 32, 32, generator=g)
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--optimizer-noop",
+        action="store_true",
+        help="patch torch.optim.AdamW.step to do nothing: every test marked 'trainer' must then FAIL "
+        "(proves that the trainer tests check that training learns)",
+    )
+
+
+def pytest_configure(config):
+    # Patched for the whole session (module-scoped fixtures that train included), never undone.
+    if config.getoption("--optimizer-noop"):
+        torch.optim.AdamW.step = lambda self, closure=None: None

@@ -208,3 +208,21 @@ def test_weights_fingerprint_tracks_every_weight():
     with torch.no_grad():
         next(twin.model.parameters()).view(-1)[0] += 1e-3
     assert adapter.weights_fingerprint() != twin.weights_fingerprint()
+
+
+@pytest.mark.parametrize("kind", ["vit", "deit-distilled"])
+def test_trainable_backbone_is_an_independent_headless_copy(kind, images):
+    adapter = load_explainee(build_hf_model(kind))
+    backbone = adapter.trainable_backbone()
+    with torch.no_grad():
+        torch.testing.assert_close(backbone(images), adapter.features(images))
+    own = {id(p) for p in adapter.model.parameters()}
+    assert not own & {id(p) for p in backbone.parameters()}
+    assert len(backbone.blocks) == 3
+    head_params = {n for n, _ in adapter.model.named_parameters() if "classifier" in n}
+    assert head_params and not [n for n, _ in backbone.named_parameters() if "classifier" in n]
+    with backbone.eager_attention():
+        assert backbone.attention_mode() == "eager"
+    assert backbone.attention_mode() == adapter.model.config._attn_implementation
+    with pytest.raises(ModelError, match="ViT"):
+        load_explainee(nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 2))).trainable_backbone()

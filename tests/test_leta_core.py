@@ -175,8 +175,9 @@ def test_save_load_round_trip(tmp_path, encoder, layout):
 def test_explainer_for_another_encoder_is_refused(tmp_path, explainer):
     explainer.save_pretrained(tmp_path / "leta")
     other = load_explainee(build_hf_model(num_labels=4, seed=1))  # same architecture, other weights
-    with pytest.raises(ExplainersError, match=r"built for encoder .* not for the given encoder .*weights"):
+    with pytest.raises(ExplainersError, match=r"made for other weights than encoder .*allow_other_weights"):
         LETAExplainer.from_pretrained(tmp_path / "leta", encoder=other)
+    LETAExplainer.from_pretrained(tmp_path / "leta", encoder=other, allow_other_weights=True)  # explicit
     wider = load_explainee(build_hf_model(num_labels=4, hidden_size=48))
     with pytest.raises(ExplainersError, match="embed_dim"):
         LETAExplainer.from_pretrained(tmp_path / "leta", encoder=wider)
@@ -259,3 +260,26 @@ def test_timm_encoder(tmp_path):
     ex.save_pretrained(tmp_path / "leta")
     loaded = LETAExplainer.from_pretrained(tmp_path / "leta", encoder=enc)
     assert torch.allclose(loaded(images), ex(images), atol=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["shared", "two-branch"])
+def test_timm_backbone_copy_has_no_classifier_head(layout, tmp_path):
+    """DDP (find_unused_parameters=False) needs every parameter to get a gradient at every step; the
+    unused timm classifier head in the backbone copy broke the second step and bloated checkpoints."""
+    timm = pytest.importorskip("timm")
+    model = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, num_classes=3,
+        embed_dim=32, depth=2, num_heads=4,
+    )
+    enc = load_explainee(model.eval())
+    ex = LETAExplainer.build(enc, LETAConfig(head_depth=1, radius=1, layout=layout))
+    names = [n for n, _ in ex.network.named_parameters()]
+    assert not [n for n in names if n.startswith("backbones.") and ".head" in n], names
+    psi_pos, psi_neg = ex.network(torch.rand(2, 3, 32, 32))
+    (psi_pos.square().mean() + psi_neg.square().mean()).backward()
+    no_grad = [n for n, p in ex.network.named_parameters() if p.requires_grad and p.grad is None]
+    assert no_grad == []
+    ex.save_pretrained(tmp_path / "leta")
+    from safetensors.torch import load_file
+
+    assert not [k for k in load_file(str(tmp_path / "leta" / "model.safetensors")) if ".head." in k]

@@ -49,6 +49,42 @@ def weights(directory: Path) -> dict[str, torch.Tensor]:
     return load_file(str(directory / "model.safetensors"))
 
 
+def initial_weights(enc: str, run) -> dict[str, torch.Tensor]:
+    """The weights pre-training starts from (built with the run's seed)."""
+    from explainers.models import load_explainee
+
+    explainer = LETAExplainer.build(load_explainee(enc), run.model, seed=run.training.seed)
+    return {k: v.detach().clone() for k, v in explainer.network.state_dict().items()}
+
+
+def assert_trained(trained: dict[str, torch.Tensor], initial: dict[str, torch.Tensor]) -> None:
+    assert trained.keys() == initial.keys()
+    changed = [k for k in trained if not torch.equal(trained[k], initial[k])]
+    assert any(k.startswith("head_pos.") for k in changed) and any(k.startswith("head_neg.") for k in changed)
+    assert any(k.startswith("backbones.") for k in changed), "the backbone did not train"
+
+
+@pytest.mark.trainer
+def test_pretraining_lowers_the_validation_loss(tmp_path, bench):
+    """Three epochs on 32 images: the validation loss (fixed images and centres) falls every epoch, from
+    the untrained network's, and the saved weights are the trained ones."""
+    from explainers.learned.leta.pretrain import _validation_set, evaluate
+    from explainers.models import load_explainee
+
+    data, enc = bench
+    run = build_run_config(max_steps=12, val_split="val", lr=3e-3, **TINY)
+    pretrain(enc, data, tmp_path / "leta", run, progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "leta" / "train_log.jsonl").read_text().splitlines()]
+    val = [r["val_loss"] for r in rows if r["kind"] == "val"]
+    encoder = load_explainee(enc)
+    untrained = LETAExplainer.build(encoder, run.model, seed=run.training.seed)
+    before = evaluate(untrained, *_validation_set(data, run.training, encoder, False))["val_loss"]
+    assert len(val) == 3 and before > val[0] > val[1] > val[2], (before, val)
+    assert val[2] < 0.8 * before
+    assert_trained(weights(tmp_path / "leta"), initial_weights(enc, run))
+
+
+@pytest.mark.trainer
 def test_cli_pretrain_writes_explainer_log_and_plot(tmp_path, bench, capsys):
     data, enc = bench
     out = tmp_path / "leta"
@@ -77,7 +113,7 @@ def test_cli_pretrain_writes_explainer_log_and_plot(tmp_path, bench, capsys):
             ]
         )
     assert exc.value.code in (0, None), capsys.readouterr().err
-    assert {"config.json", "model.safetensors", "train_log.jsonl", "loss.png", "training"} <= {
+    assert {"config.json", "model.safetensors", "train_log.jsonl", "loss.png", "train_state"} <= {
         p.name for p in out.iterdir()
     }
     rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
@@ -90,20 +126,23 @@ def test_cli_pretrain_writes_explainer_log_and_plot(tmp_path, bench, capsys):
     assert cfg["training"]["masked_targets"] == 4 * 8 * 2 * 2
     explainer = LETAExplainer.from_pretrained(out)  # the encoder spec recorded at pre-training
     assert explainer(torch.rand(1, 3, 32, 32)).shape == (1, 32, 32)
+    assert_trained(weights(out), initial_weights(enc, build_run_config(cfg["config"])))
 
 
+@pytest.mark.trainer
 def test_resumed_run_equals_uninterrupted_run(tmp_path, bench):
     data, enc = bench
     run = build_run_config(max_steps=5, save_every=100, **TINY)
     pretrain(enc, data, tmp_path / "straight", run, progress=False)
     part = tmp_path / "resumed"
     pretrain(enc, data, part, run, progress=False, stop_after=2)
-    assert not (part / "model.safetensors").exists() and (part / "training" / "latest").exists()
+    assert not (part / "model.safetensors").exists() and (part / "train_state" / "state.pt").exists()
     pretrain(enc, data, part, run, progress=False)
     a, b = weights(tmp_path / "straight"), weights(part)
     assert a.keys() == b.keys()
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-6), key
+    assert_trained(b, initial_weights(enc, run))
     steps = [json.loads(x)["step"] for x in (part / "train_log.jsonl").read_text().splitlines()]
     assert [s for s in steps if s] == sorted(s for s in steps if s)  # no step logged twice out of order
     assert steps.count(2) == 1
@@ -138,6 +177,7 @@ def test_config_file_and_unknown_keys(tmp_path, bench):
 
 
 @pytest.mark.slow
+@pytest.mark.trainer
 def test_two_cpu_processes_match_one(tmp_path, bench):
     """torchrun with 2 processes (DDP, gloo): the same global batches split in two give the same weights."""
     data, enc = bench
@@ -198,3 +238,4 @@ def test_two_cpu_processes_match_one(tmp_path, bench):
     # float-rounding gradients that Adam normalises into steps of up to lr; 5e-4 is below one such step.
     for key in a:
         assert torch.allclose(a[key], b[key], atol=5e-4), key
+    assert_trained(b, initial_weights(enc, run))

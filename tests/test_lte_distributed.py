@@ -17,7 +17,7 @@ from conftest import build_hf_model
 from explainers import load_explainee
 from explainers.learned import LTEConfig
 from explainers.learned.lte.pretrain import pretrain_lte
-from test_lte_pretrain import TINY, TinyImages
+from test_lte_pretrain import TINY, TinyImages, assert_trained, initial_weights
 
 TESTS = Path(__file__).resolve().parent
 
@@ -51,6 +51,7 @@ def _run(args, cwd):
 
 
 @pytest.mark.slow
+@pytest.mark.trainer
 def test_two_processes_hold_identical_weights(tmp_path):
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER.format(tests=str(TESTS)))
@@ -83,3 +84,5 @@ def test_two_processes_hold_identical_weights(tmp_path):
     assert [r["val_pos_auc"] for r in r0["log"]] == [r["val_pos_auc"] for r in single.log]
     meta = json.loads((tmp_path / "ddp" / "config.json").read_text())
     assert meta["training"]["processes"] == 2
+    cfg = LTEConfig(**{**TINY, "epochs": 2, "validate_initial": False})
+    assert_trained(single.last.net.state_dict(), initial_weights(single.last.adapter, cfg))

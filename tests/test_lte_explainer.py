@@ -158,3 +158,17 @@ def test_timm_explainee(images):
     # per-image (vmap) and one-by-one agree for timm blocks too
     seq = ex.refine(images[:2], steps=2, lr=1e-3, parallel=False)
     torch.testing.assert_close(out.maps, seq, rtol=1e-4, atol=1e-5)
+
+
+def test_a_checkpoint_for_other_weights_is_refused_unless_allowed(tmp_path):
+    from explainers.training.checkpoint import WeightsMismatchError
+
+    adapter = load_explainee(build_hf_model())
+    LTEExplainer(adapter).save_pretrained(tmp_path / "plte")
+    meta = json.loads((tmp_path / "plte" / "config.json").read_text())
+    assert meta["explainee_weights_fingerprint"] == adapter.weights_fingerprint()
+    LTEExplainer.from_pretrained(tmp_path / "plte", explainee=adapter)
+    other = load_explainee(build_hf_model(seed=7))  # same architecture, other weights
+    with pytest.raises(WeightsMismatchError, match="other weights than explainee .*allow_other_weights"):
+        LTEExplainer.from_pretrained(tmp_path / "plte", explainee=other)
+    LTEExplainer.from_pretrained(tmp_path / "plte", explainee=other, allow_other_weights=True)

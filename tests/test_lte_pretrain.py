@@ -19,6 +19,20 @@ from explainers.learned.lte.pretrain import lr_factor, pretrain_lte, schedule_le
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (conftest.one_thread)
 
 
+def initial_weights(adapter, config: LTEConfig) -> dict[str, torch.Tensor]:
+    """The weights pre-training starts from (it seeds with ``config.seed`` before building)."""
+    torch.manual_seed(config.seed)
+    return {k: v.clone() for k, v in LTEExplainer(adapter, config).net.state_dict().items()}
+
+
+def assert_trained(weights: dict[str, torch.Tensor], initial: dict[str, torch.Tensor]) -> None:
+    """Training moved the trainable weights (head and blocks) away from where they started."""
+    assert weights.keys() == initial.keys()
+    changed = [k for k in weights if not torch.equal(weights[k], initial[k])]
+    assert any(k.startswith("head.") for k in changed), "the head did not train"
+    assert any(k.startswith("backbone.") for k in changed), "the encoder blocks did not train"
+
+
 class TinyImages(ImageDataset):
     """Random 32×32 images, labels i mod k."""
 
@@ -85,9 +99,14 @@ def test_subsets_are_class_uniform_and_disjoint():
         select_subsets(labels, 8, 3, seed=0)
 
 
+@pytest.mark.trainer
 def test_pretraining_writes_the_best_checkpoint_log_and_plot(tmp_path, adapter):
     out = tmp_path / "plte"
     result = pretrain_lte(adapter, TinyImages(), out, LTEConfig(**TINY), progress=False)
+    # it learns: the training loss falls epoch after epoch, and the weights moved
+    losses = [r["loss"] for r in result.log if r["epoch"] > 0]
+    assert losses[1] < losses[0] - 0.01 and losses[2] < losses[1] - 0.01, losses
+    assert_trained(load_file(out / "model.safetensors"), initial_weights(adapter, LTEConfig(**TINY)))
     assert {p.name for p in out.iterdir()} >= {
         "config.json",
         "model.safetensors",
@@ -128,6 +147,7 @@ def _strip(records):
     return [{k: v for k, v in r.items() if k != "time_s"} for r in records]
 
 
+@pytest.mark.trainer
 @pytest.mark.parametrize("stop_step", [5, 6])  # mid-epoch (after the step-4 checkpoint) and at an epoch end
 def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, adapter, stop_step):
     cfg = LTEConfig(**TINY, checkpoint_every=2)
@@ -142,6 +162,86 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, adapter
     for name in ("model.safetensors", "train_state/model.safetensors"):
         a, b = load_file(tmp_path / "full" / name), load_file(tmp_path / "cut" / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+        assert_trained(a, initial_weights(adapter, cfg))
+
+
+class _EpochWeights:
+    """Records the explainer's weights at the end of every epoch (when the training state is saved)."""
+
+    def __init__(self, monkeypatch) -> None:
+        import explainers.learned.lte.pretrain as module
+
+        self.by_epoch: dict[int, dict[str, torch.Tensor]] = {}
+        real = module._save_state
+
+        def spy(out, net, payload):
+            if payload["step_in_epoch"] == 0:
+                self.by_epoch[payload["epoch"]] = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            real(out, net, payload)
+
+        monkeypatch.setattr(module, "_save_state", spy)
+
+
+@pytest.mark.trainer
+def test_the_saved_checkpoint_is_the_best_validated_epoch(tmp_path, adapter, monkeypatch):
+    """Scripted validation scores whose best is neither the first nor the last epoch: the checkpoint
+    must hold exactly that epoch's weights (a "keep the first" or "keep the last" bug fails)."""
+    import explainers.learned.lte.pretrain as module
+
+    scripted = iter([60.0, 40.0, 10.0, 30.0])  # initial, epochs 1-3: epoch 2 is the best
+    real_validate = module._validate
+
+    def scripted_validate(*args, **kwargs):
+        _, stats = real_validate(*args, **kwargs)
+        return next(scripted), stats
+
+    monkeypatch.setattr(module, "_validate", scripted_validate)
+    spy = _EpochWeights(monkeypatch)
+    cfg = LTEConfig(**TINY)
+    result = pretrain_lte(adapter, TinyImages(), tmp_path / "plte", cfg, progress=False)
+    assert result.best_epoch == 2 and result.best_val_auc == 10.0
+    assert [r["best"] for r in result.log if r["epoch"] > 0] == [True, True, False]
+    saved = load_file(tmp_path / "plte" / "model.safetensors")
+    for epoch, weights in spy.by_epoch.items():
+        same = all(torch.equal(saved[k], weights[k]) for k in saved)
+        assert same == (epoch == 2), epoch
+    assert_trained(saved, initial_weights(adapter, cfg))
+    meta = json.loads((tmp_path / "plte" / "config.json").read_text())
+    assert meta["training"]["epoch"] == 2
+
+
+@pytest.mark.trainer
+def test_a_nan_score_is_never_the_best_and_a_nan_loss_stops(tmp_path, adapter, monkeypatch):
+    import explainers.learned.lte.pretrain as module
+    from explainers.training.loop import NonFiniteLossError
+
+    scripted = iter([60.0, float("nan"), 50.0, float("nan"), 60.0])
+    real_validate = module._validate
+    monkeypatch.setattr(module, "_validate", lambda *a, **k: (next(scripted), real_validate(*a, **k)[1]))
+    spy = _EpochWeights(monkeypatch)
+    result = pretrain_lte(adapter, TinyImages(), tmp_path / "a", LTEConfig(**TINY), progress=False)
+    assert result.best_epoch == 2
+    saved = load_file(tmp_path / "a" / "model.safetensors")
+    assert all(torch.equal(saved[k], spy.by_epoch[2][k]) for k in saved)
+    assert not all(torch.equal(saved[k], spy.by_epoch[1][k]) for k in saved)  # epochs differ: it trains
+    # a loss that turns NaN stops the run with one clear error, keeping the last good state
+    with pytest.raises(NonFiniteLossError, match="step 1"):
+        _nan_run(adapter, tmp_path / "b", monkeypatch)
+    assert not (tmp_path / "b" / "model.safetensors").exists()
+
+
+def _nan_run(adapter, out, monkeypatch):
+    import explainers.learned.lte.pretrain as module
+
+    real_loss = module.lte_loss
+
+    def poisoned(*args, **kwargs):
+        terms = real_loss(*args, **kwargs)
+        terms.total = terms.total * float("nan")
+        return terms
+
+    monkeypatch.setattr(module, "lte_loss", poisoned)
+    return pretrain_lte(adapter, TinyImages(), out, LTEConfig(**TINY), progress=False)
 
 
 def test_resume_refuses_a_changed_configuration(tmp_path, adapter):
@@ -162,12 +262,15 @@ def test_resume_refuses_a_changed_configuration(tmp_path, adapter):
         )
 
 
+@pytest.mark.trainer
 def test_predicted_class_mode_trains_on_unlabelled_targets(tmp_path, adapter):
     cfg = LTEConfig(**{**TINY, "epochs": 1}, class_mode="predicted", validate_initial=False)
     result = pretrain_lte(adapter, TinyImages(), tmp_path / "p", cfg, progress=False)
     assert result.best_epoch == 1 and [r["epoch"] for r in result.log] == [1]
+    assert_trained(load_file(tmp_path / "p" / "model.safetensors"), initial_weights(adapter, cfg))
 
 
+@pytest.mark.trainer
 def test_labels_beyond_the_explainee_classes_only_matter_for_target_mode(tmp_path, adapter):
     # Labels of another task (more classes than the explainee has) still stratify the subsets when the
     # explained class is the prediction; with target classes they are refused with what to do.
@@ -177,6 +280,7 @@ def test_labels_beyond_the_explainee_classes_only_matter_for_target_mode(tmp_pat
         pretrain_lte(adapter, many, tmp_path / "t", cfg, progress=False)
     result = pretrain_lte(adapter, many, tmp_path / "p", cfg.replace(class_mode="predicted"), progress=False)
     assert result.best_epoch == 1
+    assert_trained(load_file(tmp_path / "p" / "model.safetensors"), initial_weights(adapter, cfg))
 
 
 # ------------------------------------------------------------------ command line
@@ -200,6 +304,7 @@ def _cli(args, capsys):
     return exc.value.code, captured.out, captured.err
 
 
+@pytest.mark.trainer
 def test_cli_pretrain_then_explain(tmp_path, synthetic_dir, capsys):
     model = build_hf_model(num_labels=4)
     model.save_pretrained(tmp_path / "explainee")
@@ -228,6 +333,10 @@ def test_cli_pretrain_then_explain(tmp_path, synthetic_dir, capsys):
     meta = json.loads((tmp_path / "plte" / "config.json").read_text())
     assert meta["config"]["lambda_mask"] == 2.5 and meta["config"]["class_mode"] == "predicted"
     assert meta["training"]["split"] == "train" and "pretrain lte" in meta["training"]["command"]
+    assert_trained(
+        load_file(tmp_path / "plte" / "model.safetensors"),
+        initial_weights(load_explainee(tmp_path / "explainee"), LTEConfig.from_dict(meta["config"])),
+    )
 
     import h5py
 
@@ -273,3 +382,23 @@ def test_cli_unknown_config_key_is_one_line(tmp_path, synthetic_dir, capsys):
         capsys,
     )
     assert code == 2 and "lamda_mask" in err and "valid keys" in err and err.strip().count("\n") == 0
+
+
+@pytest.mark.trainer
+def test_gradient_accumulation_equals_the_whole_batch_and_bf16_trains(tmp_path, adapter):
+    """grad_accum=2 splits each batch into two micro-batches with one optimiser step: the same training
+    as the whole batch at once (up to float rounding). bf16 autocast trains too, float32 weights kept."""
+    cfg = LTEConfig(**{**TINY, "epochs": 1, "validate_initial": False})
+    whole = pretrain_lte(adapter, TinyImages(), tmp_path / "whole", cfg, progress=False)
+    split = pretrain_lte(adapter, TinyImages(), tmp_path / "split", cfg.replace(grad_accum=2), progress=False)
+    a, b = whole.last.net.state_dict(), split.last.net.state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+    assert_trained(b, initial_weights(adapter, cfg))
+    bf16 = pretrain_lte(adapter, TinyImages(), tmp_path / "bf16", cfg.replace(precision="bf16"), progress=False)
+    weights = load_file(tmp_path / "bf16" / "model.safetensors")
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights.values())
+    assert_trained(weights, initial_weights(adapter, cfg))
+    assert bf16.log[0]["loss"] == pytest.approx(whole.log[0]["loss"], rel=0.05)
+    with pytest.raises(ExplainersError, match="grad_accum"):
+        pretrain_lte(adapter, TinyImages(), tmp_path / "bad", cfg.replace(grad_accum=3), progress=False)

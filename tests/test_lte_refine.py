@@ -109,18 +109,45 @@ def test_parallel_equals_one_by_one(explainer):
     )
 
 
-def test_parallel_equals_one_by_one_with_the_real_score(explainer):
-    torch.manual_seed(2)
-    images = torch.rand(4, 3, 32, 32)
-    kw = dict(steps=4, lr=3e-2, batch_size=4, return_details=True)
-    par = explainer.refine(images, targets=[0, 1, 2, 3], parallel=True, **kw)
-    seq = explainer.refine(images, targets=[0, 1, 2, 3], parallel=False, **kw)
+@pytest.fixture(scope="module")
+def shipped():
+    """The shipped explainee (its predictions flip when the object is deleted) and pLTE, on 4 scenes."""
+    from pathlib import Path
+
+    import explainers
+    from explainers.data.synthetic import SyntheticConfig, render_scenes
+
+    ex = LTEExplainer.from_pretrained(Path(explainers.__file__).parent / "assets" / "plte", explainee="embedded")
+    scenes = render_scenes(SyntheticConfig(), "test", 0, 8)
+    images = torch.from_numpy(scenes["images"]).permute(0, 3, 1, 2).float() / 255
+    return ex, images[[3, 5, 6, 7]]  # scenes whose pLTE mask scores 15-80: room to refine
+
+
+def test_parallel_equals_one_by_one_with_the_real_score(shipped):
+    """The real POS-AUC score on several images that all refine for 5 steps: parallel = one-by-one, the
+    returned maps score exactly the recorded selected score, and the selection is not always step 0."""
+    from explainers.learned.lte.scoring import perturbation_auc
+
+    explainer, images = shipped
+    kw = dict(steps=5, lr=3e-3, stop_below=-1.0, batch_size=4, return_details=True)
+    par = explainer.refine(images, parallel=True, **kw)
+    seq = explainer.refine(images, parallel=False, **kw)
     torch.testing.assert_close(par.maps, seq.maps, rtol=1e-4, atol=1e-5)
     assert torch.equal(par.selected_step, seq.selected_step)
     assert torch.equal(par.selected_score, seq.selected_score)
-    # refinement never ends worse than the pLTE mask on the score it selects on
-    base = explainer.refine(images, targets=[0, 1, 2, 3], steps=1, return_details=True)
+    assert (par.scored_steps == 5).all()
+    with torch.no_grad():
+        predicted = explainer.adapter.predict(images).argmax(-1)
+    rescored = perturbation_auc(explainer.adapter, images, par.maps, predicted, "pos")
+    torch.testing.assert_close(rescored, par.selected_score, rtol=0, atol=1e-9)
+    base = explainer.refine(images, steps=1, return_details=True)
     assert (par.selected_score <= base.selected_score).all()
+    assert (par.selected_step > 0).any() and (par.selected_score < base.selected_score).any(), (
+        "the test should exercise refinements that improve on the pLTE mask",
+        par.selected_step,
+        par.selected_score,
+        base.selected_score,
+    )
 
 
 def test_batched_adamw_matches_torch():

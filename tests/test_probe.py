@@ -84,7 +84,7 @@ def test_probe_on_another_encoder_is_refused(tmp_path, bench):
     )
     probe.save_pretrained(tmp_path / "probe")
     other = load_explainee(build_hf_model(num_labels=4, seed=5))
-    with pytest.raises(ExplainersError, match=r"linear probe .* built for encoder"):
+    with pytest.raises(ExplainersError, match=r"linear probe .* made for other weights than encoder"):
         probe_explainee(tmp_path / "probe", encoder=other)
     explainer = LETAExplainer.build(other, LETAConfig(head_depth=1, radius=1))
     with pytest.raises(ExplainersError, match="train a probe on this encoder"):

@@ -29,7 +29,7 @@ SHIPPED_IMAGES = 400
 
 TINY_DATA = SyntheticConfig(image_size=32, train_size=48, val_size=16, test_size=16, seed=1)
 TINY_MODEL = ClassifierTrainConfig(
-    patch_size=8, hidden_size=16, num_layers=1, num_heads=2, mlp_size=32, epochs=1, batch_size=16
+    patch_size=8, hidden_size=16, num_layers=1, num_heads=2, mlp_size=32, epochs=3, batch_size=16, lr=3e-3
 )
 
 
@@ -50,6 +50,7 @@ def test_tiny_run_writes_a_loadable_hf_directory(tiny_run: tuple[Path, Path, dic
         "model.safetensors",
         "preprocessor_config.json",
         "training.json",
+        "log.jsonl",
     }
     model = ViTForImageClassification.from_pretrained(out).eval()
     assert model.config.id2label == dict(enumerate(TINY_DATA.shapes))
@@ -75,11 +76,79 @@ def test_training_record(tiny_run: tuple[Path, Path, dict]) -> None:
     _, out, record = tiny_run
     saved = json.loads((out / "training.json").read_text())
     assert saved == json.loads(json.dumps(record))
-    assert saved["config"] == TINY_MODEL.to_dict() and saved["seed"] == TINY_MODEL.seed
+    assert saved["config"] == {**TINY_MODEL.to_dict(), "augment": "dihedral"} and saved["seed"] == TINY_MODEL.seed
     assert saved["data"]["manifest"]["config"] == TINY_DATA.to_dict()
-    assert len(saved["history"]) == 1 and {"loss", "val_acc", "train_img_per_s"} <= set(saved["history"][0])
+    assert len(saved["history"]) == 3 and {"loss", "val_acc", "train_img_per_s"} <= set(saved["history"][0])
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert log == saved["history"]
+    assert saved["config"]["augment"] == "dihedral"  # auto → dihedral on the synthetic scenes
     assert saved["threads"] >= 1 and saved["versions"]["torch"] == torch.__version__
     assert saved["command"] and saved["train_wall_seconds"] > 0
+
+
+def _assert_learned(out: Path, record: dict, data) -> None:
+    """The loss fell, the weights moved from their seeded initialisation, and the saved model is the
+    selected epoch's (it scores that epoch's validation accuracy)."""
+    from transformers import ViTForImageClassification
+
+    from explainers.training.classifier import build_vit
+
+    losses = [r["loss"] for r in record["history"]]
+    assert losses[-1] < losses[0] - 0.02, losses
+    config = ClassifierTrainConfig.from_dict(record["config"])
+    names = record["data"]["class_names"]
+    initial = build_vit(config, record["model"]["image_size"], names, *record["normalisation"].values())
+    saved = load_file(out / "model.safetensors")
+    trained = ViTForImageClassification.from_pretrained(out).state_dict()
+    changed = [k for k, v in initial.state_dict().items() if not torch.equal(v, trained[k])]
+    assert len(changed) > len(trained) // 2 and len(saved) == len(trained)
+    best = record["history"][record["selected_epoch"] - 1]
+    assert best["val_acc"] == max(r["val_acc"] for r in record["history"])
+    assert evaluate_accuracy(out, data) == pytest.approx(best["val_acc"], abs=1e-4)
+
+
+@pytest.mark.trainer
+def test_tiny_run_learns(tiny_run: tuple[Path, Path, dict]) -> None:
+    data, out, record = tiny_run
+    _assert_learned(out, record, SyntheticDataset(data, split="val"))
+
+
+@pytest.mark.trainer
+def test_trains_on_a_class_folder_without_augmentation(tmp_path: Path, capsys) -> None:
+    """folder: data (class per subfolder, train/val splits): no dihedral augmentation by default (a
+    mirrored digit is another digit), a --no-progress CLI run, and a per-epoch log."""
+    from PIL import Image
+
+    from explainers.cli import main
+
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 24), ("val", 8)):
+        for label, name in enumerate(("red", "blue")):
+            (tmp_path / "data" / split / name).mkdir(parents=True)
+            for i in range(n):
+                img = torch.rand(32, 32, 3, generator=g) * 0.5
+                img[..., 0 if label == 0 else 2] += 0.4  # the class is the dominant colour
+                array = (img.clamp(0, 1) * 255).to(torch.uint8).numpy()
+                Image.fromarray(array).save(tmp_path / "data" / split / name / f"{i}.png")
+    out = tmp_path / "model"
+    with pytest.raises(SystemExit) as exc:
+        main([
+            "train-classifier", "--data", f"folder:{tmp_path / 'data'}", "--out", str(out), "--no-progress",
+            "--set", "image_size=32", "--set", "patch_size=8", "--set", "hidden_size=16", "--set", "num_layers=1",
+            "--set", "num_heads=2", "--set", "mlp_size=32", "--set", "epochs=4", "--set", "batch_size=8",
+            "--set", "lr=3e-3", "--set", "test_split=",
+        ])
+    captured = capsys.readouterr()
+    assert exc.value.code in (0, None), captured.err
+    assert "epoch 1/" not in captured.err  # no progress bars
+    record = json.loads((out / "training.json").read_text())
+    assert record["config"]["augment"] == "none" and record["data"]["class_names"] == ["blue", "red"]
+    assert record["data"]["split_sizes"] == {"train": 48, "val": 16}
+    assert len((out / "log.jsonl").read_text().splitlines()) == 4
+    from explainers.data import open_dataset
+
+    _assert_learned(out, record, open_dataset(f"folder:{tmp_path / 'data'}", split="val"))
+    assert record["val_accuracy"] >= 0.9
 
 
 def test_training_refuses_to_overwrite(tiny_run: tuple[Path, Path, dict]) -> None:
@@ -93,6 +162,10 @@ def test_bad_training_configs() -> None:
         ClassifierTrainConfig(hidden_size=30, num_heads=4)
     with pytest.raises(ExplainersError, match="augment"):
         ClassifierTrainConfig(augment="mixup")
+    with pytest.raises(ExplainersError, match="finite"):
+        ClassifierTrainConfig.from_dict({"lr": "nan"})
+    with pytest.raises(ExplainersError, match="valid keys"):
+        ClassifierTrainConfig.from_dict({"learning_rate": 0.1})
 
 
 @pytest.mark.parametrize("k, flip", [(k, f) for k in range(4) for f in (False, True)])

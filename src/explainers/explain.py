@@ -28,7 +28,8 @@ from urllib.parse import quote
 import numpy as np
 import torch
 
-from explainers.data.base import ImageDataset, collate
+from explainers.data.base import Batch, ImageDataset
+from explainers.data.loader import BatchLoader, resolve_workers
 from explainers.errors import ExplainersError, OutputError, describe_os_error
 from explainers.io.atomic import atomic_path
 from explainers.io.maskfile import MaskFileWriter
@@ -76,6 +77,7 @@ def explain_dataset(
     png_dir: str | Path | None = None,
     dtype: str = "float32",
     dataset_spec: str | None = None,
+    workers: int | None = None,
 ) -> ExplainSummary | None:
     """Run ``method`` over ``dataset`` and write the mask file ``out``.
 
@@ -84,8 +86,9 @@ def explain_dataset(
     the class its pLTE checkpoint was trained for), else ``predicted``. resume: continue ``out.partial`` if
     present (False: start over). overwrite: replace an existing complete ``out``. png_dir: also write heatmap overlays
     there, one ``<id>.png`` per image (:func:`explainers.heatmap.overlay`: jet, opacity 0.4, the explained
-    class's name in the corner). dtype: ``float32`` or ``float16`` maps. Returns the summary on the
-    main process (None on the others when sharded).
+    class's name in the corner). dtype: ``float32`` or ``float16`` maps. workers: processes decoding
+    images while the method runs (None: :func:`data.loader.default_workers`; 0: in this process); the maps
+    do not depend on it. Returns the summary on the main process (None on the others when sharded).
     """
     t0 = time.perf_counter()
     targets = _class_convention(method, targets)
@@ -93,6 +96,7 @@ def explain_dataset(
         raise ExplainersError(f"batch size must be at least 1, got {batch_size}")
     if limit is not None and limit < 1:
         raise ExplainersError(f"--limit must be at least 1, got {limit}")
+    resolve_workers(workers)  # a bad count is refused before any file is opened
     adapter = method.adapter
     ids = dataset.ids
     if len(set(ids)) != len(ids):
@@ -151,11 +155,15 @@ def explain_dataset(
     )
     nonfinite: list[str] = []
     round_size = batch_size * shard.world_size
+    rounds = [pending[start : start + round_size] for start in range(0, len(pending), round_size)]
+    # This process's slice of each round; only these images are decoded (committed ones never are).
+    slices = [rnd[shard.rank * batch_size : (shard.rank + 1) * batch_size] for rnd in rounds]
+    batches = iter(
+        BatchLoader(dataset, [s for s in slices if s], adapter.input_geometry, workers=workers, device=adapter.device)
+    )
     try:
-        for start in range(0, len(pending), round_size):
-            rnd = pending[start : start + round_size]
-            mine = rnd[shard.rank * batch_size : (shard.rank + 1) * batch_size]
-            part = _explain_batch(method, dataset, mine, targets=targets, png=png) if mine else None
+        for rnd, mine in zip(rounds, slices, strict=True):
+            part = _explain_batch(method, next(batches), targets=targets, png=png) if mine else None
             parts = gather_to_main(part, shard)
             if writer is not None and parts is not None:
                 for p in parts:
@@ -173,6 +181,7 @@ def explain_dataset(
             path = writer.finalize(expected_ids=wanted)
         barrier(shard)
     finally:
+        batches.close()  # stops the loader's workers now, also when the method was interrupted
         if writer is not None:
             writer.close()
     if nonfinite:
@@ -193,12 +202,10 @@ def explain_dataset(
     )
 
 
-def _explain_batch(
-    method: Method, dataset: ImageDataset, indices: list[int], *, targets: str, png: Path | None
-) -> dict[str, Any]:
+def _explain_batch(method: Method, batch: Batch, *, targets: str, png: Path | None) -> dict[str, Any]:
+    """Explain one batch (already on the explainee's device)."""
     adapter = method.adapter
-    batch = collate([dataset[i] for i in indices], adapter.input_geometry)
-    images = batch.images.to(adapter.device)
+    images = batch.images
     check_images(images, batch.ids, who=method.name)  # here, where the image ids are known
     # The method's own notion of "predicted": LETA explains its head's argmax, which need not be the
     # adapter's classifier. (no_grad inside, not inference_mode: the classes go on into gradient methods.)
@@ -210,21 +217,21 @@ def _explain_batch(
                 f"--class target needs labels but image {batch.ids[int(unknown[0])]} has none; "
                 "use --class predicted"
             )
-        explained = batch.labels.to(adapter.device)
+        explained = batch.labels
     else:
         explained = predicted
     if getattr(method, "reads_labels", False):
         # LTE selects its refinement step on the ground truth where the image has one.
-        maps = method(images, explained, labels=batch.labels.to(adapter.device))
+        maps = method(images, explained, labels=batch.labels)
     else:
         maps = method(images, explained)
-    if tuple(maps.shape) != (len(indices), *adapter.image_size):
+    if tuple(maps.shape) != (len(batch.ids), *adapter.image_size):
         raise ExplainersError(
             f"method {method.name} returned maps of shape {tuple(maps.shape)}, expected "
-            f"{(len(indices), *adapter.image_size)}"
+            f"{(len(batch.ids), *adapter.image_size)}"
         )
     maps_np = maps.detach().float().cpu().numpy()
-    extras = _extras(method, len(indices))
+    extras = _extras(method, len(batch.ids))
     if png is not None:
         from explainers.heatmap import _class_name, overlay
 
@@ -234,7 +241,7 @@ def _explain_batch(
     return {
         "ids": batch.ids,
         "maps": maps_np,
-        "labels": batch.labels.numpy(),
+        "labels": batch.labels.cpu().numpy(),
         "predicted": predicted.cpu().numpy(),
         "explained": explained.cpu().numpy(),
         "extras": extras,

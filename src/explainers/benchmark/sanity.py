@@ -71,8 +71,20 @@ def randomization_test(
     options = dict(options or {})
     blocks = list(blocks) if blocks is not None else sorted({1, adapter.num_blocks})  # type: ignore[attr-defined]
 
-    def build(model: ExplaineeAdapter) -> Method:
-        return get_method(method, model, **options) if isinstance(method, str) else method(model)
+    def build(model: ExplaineeAdapter, randomized: bool = False) -> Method:
+        if not isinstance(method, str):
+            return method(model)
+        opts = dict(options)
+        if randomized:
+            import inspect
+
+            from explainers.methods.base import _REGISTRY
+
+            # A learned explainer (pLTE/LTE) stays the one trained for the original weights: the check
+            # asks whether its maps follow the model, so the fingerprint mismatch is intended here.
+            if "allow_other_weights" in inspect.signature(_REGISTRY[method]).parameters:
+                opts.setdefault("allow_other_weights", True)
+        return get_method(method, model, **opts)
 
     # The same seed before both runs: a method that draws random numbers (RISE, random) draws the same ones.
     torch.manual_seed(seed)
@@ -81,6 +93,6 @@ def randomization_test(
     for k in blocks:
         twin = adapter.randomized_copy(k, seed=seed)  # type: ignore[attr-defined]
         torch.manual_seed(seed)
-        randomized = build(twin)(images, targets)
+        randomized = build(twin, randomized=True)(images, targets)
         out[int(k)] = spearman(trained, randomized).cpu().numpy()
     return out

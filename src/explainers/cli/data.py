@@ -53,22 +53,28 @@ def synth(
 
 @app.command("train-classifier")
 def train_classifier_cmd(
-    data: str = typer.Option(..., "--data", help="synthetic:DIR made by 'explainers data synth'."),
+    data: str = typer.Option(
+        ..., "--data", help="Labelled images KIND:PATH: synthetic:DIR, folder:DIR, imagenet-val:DIR, ..."
+    ),
     out: Path = typer.Option(..., "--out", help="Folder for the Hugging Face model directory."),
-    config: Path = typer.Option(None, "--config", help="JSON file of ClassifierTrainConfig values."),
+    config: Path = typer.Option(None, "--config", help="JSON or TOML file of ClassifierTrainConfig values."),
     set_: list[str] = typer.Option(None, "--set", help="Override a config value, KEY=VALUE (repeatable)."),
     seed: int = typer.Option(None, "--seed", help="Random seed (default: the config's)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing non-empty folder."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
-    """Train the small ViT explainee from scratch on synthetic scenes and save it as a HF model directory."""
-    from explainers.data import parse_dataset_spec
-    from explainers.training.classifier import ClassifierTrainConfig, train_classifier
+    """Train a small ViT classifier from scratch (the embedded explainee on synthetic scenes, or one for
+    any labelled dataset) and save it as a HF model directory; OUT/log.jsonl grows epoch by epoch."""
+    import shlex
+    import sys
 
-    kind, path = parse_dataset_spec(data)
-    if kind != "synthetic":
-        raise ExplainersError(f"train-classifier trains on synthetic:DIR data, got {kind}:")
-    cfg = build_config(ClassifierTrainConfig, config, [*(set_ or []), *([f"seed={seed}"] if seed is not None else [])])
-    record = train_classifier(path, out, cfg, overwrite=overwrite)
+    from explainers.training.classifier import ClassifierTrainConfig, train_classifier
+    from explainers.training.config import gather_settings
+
+    settings = gather_settings(config, [*(set_ or []), *([f"seed={seed}"] if seed is not None else [])])
+    cfg = ClassifierTrainConfig.from_dict(settings)
+    command = shlex.join(["explainers", *sys.argv[1:]]) if sys.argv else None
+    record = train_classifier(data, out, cfg, progress=progress, overwrite=overwrite, command=command)
     typer.echo(
         f"saved {out}: test accuracy {record['test_accuracy']:.2%} "
         f"(val {record['val_accuracy']:.2%}, epoch {record['selected_epoch']}) "

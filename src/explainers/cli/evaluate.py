@@ -74,6 +74,11 @@ def evaluate(
     device: str = typer.Option(
         None, "--device", help="torch device (default: this process's GPU if any, else CPU)."
     ),
+    workers: int = typer.Option(
+        None,
+        "--workers",
+        help="Processes decoding images while the model runs (default: min(4, CPUs); 0: in this process).",
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Compute perturbation, deletion/insertion, ADP/PIC and segmentation metrics from mask files."""
@@ -107,6 +112,7 @@ def evaluate(
         metric_options=options,
         progress=progress,
         dataset_spec=name,
+        workers=workers,
     )
     if result is None:  # a non-main process of a sharded run
         return

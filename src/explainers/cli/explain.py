@@ -100,6 +100,11 @@ def explain(
     device: str = typer.Option(
         None, "--device", help="torch device (default: this process's GPU if any, else CPU)."
     ),
+    workers: int = typer.Option(
+        None,
+        "--workers",
+        help="Processes decoding images while the model runs (default: min(4, CPUs); 0: in this process).",
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Explain every image of a dataset with one method and write the maps to a mask file (resumable)."""
@@ -129,6 +134,7 @@ def explain(
         png_dir=png,
         dtype=dtype,
         dataset_spec=name,
+        workers=workers,
     )
     if summary is not None:
         resumed = summary.images - summary.written

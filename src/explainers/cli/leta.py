@@ -77,16 +77,20 @@ def pretrain_leta(
         None, "--target-dtype", help="float32 or bfloat16 (autocast) for the frozen encoder's targets."
     ),
     device: str = typer.Option(None, "--device", help="auto, cpu or cuda."),
+    sets: list[str] = typer.Option(
+        [], "--set", help="Any setting KEY=VALUE (e.g. precision=bf16, workers=4); repeatable."
+    ),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue an interrupted run in OUT."),
     stop_after: int = typer.Option(None, "--stop-after", help="Stop (resumably) after N steps in this call."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Pre-train a LETA explainer for one encoder, task-agnostically (run under torchrun for DDP)."""
-    from explainers.learned.leta.config import build_run_config, read_config_file
+    from explainers.learned.leta.config import build_run_config
     from explainers.learned.leta.pretrain import pretrain
+    from explainers.training.config import gather_settings
 
     run = build_run_config(
-        read_config_file(config) if config else None,
+        gather_settings(config, sets),
         split=split,
         val_split=val_split,
         epochs=epochs,
@@ -130,10 +134,12 @@ def train_probe_cmd(
         help="Frozen encoder: model directory, hub id, timm:NAME or 'embedded'.",
     ),
     data: str = typer.Option(..., "--data", help="Labelled images KIND:PATH, e.g. synthetic:DIR."),
+    out: Path = typer.Option(..., "--out", help="Output directory (config.json + model.safetensors)."),
+    config: Path = typer.Option(None, "--config", help="JSON or TOML file of probe settings (ProbeConfig)."),
+    sets: list[str] = typer.Option([], "--set", help="Any setting KEY=VALUE; repeatable."),
     task: str = typer.Option(
         "shape", "--task", help="Labelling to learn (synthetic: shape, color, size, quadrant)."
     ),
-    out: Path = typer.Option(..., "--out", help="Output directory (config.json + model.safetensors)."),
     split: str = typer.Option("train", "--split", help="Training split."),
     val_split: str = typer.Option("val", "--val-split", help="Split that picks the L2 weight ('' for none)."),
     test_split: str = typer.Option(
@@ -142,30 +148,45 @@ def train_probe_cmd(
     max_images: int = typer.Option(None, "--max-images", help="Use at most N images per split."),
     batch_size: int = typer.Option(256, "--batch-size", help="Images per feature-extraction batch."),
     seed: int = typer.Option(0, "--seed", help="Seed of the probe's initialisation."),
-    device: str = typer.Option(None, "--device", help="torch device for feature extraction."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (feature extraction)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
-    """Train a linear probe (downstream task) on a frozen encoder's CLS embedding."""
-    from explainers.models import load_explainee
-    from explainers.training.probe import train_probe
+    """Train a linear probe (downstream task) on a frozen encoder's CLS embedding.
 
-    adapter = load_explainee(encoder, device=device)
+    Settings: the file, then --set, then the options given on the command line.
+    """
+    from explainers.models import load_explainee
+    from explainers.training.config import build, gather_settings
+    from explainers.training.probe import ProbeConfig, train_probe
+
+    settings = gather_settings(config, sets)
+    given = {
+        "task": task, "split": split, "val_split": val_split, "test_split": test_split,
+        "max_images": max_images, "batch_size": batch_size, "seed": seed, "device": device,
+    }
+    for name, value in given.items():
+        source = ctx.get_parameter_source(name)
+        if name not in settings or (source is not None and source.name != "DEFAULT"):
+            settings[name] = value
+    cfg = build(ProbeConfig, settings, "probe")
+    adapter = load_explainee(encoder, device=cfg.torch_device)
     probe = train_probe(
         adapter,
         data,
-        task,
+        cfg.task,
         encoder_spec=encoder,
-        split=split,
-        val_split=val_split or None,
-        test_split=test_split or None,
-        max_images=max_images,
-        batch_size=batch_size,
-        seed=seed,
+        split=cfg.split,
+        val_split=cfg.val_split or None,
+        test_split=cfg.test_split or None,
+        max_images=cfg.max_images,
+        batch_size=cfg.batch_size,
+        max_iter=cfg.max_iter,
+        seed=cfg.seed,
         progress=progress,
         command=_command_line(ctx),
     )
     probe.save_pretrained(out)
-    typer.echo(f"saved probe '{task}' to {out}: {json.dumps(probe.metadata['metrics'])}")
+    typer.echo(f"saved probe '{cfg.task}' to {out}: {json.dumps(probe.metadata['metrics'])}")
 
 
 @app.command()

@@ -3,28 +3,12 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 from pathlib import Path
 
 import typer
 
 from explainers.cli.app import pretrain_app
-
-
-def _parse_sets(items: list[str]) -> dict[str, object]:
-    from explainers.errors import ExplainersError
-
-    out: dict[str, object] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ExplainersError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            out[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key.strip()] = raw  # bare strings: --set schedule=reference
-    return out
 
 
 @pretrain_app.command("lte")
@@ -39,7 +23,7 @@ def pretrain_lte_command(
         ..., "--out", "-o", help="Output folder (best checkpoint, training state, log, plot)."
     ),
     config: Path | None = typer.Option(
-        None, "--config", "-c", help="JSON file of LTE settings (LTEConfig keys)."
+        None, "--config", "-c", help="JSON or TOML file of LTE settings (LTEConfig keys; see configs/)."
     ),
     class_mode: str | None = typer.Option(
         None, "--class", help="Explain the 'target' (label) or 'predicted' class."
@@ -48,7 +32,7 @@ def pretrain_lte_command(
         None, "--split", help="Dataset split (synthetic data: train by default)."
     ),
     sets: list[str] = typer.Option(
-        [], "--set", help="Override one setting, KEY=VALUE (JSON value); repeatable."
+        [], "--set", help="Override one setting, KEY=VALUE (JSON value; e.g. device=cuda, precision=bf16); repeatable."
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
@@ -59,11 +43,9 @@ def pretrain_lte_command(
     """
     from explainers.learned.lte.config import LTEConfig
     from explainers.learned.lte.pretrain import pretrain_lte
+    from explainers.training.config import gather_settings
 
-    settings: dict[str, object] = {}
-    if config is not None:
-        settings.update(LTEConfig.from_file(config).to_dict())
-    settings.update(_parse_sets(sets))
+    settings = gather_settings(config, sets)
     if class_mode is not None:
         settings["class_mode"] = class_mode
     if split is not None:
@@ -90,3 +72,5 @@ def pretrain_lte_command(
         f"best epoch {result.best_epoch}: validation POS-AUC {result.best_val_auc:.3f}; "
         f"explainer saved in {result.out_dir}"
     )
+    if result.collapse:
+        typer.echo(f"WARNING: {result.collapse}", err=True)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -47,6 +47,20 @@ class Batch:
     ignore: torch.Tensor | None = None  # B×H×W bool (resized like masks), None if no sample has one
     counter: torch.Tensor | None = None  # B×H×W bool: evidence of a competing class, None if no sample has one
 
+    def pin_memory(self) -> Batch:
+        """The same batch in page-locked memory (called by ``DataLoader(pin_memory=True)``), so that the copy
+        to a GPU can overlap with computation."""
+        return self._map(lambda t: t.pin_memory())
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        """Every tensor of the batch on ``device`` (``non_blocking`` is only asynchronous from pinned memory)."""
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Batch:
+        # Every tensor field, whatever fields the batch has (ids and absent parts are kept as they are).
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return Batch(**{k: fn(v) if isinstance(v, torch.Tensor) else v for k, v in values.items()})
+
 
 class ImageDataset(Sequence[Sample]):
     """Base class: subclasses implement ``__len__`` and ``__getitem__`` returning :class:`Sample`."""
@@ -69,6 +83,32 @@ class ImageDataset(Sequence[Sample]):
     @property
     def ids(self) -> list[str]:
         return [self[i].id for i in range(len(self))]
+
+    def label_of(self, index: int) -> int:
+        """The label of image ``index`` (−1 when unknown). This default decodes the image; every reader of
+        this package overrides it with a lookup in what it already read (label file, folder names, CSV)."""
+        return self[index].label
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Every image's label (int64, −1 where unknown), in dataset order, through :meth:`label_of`."""
+        return np.array([self.label_of(i) for i in range(len(self))], dtype=np.int64)
+
+    @property
+    def labels_without_decoding(self) -> bool:
+        """Whether :attr:`labels` / :meth:`label_of` answer without decoding images (the class overrides one
+        of them), so that a caller may read every label up front."""
+        cls = type(self)
+        return cls.label_of is not ImageDataset.label_of or cls.labels is not ImageDataset.labels
+
+
+class UnlabelledDataset(ImageDataset):
+    """A reader whose images carry no class label (segmentation sets): every label is −1, without decoding."""
+
+    def label_of(self, index: int) -> int:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} images")
+        return -1
 
 
 def inside_root(root: Path, relative: str, what: str) -> Path:

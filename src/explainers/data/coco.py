@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from explainers.data.base import ImageDataset, Sample, inside_root, load_image
+from explainers.data.base import Sample, UnlabelledDataset, inside_root, load_image
 from explainers.errors import DatasetError
 
 
@@ -53,7 +53,7 @@ def _check_images(images: list[Any], ann_file: Path, image_dir: Path) -> None:
         inside_root(image_dir, img["file_name"], f"{ann_file.name}: images[{k}] file_name")
 
 
-class CocoDataset(ImageDataset):
+class CocoDataset(UnlabelledDataset):
     """Images with ≥ 1 instance and the union of their instance masks."""
 
     def __init__(self, root: Path | str, split: str = "val2017") -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from explainers.data.base import ImageDataset, Sample, load_image
 from explainers.errors import DatasetError
 
@@ -48,6 +50,13 @@ class FolderDataset(ImageDataset):
     @property
     def ids(self) -> list[str]:  # without decoding every image
         return [path.relative_to(self.root).as_posix() for path, _ in self.files]
+
+    def label_of(self, index: int) -> int:  # from the folder names / label file: no decoding
+        return self.files[index][1]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([label for _, label in self.files], dtype=np.int64)
 
     def __getitem__(self, index: int) -> Sample:
         path, label = self.files[index]

@@ -8,13 +8,14 @@ references: image i is ``f[f['/value/img'][i, 0]]``, stored (3, W, H) → transp
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
 
-from explainers.data.base import ImageDataset, Sample
+from explainers.data.base import Sample, UnlabelledDataset
 from explainers.errors import DatasetError
 
 
@@ -34,7 +35,7 @@ def _check_mat(path: Path) -> None:
         )
 
 
-class ImageNetSegDataset(ImageDataset):
+class ImageNetSegDataset(UnlabelledDataset):
     """Images and ground-truth masks from ``gtsegs_ijcv.mat``; the HDF5 file is opened lazily per process."""
 
     def __init__(self, path: Path | str, split: str | None = None) -> None:
@@ -49,6 +50,7 @@ class ImageNetSegDataset(ImageDataset):
         _check_mat(self.path)
         self.name = f"imagenet-seg:{self.path.resolve()}"
         self._file: h5py.File | None = None
+        self._file_pid = os.getpid()
         f = self._h5()
         try:
             imgs, gts = f["/value/img"], f["/value/gt"]
@@ -64,9 +66,12 @@ class ImageNetSegDataset(ImageDataset):
         self._len = int(imgs.shape[0])
 
     def _h5(self) -> h5py.File:
-        if self._file is None:
+        # A handle opened by another process (a DataLoader worker forked from the one that opened it) shares
+        # HDF5 state with it: each process opens its own.
+        if self._file is None or self._file_pid != os.getpid():
             try:
                 self._file = h5py.File(self.path, "r")
+                self._file_pid = os.getpid()
             except OSError as exc:
                 raise DatasetError(
                     f"cannot open {self.path}: the file is truncated or damaged ({exc}); download it again"

@@ -163,8 +163,6 @@ class MasksDataset(ImageDataset):
         self.root = folder
         self.images_dir, self.masks_dir = images_dir, masks_dir
         self.files = [(p, labels.get(p, -1)) for p in selected]
-        #: Class index per image (−1 without labels.txt), in dataset order, without reading any image.
-        self.labels = [label for _, label in self.files]
         self.name = f"masks:{top}" + (f" ({split})" if split is not None else "")
 
     @staticmethod
@@ -211,6 +209,14 @@ class MasksDataset(ImageDataset):
     @property
     def ids(self) -> list[str]:  # without decoding every image
         return [path.name for path, _ in self.files]
+
+    def label_of(self, index: int) -> int:  # from labels.txt: no decoding
+        return self.files[index][1]
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Class index per image (−1 without labels.txt), in dataset order, without reading any image."""
+        return np.array([label for _, label in self.files], dtype=np.int64)
 
     def __getitem__(self, index: int) -> Sample:  # type: ignore[override]
         if not -len(self) <= index < len(self):

@@ -935,6 +935,9 @@ class SyntheticDataset(ImageDataset):
     def labels(self) -> np.ndarray:
         return self._labels.copy()
 
+    def label_of(self, index: int) -> int:
+        return int(self._labels[self._index(index)])
+
     def _index(self, index: int) -> int:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} images")

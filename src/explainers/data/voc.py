@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from explainers.data.base import ImageDataset, Sample, inside_root, load_image
+from explainers.data.base import Sample, UnlabelledDataset, inside_root, load_image
 from explainers.errors import DatasetError
 
 VOID = 255
@@ -46,7 +46,7 @@ def read_label_png(path: Path) -> np.ndarray:
         raise DatasetError(f"cannot decode VOC label {path}: {exc}") from None
 
 
-class VocDataset(ImageDataset):
+class VocDataset(UnlabelledDataset):
     """The images of a VOC segmentation split with their foreground masks."""
 
     def __init__(self, root: Path | str, split: str = "val", void: str = "foreground") -> None:

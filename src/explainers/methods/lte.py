@@ -52,13 +52,16 @@ class LTE(Method):
         refine_class: str | None = None,
         select_class: str = "target",
         normalize: bool = True,
+        allow_other_weights: bool = False,
     ) -> None:
         super().__init__(adapter, normalize=normalize)
         from explainers.learned.lte.explainer import LTEExplainer
         from explainers.learned.lte.refine import _options
 
         self.explainer_dir = resolve_explainer_dir(adapter, explainer)
-        self.explainer = LTEExplainer.from_pretrained(self.explainer_dir, explainee=adapter)
+        self.explainer = LTEExplainer.from_pretrained(
+            self.explainer_dir, explainee=adapter, allow_other_weights=allow_other_weights
+        )
         # Validate now (a bad option should fail before the first batch) and record the effective values.
         self.options = _options(self.explainer.config, steps, lr, select, stop_below, stop_above)
         self.batch = int(batch)

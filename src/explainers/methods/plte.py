@@ -47,12 +47,15 @@ class PLTE(Method):
         explainer: str | Path | None = None,
         batch: int = 64,
         normalize: bool = True,
+        allow_other_weights: bool = False,
     ) -> None:
         super().__init__(adapter, normalize=normalize)
         from explainers.learned.lte.explainer import LTEExplainer
 
         self.explainer_dir = resolve_explainer_dir(adapter, explainer)
-        self.explainer = LTEExplainer.from_pretrained(self.explainer_dir, explainee=adapter)
+        self.explainer = LTEExplainer.from_pretrained(
+            self.explainer_dir, explainee=adapter, allow_other_weights=allow_other_weights
+        )
         self.batch = int(batch)
         if self.batch < 1:
             raise ExplainersError(f"batch must be at least 1, got {batch}")

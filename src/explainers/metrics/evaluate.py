@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from explainers.data.base import ImageDataset, collate
+from explainers.data.loader import BatchLoader, resolve_workers
 from explainers.errors import DatasetError, ExplainersError
 from explainers.io.maskfile import MaskFile
 from explainers.metrics.base import (
@@ -193,6 +194,7 @@ def evaluate_maskfiles(
     metric_options: Mapping[str, Mapping[str, Any]] | None = None,
     progress: bool = True,
     dataset_spec: str | None = None,
+    workers: int | None = None,
 ) -> EvaluationResult | None:
     """Score the maps in ``maskfiles`` on ``dataset`` with ``adapter``.
 
@@ -203,8 +205,9 @@ def evaluate_maskfiles(
     ``allow_mismatch``, which scores anyway and records them. nonfinite: ``fail`` (refuse maps with
     NaN/inf and per-image metric values that are NaN/inf, naming the images) or ``exclude`` (leave those
     images out — of the file for maps, of the metric's mean for values — and count them in the report).
-    max_batch: most perturbed images per explainee forward (the memory knob). Returns the result on the
-    main process and None on the others when sharded.
+    max_batch: most perturbed images per explainee forward (the memory knob). workers: processes decoding
+    images while the metrics run (None: :func:`data.loader.default_workers`; 0: in this process). Returns
+    the result on the main process and None on the others when sharded.
     """
     t0 = time.perf_counter()
     if classes not in (None, "target", "predicted"):
@@ -215,6 +218,7 @@ def evaluate_maskfiles(
         raise ExplainersError(f"--nonfinite must be fail or exclude, got {nonfinite!r}")
     if batch_size < 1:
         raise ExplainersError(f"batch size must be at least 1, got {batch_size}")
+    resolve_workers(workers)  # a bad count is refused before any file is opened
     if not maskfiles:
         raise ExplainersError("no mask files given; pass --masks FILE.h5 (written by 'explainers explain')")
     _refuse_repeated_paths(maskfiles)
@@ -233,6 +237,7 @@ def evaluate_maskfiles(
             metric_options=metric_options,
             progress=progress,
             dataset_spec=dataset_spec,
+            workers=workers,
             t0=t0,
         )
     finally:
@@ -254,6 +259,7 @@ def _evaluate(
     metric_options,
     progress,
     dataset_spec,
+    workers,
     t0,
 ) -> EvaluationResult | None:
     size = tuple(adapter.image_size)
@@ -365,6 +371,7 @@ def _evaluate(
         batch_size=batch_size,
         max_batch=max_batch,
         progress=progress,
+        workers=workers,
         compare_labels=compare_labels,
     )
     gathered = gather_to_main(local, shard)
@@ -482,10 +489,11 @@ def _refuse_repeated_paths(maskfiles: Sequence[str | Path]) -> None:
 
 
 def _known_labels(dataset: ImageDataset, rows: np.ndarray) -> np.ndarray | None:
-    """The dataset's labels of ``rows`` when it can give them without loading images (``labels``)."""
-    labels = getattr(dataset, "labels", None)
-    if labels is None or callable(labels):
+    """The dataset's labels of ``rows`` when it can give them without loading images (``labels``; the
+    default of a dataset class without its own would decode every image)."""
+    if not getattr(dataset, "labels_without_decoding", False):
         return None
+    labels = dataset.labels
     try:
         arr = np.asarray(labels, dtype=np.int64)
     except (TypeError, ValueError):
@@ -539,6 +547,7 @@ def _score_shard(
     batch_size,
     max_batch,
     progress,
+    workers,
     compare_labels: bool = True,
 ) -> dict[str, Any]:
     from tqdm.auto import tqdm
@@ -559,14 +568,17 @@ def _score_shard(
     ]
     forwarded = 0
     bar = tqdm(total=len(ids), desc="evaluate", unit="img", disable=not progress or not shard.is_main)
-    for start in range(0, len(mine), batch_size):
-        chunk = mine[start : start + batch_size]
-        batch = collate([dataset[index_of[i]] for i in chunk], adapter.input_geometry)
-        images = batch.images.to(device)
+    chunks = [mine[start : start + batch_size] for start in range(0, len(mine), batch_size)]
+    loader = BatchLoader(
+        dataset, [[index_of[i] for i in chunk] for chunk in chunks], adapter.input_geometry, workers=workers,
+        device=device,
+    )  # fmt: skip
+    for chunk, batch in zip(chunks, loader, strict=True):
+        images = batch.images
         clean_logits = chunked_logits(adapter, images, max_batch)
         forwarded += len(images)
         predicted = clean_logits.argmax(dim=1)
-        scored = batch.labels.to(device) if classes == "target" else predicted
+        scored = batch.labels if classes == "target" else predicted
         for k, mf in enumerate(files):
             keep = [n for n, i in enumerate(chunk) if row_of[k][i] not in excluded[k]]
             if not keep:
@@ -579,9 +591,9 @@ def _score_shard(
                 classes=scored[sel],
                 clean_logits=clean_logits[sel],
                 ids=[chunk[n] for n in keep],
-                gt=None if batch.masks is None else batch.masks.to(device)[sel],
-                ignore=None if batch.ignore is None else batch.ignore.to(device)[sel],
-                counter=None if batch.counter is None else batch.counter.to(device)[sel],
+                gt=None if batch.masks is None else batch.masks[sel],
+                ignore=None if batch.ignore is None else batch.ignore[sel],
+                counter=None if batch.counter is None else batch.counter[sel],
             )
             ctx = BatchContext(adapter, inputs, max_batch=max_batch)
             out = local[k]
@@ -591,7 +603,7 @@ def _score_shard(
             )
             out["explained_mismatch"] += int((torch.as_tensor(mf.explained[rows]) != scored[sel].cpu()).sum())
             if compare_labels:
-                differ = torch.as_tensor(mf.labels[rows]) != batch.labels[sel.cpu()]
+                differ = torch.as_tensor(mf.labels[rows]) != batch.labels[sel].cpu()
                 out["label_mismatch"].extend(inputs.ids[n] for n in differ.nonzero().flatten().tolist())
             for m in metrics:
                 res = m.compute(ctx)

@@ -127,6 +127,51 @@ def resolve_targets(targets: Targets, logits: torch.Tensor) -> torch.Tensor:
     return out
 
 
+class TrainableBackbone(nn.Module):
+    """What explainers need to know about a copied encoder, whatever library it comes from.
+
+    ``forward(pixel_values)`` gives B×T×D tokens after the final norm (prefix tokens first). Subclasses
+    (one per model library, in the adapters) expose the transformer ``blocks`` in order, the ``final_norm``
+    and the attention implementation as an opaque value that :meth:`set_attention_mode` restores.
+    """
+
+    @property
+    def blocks(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    @property
+    def final_norm(self) -> nn.Module:
+        raise NotImplementedError
+
+    def attention_mode(self) -> object:
+        raise NotImplementedError
+
+    def set_attention_mode(self, mode: object) -> None:
+        raise NotImplementedError
+
+    def eager_mode(self) -> object:
+        """The mode value that computes attention by hand (``torch.func.vmap`` needs it on CPU)."""
+        raise NotImplementedError
+
+    def fused_mode(self) -> object:
+        """The mode value of the fastest attention path (explainers never need attention maps)."""
+        raise NotImplementedError
+
+    def architecture(self) -> dict | None:
+        """A JSON description from which the same module (fresh weights) can be rebuilt offline, or None
+        when only a copy of the explainee can rebuild it."""
+        return None
+
+    @contextlib.contextmanager
+    def eager_attention(self) -> Iterator[None]:
+        previous = self.attention_mode()
+        self.set_attention_mode(self.eager_mode())
+        try:
+            yield
+        finally:
+            self.set_attention_mode(previous)
+
+
 class ExplaineeAdapter:
     """Uniform access to a classifier.
 
@@ -198,15 +243,24 @@ class ExplaineeAdapter:
             "preprocessing": self.input_geometry.describe(),
         }
 
-    def weights_fingerprint(self) -> str:
+    def weights_fingerprint(self, *, heads: bool = True) -> str:
         """sha256 over every parameter and buffer of the model (float32 bytes, sorted by name).
 
         The one identity check for "the same weights": mask files, checkpoints and resumed runs store it
         and refuse (or record) a mismatch. Device- and dtype-independent: tensors are hashed as float32 on
         the CPU, so a model moved to a GPU or run in bf16 keeps its fingerprint.
+
+        ``heads=False`` hashes the encoder only (:meth:`backbone`, classifier heads excluded): what LETA
+        explainers and linear probes depend on, since a probe is the same encoder with another head.
         """
+        if heads:
+            items = list(self.model.state_dict(keep_vars=True).items())
+        else:
+            head_ids = {id(p) for head in self.parts().heads for p in head.linear.parameters()}
+            backbone = self.backbone().state_dict(keep_vars=True).items()
+            items = [(n, t) for n, t in backbone if id(t) not in head_ids]
         digest = hashlib.sha256()
-        for name, tensor in sorted(self.model.state_dict(keep_vars=True).items(), key=lambda kv: kv[0]):
+        for name, tensor in sorted(items, key=lambda kv: kv[0]):
             data = tensor.detach().to("cpu", torch.float32).contiguous()
             digest.update(name.encode())
             digest.update(str(tuple(data.shape)).encode())
@@ -314,6 +368,12 @@ class ExplaineeAdapter:
     def backbone(self) -> nn.Module:
         """The encoder (embeddings, blocks, final norm) as a module: pixel values → features."""
         raise self._needs_vit("the backbone")
+
+    def trainable_backbone(self) -> TrainableBackbone:
+        """A deep copy of the encoder that an explainer trains from: pixel values → all tokens after the
+        final norm, without any classifier head (an unused head would stall DDP and bloat checkpoints).
+        The copy shares nothing with the explainee, so training it leaves the explainee unchanged."""
+        raise self._needs_vit("a trainable backbone copy")
 
     # ----------------------------------------------------------------- derived helpers
     def attention_gradients(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator
 
 import torch
@@ -10,14 +11,21 @@ from torch import nn
 
 from explainers.data.resize import InputGeometry
 from explainers.errors import ModelError
-from explainers.models.base import AttentionOutput, HeadPart, ViTAdapterBase, ViTBlockParts, ViTParts
+from explainers.models.base import (
+    AttentionOutput,
+    HeadPart,
+    TrainableBackbone,
+    ViTAdapterBase,
+    ViTBlockParts,
+    ViTParts,
+)
 
 # model_type -> (attribute holding the encoder model, number of prefix tokens)
 _SUPPORTED = {"vit": ("vit", 1), "deit": ("deit", 2)}
 
 
-class _HFBackbone(nn.Module):
-    """pixel values → tokens after the final LayerNorm, for a HF ViT/DeiT encoder."""
+class _HFBackbone(TrainableBackbone):
+    """pixel values → tokens after the final LayerNorm, for a HF ViT/DeiT encoder (``ViTModel``...)."""
 
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()
@@ -25,6 +33,41 @@ class _HFBackbone(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.encoder(pixel_values).last_hidden_state
+
+    @property
+    def blocks(self) -> list[nn.Module]:
+        # ``encoder.layers`` in transformers 5, ``encoder.encoder.layer`` before
+        layers = getattr(self.encoder, "layers", None)
+        return list(layers if layers is not None else self.encoder.encoder.layer)
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.encoder.layernorm
+
+    def attention_mode(self) -> object:
+        return self.encoder.config._attn_implementation
+
+    def set_attention_mode(self, mode: object) -> None:
+        if self.encoder.config._attn_implementation != mode:
+            self.encoder.set_attn_implementation(mode)
+
+    def eager_mode(self) -> object:
+        return "eager"
+
+    def fused_mode(self) -> object:
+        return "sdpa"
+
+    def architecture(self) -> dict | None:
+        emb = self.encoder.embeddings
+        return {
+            "kind": "hf",
+            "class": type(self.encoder).__name__,
+            "config": self.encoder.config.to_dict(),
+            "kwargs": {
+                "add_pooling_layer": getattr(self.encoder, "pooler", None) is not None,
+                "use_mask_token": getattr(emb, "mask_token", None) is not None,
+            },
+        }
 
 
 class HFViTAdapter(ViTAdapterBase):
@@ -118,6 +161,10 @@ class HFViTAdapter(ViTAdapterBase):
 
     def backbone(self) -> nn.Module:
         return _HFBackbone(self.encoder)
+
+    def trainable_backbone(self) -> TrainableBackbone:
+        # The encoder model (ViTModel/DeiTModel) holds no classifier head: a copy of it is the backbone.
+        return _HFBackbone(copy.deepcopy(self.encoder))
 
     def parts(self) -> ViTParts:
         if self._parts is None:

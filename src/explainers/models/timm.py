@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from collections.abc import Iterator
 
@@ -11,7 +12,14 @@ from torch import nn
 
 from explainers.data.resize import INTERPOLATIONS, InputGeometry
 from explainers.errors import ModelError
-from explainers.models.base import AttentionOutput, HeadPart, ViTAdapterBase, ViTBlockParts, ViTParts
+from explainers.models.base import (
+    AttentionOutput,
+    HeadPart,
+    TrainableBackbone,
+    ViTAdapterBase,
+    ViTBlockParts,
+    ViTParts,
+)
 
 
 def is_timm_vit(model: nn.Module) -> bool:
@@ -52,13 +60,38 @@ def timm_geometry(image_size: tuple[int, int], cfg: dict) -> InputGeometry:
     return InputGeometry(size, resize=scale[0], interpolation=interpolation, crop_rounding="round")
 
 
-class _TimmBackbone(nn.Module):
+class _TimmBackbone(TrainableBackbone):
+    """pixel values → ``forward_features`` tokens of a timm VisionTransformer."""
+
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.model.forward_features(pixel_values)
+
+    @property
+    def blocks(self) -> list[nn.Module]:
+        return list(self.model.blocks)
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.model.norm
+
+    def attention_mode(self) -> object:
+        return [bool(getattr(blk.attn, "fused_attn", False)) for blk in self.model.blocks]
+
+    def set_attention_mode(self, mode: object) -> None:
+        blocks = self.model.blocks
+        flags = [mode] * len(blocks) if isinstance(mode, bool) else list(mode)  # type: ignore[call-overload]
+        for blk, flag in zip(blocks, flags, strict=True):
+            blk.attn.fused_attn = flag
+
+    def eager_mode(self) -> object:
+        return False
+
+    def fused_mode(self) -> object:
+        return True
 
 
 class TimmViTAdapter(ViTAdapterBase):
@@ -136,6 +169,15 @@ class TimmViTAdapter(ViTAdapterBase):
 
     def backbone(self) -> nn.Module:
         return _TimmBackbone(self.model)
+
+    def trainable_backbone(self) -> TrainableBackbone:
+        model = copy.deepcopy(self.model)
+        # forward_features never reaches the classifier: replace it so that no weight sits unused (DDP
+        # with find_unused_parameters=False stalls on the second step) or gets saved with the explainer.
+        for name in ("head", "head_dist", "fc_norm", "head_drop"):
+            if isinstance(getattr(model, name, None), nn.Module):
+                setattr(model, name, nn.Identity())
+        return _TimmBackbone(model)
 
     def parts(self) -> ViTParts:
         if self._parts is None:

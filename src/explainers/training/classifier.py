@@ -1,4 +1,5 @@
-"""Train the embedded benchmark's explainee: a small Hugging Face ViT, from scratch, on synthetic scenes.
+"""Train a small Hugging Face ViT classifier from scratch: the embedded benchmark's explainee (synthetic
+scenes), or one for any labelled dataset (``folder:``, ``imagenet-val:``, ...).
 
 The output is an ordinary Hugging Face image-classification directory::
 
@@ -6,6 +7,10 @@ The output is an ordinary Hugging Face image-classification directory::
     OUT/model.safetensors           weights
     OUT/preprocessor_config.json    ViTImageProcessor: size, mean and std (the model sees (x - mean) / std)
     OUT/training.json               config, seed, command, per-epoch history, accuracies, time, versions
+    OUT/log.jsonl                   one JSON record per epoch, written as each epoch ends
+
+It runs through the shared :class:`~explainers.training.loop.Runtime` (device, precision, non-finite
+loss guard), on one process.
 
 Speed matters (two CPU cores): the whole split is held in memory as one normalised tensor, batches are
 index slices of it, and augmentation is one dihedral transform (rotation by k·90° and an optional flip)
@@ -15,7 +20,6 @@ permuted accordingly).
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -38,7 +42,8 @@ from explainers.data.base import ImageDataset, iter_batches
 from explainers.data.synthetic import SyntheticDataset
 from explainers.errors import ExplainersError
 
-AUGMENTATIONS = ("dihedral", "none")
+AUGMENTATIONS = ("auto", "dihedral", "none")
+LOG_NAME = "log.jsonl"
 
 
 @dataclass
@@ -63,13 +68,22 @@ class ClassifierTrainConfig:
     warmup: float = 0.05  # fraction of all steps
     label_smoothing: float = 0.1
     grad_clip: float = 1.0
-    augment: str = "dihedral"
-    # Data and bookkeeping.
+    # auto: the dihedral transform on synthetic scenes (their labels survive it), none on other data
+    # (a rotated or mirrored digit or text is another class).
+    augment: str = "auto"
+    # Data and bookkeeping. image_size: side the images are resized to (None: the synthetic scenes' own
+    # size, 224 for other data); val_split/test_split: "" for none.
+    image_size: int | None = None
+    val_split: str = "val"
+    test_split: str = "test"
     task: str = "shape"
     seed: int = 0
     threads: int | None = 2  # torch threads; None leaves torch's default
     eval_batch_size: int = 500
     select: str = "best"  # keep the epoch with the best validation accuracy ("best") or the last ("last")
+    device: str = "auto"
+    precision: str = "fp32"
+    workers: int | None = None  # image-decoding processes (non-synthetic data; None: the loader's default)
 
     def __post_init__(self) -> None:
         if self.augment not in AUGMENTATIONS:
@@ -82,17 +96,24 @@ class ClassifierTrainConfig:
             )
         if min(self.epochs, self.batch_size, self.num_layers, self.patch_size) < 1:
             raise ExplainersError("epochs, batch_size, num_layers and patch_size must be >= 1")
+        from explainers.training.loop import PRECISIONS, validate_device
+
+        validate_device(self.device)
+        if self.precision not in PRECISIONS:
+            raise ExplainersError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ExplainersError(f"{f.name} must be a finite number, got {value}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ClassifierTrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ExplainersError(f"unknown classifier training keys {unknown}; valid keys: {sorted(known)}")
-        return cls(**data)
+        from explainers.training.config import build
+
+        return build(cls, data, "classifier training")
 
 
 def _vit_classes() -> tuple[Any, Any, Any]:
@@ -135,14 +156,6 @@ def build_vit(
     return ViTForImageClassification(vit_config)
 
 
-def _normalise(images_u8: np.ndarray, mean: list[float], std: list[float]) -> torch.Tensor:
-    """uint8 N×H×W×3 → float32 N×3×H×W, ``(x/255 - mean) / std``."""
-    x = torch.from_numpy(images_u8).permute(0, 3, 1, 2).float().div_(255.0)
-    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    return x.sub_(m).div_(s).contiguous()
-
-
 def _dihedral(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
     x = torch.rot90(x, k, (-2, -1)) if k else x
     return x.flip(-1) if flip else x
@@ -178,23 +191,124 @@ def _accuracy(model: Any, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> 
     return correct / max(1, len(x))
 
 
+@dataclass
+class _Splits:
+    """Everything the loop needs from the data, whatever its kind."""
+
+    name: str
+    image_size: int
+    class_names: list[str]
+    train_u8: torch.Tensor  # N×3×H×W uint8
+    train_y: torch.Tensor
+    val_u8: torch.Tensor
+    val_y: torch.Tensor
+    test_u8: torch.Tensor
+    test_y: torch.Tensor
+    synthetic: bool
+    info: dict[str, Any]
+
+
+def _synthetic_splits(data_dir: Path, config: ClassifierTrainConfig) -> _Splits:
+    sets = {s: SyntheticDataset(data_dir, split=s, task=config.task) for s in ("train", "val", "test")}
+    arrays = {}
+    for split, ds in sets.items():
+        wanted = {"val": config.val_split, "test": config.test_split}.get(split, split)
+        images, _, labels = ds.load_arrays() if wanted else (np.zeros((0, 1, 1, 3), np.uint8), None, np.zeros(0))
+        arrays[split] = (torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(labels).long())
+    size = sets["train"].config.image_size
+    return _Splits(
+        name=f"synthetic:{data_dir}",
+        image_size=size,
+        class_names=list(sets["train"].class_names or []),
+        train_u8=arrays["train"][0], train_y=arrays["train"][1],
+        val_u8=arrays["val"][0], val_y=arrays["val"][1],
+        test_u8=arrays["test"][0], test_y=arrays["test"][1],
+        synthetic=True,
+        info={
+            "path": str(data_dir.resolve()),
+            "manifest": sets["train"].manifest,
+            "task": config.task,
+            "split_sizes": {s: len(d) for s, d in sets.items()},
+        },
+    )
+
+
+def _labelled_splits(spec: str, config: ClassifierTrainConfig) -> _Splits:
+    """Any labelled dataset kind: the train split, and the val/test splits when the dataset has them."""
+    from explainers.data import open_dataset
+    from explainers.errors import DatasetError
+    from explainers.training.loop import load_images
+
+    size = config.image_size or 224
+    try:
+        train = open_dataset(spec, split="train")
+        has_splits = True
+    except DatasetError:  # a dataset without a train split (a plain class-per-folder tree): all of it
+        train, has_splits = open_dataset(spec), False
+    loaded: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    sizes: dict[str, int] = {}
+    for split, wanted in (("train", "train"), ("val", config.val_split), ("test", config.test_split)):
+        ds = train if split == "train" else None
+        if ds is None and wanted and has_splits:
+            try:
+                ds = open_dataset(spec, split=wanted)
+            except DatasetError:
+                ds = None  # the dataset has no such split
+        if ds is None:
+            loaded[split] = (torch.zeros(0, 3, size, size, dtype=torch.uint8), torch.zeros(0, dtype=torch.long))
+            continue
+        images, labels, _ = load_images(ds, list(range(len(ds))), (size, size), config.workers)
+        keep = labels >= 0
+        if split == "train" and not bool(keep.any()):
+            raise ExplainersError(f"{spec} has no labelled training images; train-classifier needs labels")
+        loaded[split] = ((images[keep] * 255).round().to(torch.uint8), labels[keep])
+        sizes[split] = int(keep.sum())
+    names = list(getattr(train, "class_names", None) or [])
+    num_classes = int(loaded["train"][1].max()) + 1
+    if len(names) < num_classes:
+        names = [str(i) for i in range(num_classes)]
+    return _Splits(
+        name=spec,
+        image_size=size,
+        class_names=names,
+        train_u8=loaded["train"][0], train_y=loaded["train"][1],
+        val_u8=loaded["val"][0], val_y=loaded["val"][1],
+        test_u8=loaded["test"][0], test_y=loaded["test"][1],
+        synthetic=False,
+        info={"spec": spec, "split_sizes": sizes},
+    )
+
+
+def _normalise_u8(images: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return images.float().div_(255.0).sub_(m).div_(s).contiguous()
+
+
 def train_classifier(
-    data_dir: Path | str,
+    data: Path | str,
     out: Path | str,
     config: ClassifierTrainConfig | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    command: str | None = None,
 ) -> dict[str, Any]:
-    """Train a ViT from scratch on ``data_dir`` (a synthetic dataset) and save it to ``out``.
+    """Train a ViT from scratch on ``data`` and save it to ``out``.
 
-    Model selection on the validation split (``config.select``); the test accuracy is reported for the
-    selected weights. Returns the ``training.json`` record. ``out`` is written under a temporary name
-    and renamed at the end; a non-empty ``out`` is refused unless ``overwrite=True``.
+    ``data``: ``KIND:PATH`` of any labelled dataset, or a synthetic dataset folder. Model selection on
+    the validation split (``config.select``); the test accuracy is reported for the selected weights.
+    Returns the ``training.json`` record. ``OUT/log.jsonl`` grows by one record per epoch; the model
+    files are written under a temporary name and renamed at the end; a non-empty ``out`` is refused
+    unless ``overwrite=True``.
     """
     from tqdm.auto import tqdm
 
+    from explainers.data import parse_dataset_spec
+    from explainers.io.atomic import write_text_atomic
+    from explainers.training.loop import Runtime, check_finite
+
     config = config or ClassifierTrainConfig()
-    data_dir, out = Path(data_dir).expanduser(), Path(out).expanduser().resolve()
+    out = Path(out).expanduser().resolve()
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise ExplainersError(
             f"{out} already exists and is not empty; choose another --out or pass --overwrite"
@@ -202,27 +316,40 @@ def train_classifier(
     started = time.time()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
+    runtime = Runtime(config.device, config.precision)
+    if runtime.world > 1:
+        raise ExplainersError("train-classifier runs on one process; start it without torchrun")
 
-    train_set = SyntheticDataset(data_dir, split="train", task=config.task)
-    val_set = SyntheticDataset(data_dir, split="val", task=config.task)
-    test_set = SyntheticDataset(data_dir, split="test", task=config.task)
-    if len(train_set) == 0:
-        raise ExplainersError(f"{data_dir} has an empty train split; generate a dataset with train images")
-    class_names = list(train_set.class_names or [])
-    image_size = train_set.config.image_size
+    text = str(data)
+    kind, path = parse_dataset_spec(text) if ":" in text and not Path(text).exists() else ("synthetic", text)
+    if kind == "synthetic":
+        splits = _synthetic_splits(Path(path).expanduser(), config)
+        if config.image_size not in (None, splits.image_size):
+            raise ExplainersError(
+                f"synthetic scenes are {splits.image_size} px; image_size {config.image_size} would resize them"
+            )
+    else:
+        splits = _labelled_splits(text, config)
+    if len(splits.train_y) == 0:
+        raise ExplainersError(f"{splits.name} has an empty train split; it needs labelled train images")
+    augment_mode = config.augment if config.augment != "auto" else ("dihedral" if splits.synthetic else "none")
+    if augment_mode == "dihedral" and not splits.synthetic:
+        raise ExplainersError("augment 'dihedral' is only label-safe on the synthetic scenes; use 'none'")
+    class_names, image_size = splits.class_names, splits.image_size
 
-    train_u8, _, train_y = train_set.load_arrays()
     # Per-channel statistics of the training images, rounded so they read well in the configs.
-    flat = train_u8.reshape(-1, 3)[:: max(1, len(train_u8) // 2000)].astype(np.float64) / 255.0
+    # (every (N // 2000)-th pixel of the training set, as the shipped explainee was made)
+    pixels = splits.train_u8.permute(0, 2, 3, 1).reshape(-1, 3)
+    flat = pixels[:: max(1, len(splits.train_u8) // 2000)].double() / 255.0
     mean = [round(float(v), 4) for v in flat.mean(0)]
-    std = [round(float(v), 4) for v in flat.std(0)]
-    x_train, y_train = _normalise(train_u8, mean, std), torch.from_numpy(train_y)
-    del train_u8
-    x_val, y_val = _split_tensors(val_set, mean, std)
-    x_test, y_test = _split_tensors(test_set, mean, std)
+    std = [round(float(v), 4) for v in flat.std(0, correction=0).clamp(min=1e-3)]
+    x_train, y_train = _normalise_u8(splits.train_u8, mean, std), splits.train_y
+    x_val, y_val = _normalise_u8(splits.val_u8, mean, std), splits.val_y
+    x_test, y_test = _normalise_u8(splits.test_u8, mean, std), splits.test_y
     load_s = time.time() - started
+    device = runtime.device
 
-    model = build_vit(config, image_size, class_names, mean, std)
+    model = build_vit(config, image_size, class_names, mean, std).to(device)
     model.train()
     # No weight decay on biases, LayerNorms, position embeddings and the CLS token.
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embeddings" not in n]
@@ -236,11 +363,14 @@ def train_classifier(
     warmup = max(1, round(config.warmup * total))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total, warmup))
     generator = torch.Generator().manual_seed(config.seed)
-    augment = config.augment == "dihedral"
+    augment = augment_mode == "dihedral"
+    out.mkdir(parents=True, exist_ok=True)
+    log_lines: list[str] = []
 
     history: list[dict[str, Any]] = []
     best_acc, best_state, best_epoch = -1.0, None, 0
     train_started = time.time()
+    global_step = 0
     for epoch in range(1, config.epochs + 1):
         epoch_started = time.time()
         order = torch.randperm(len(x_train), generator=generator)
@@ -257,13 +387,14 @@ def train_classifier(
                 x = _dihedral(x, k, flip)
                 if config.task == "quadrant":
                     y = _quadrant_permutation(k, flip)[y]
-            logits = model(pixel_values=x).logits
-            loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with runtime.autocast():
+                logits = model(pixel_values=x).logits
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+            global_step += 1
+            check_finite(float(loss.detach()), global_step)
+            runtime.backward(loss)
+            runtime.step(optimizer, list(model.parameters()), config.grad_clip)
             scheduler.step()
             loss_sum += float(loss.detach()) * len(y)
             correct += int((logits.argmax(-1) == y).sum())
@@ -282,6 +413,8 @@ def train_classifier(
             "train_img_per_s": round(seen / max(train_s, 1e-9), 1),
         }
         history.append(record)
+        log_lines.append(json.dumps(record) + "\n")
+        write_text_atomic(out / LOG_NAME, "".join(log_lines))
         if progress:
             tqdm.write(
                 f"epoch {epoch}: loss {record['loss']:.4f}  train acc {record['train_acc']:.4f}  "
@@ -290,7 +423,7 @@ def train_classifier(
         # With no validation images, "best" degrades to "last".
         if config.select == "last" or not len(x_val) or val_acc > best_acc:
             best_acc, best_epoch = val_acc, epoch
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     train_wall = time.time() - train_started
 
     assert best_state is not None
@@ -298,20 +431,15 @@ def train_classifier(
     model.eval()
     test_acc = _accuracy(model, x_test, y_test, config.eval_batch_size) if len(x_test) else float("nan")
     images_seen = steps_per_epoch * config.batch_size * config.epochs
+    model.to("cpu")
 
     import transformers
 
     record = {
         "format": "explainers-classifier-training",
         "version": 1,
-        "data": {
-            "path": str(data_dir.resolve()),
-            "manifest": train_set.manifest,
-            "task": config.task,
-            "class_names": class_names,
-            "split_sizes": {"train": len(train_set), "val": len(val_set), "test": len(test_set)},
-        },
-        "config": config.to_dict(),
+        "data": {**splits.info, "class_names": class_names},
+        "config": {**config.to_dict(), "augment": augment_mode},
         "seed": config.seed,
         "model": {
             "image_size": image_size,
@@ -319,7 +447,7 @@ def train_classifier(
             "parameters": sum(p.numel() for p in model.parameters()),
         },
         "normalisation": {"mean": mean, "std": std},
-        "command": shlex.join([os.path.basename(sys.executable), *sys.argv]),
+        "command": command or shlex.join([os.path.basename(sys.executable), *sys.argv]),
         "history": history,
         "selected_epoch": best_epoch,
         "val_accuracy": round(best_acc, 5),
@@ -329,6 +457,7 @@ def train_classifier(
         "data_load_seconds": round(load_s, 1),
         "images_seen": images_seen,
         "train_img_per_s": round(images_seen / max(train_wall, 1e-9), 1),
+        "device": str(device),
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -340,15 +469,8 @@ def train_classifier(
         "machine": platform.machine(),
         "processor": _cpu_name(),
     }
-    _save(model, out, image_size, mean, std, record, overwrite)
+    _save(model, out, image_size, mean, std, record, overwrite=True)
     return record
-
-
-def _split_tensors(
-    dataset: SyntheticDataset, mean: list[float], std: list[float]
-) -> tuple[torch.Tensor, ...]:
-    images, _, labels = dataset.load_arrays()
-    return _normalise(images, mean, std), torch.from_numpy(labels)
 
 
 def _cpu_name() -> str:
@@ -380,6 +502,8 @@ def _save(
         )
         processor.save_pretrained(tmp)
         (tmp / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+        if (out / LOG_NAME).is_file():
+            shutil.copyfile(out / LOG_NAME, tmp / LOG_NAME)
         _make_readable(tmp)
         if out.exists():
             if not overwrite and out.is_dir() and any(out.iterdir()):

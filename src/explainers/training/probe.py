@@ -15,6 +15,7 @@ import copy
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -212,6 +213,40 @@ def fit_linear(
 def accuracy(linear: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> float:
     with torch.no_grad():
         return float((linear(features).argmax(1) == labels).float().mean())
+
+
+@dataclass
+class ProbeConfig:
+    """Settings of ``explainers train-probe`` (``--config FILE`` / ``--set KEY=VALUE``, or options).
+
+    split / val_split (picks the L2 weight) / test_split (accuracy recorded): "" for none;
+    max_images: at most N images per split (null: all); batch_size: images per feature-extraction
+    batch; max_iter: L-BFGS iterations; device: ``auto``, ``cpu`` or ``cuda`` for feature extraction.
+    """
+
+    task: str = "shape"
+    split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    max_images: int | None = None
+    batch_size: int = 256
+    max_iter: int = 300
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        from explainers.training.loop import validate_device
+
+        validate_device(self.device)
+        for key in ("batch_size", "max_iter"):
+            if getattr(self, key) < 1:
+                raise ExplainersError(f"{key} must be at least 1, got {getattr(self, key)}")
+        if self.max_images is not None and self.max_images < 1:
+            raise ExplainersError(f"max_images must be at least 1 (or null: all), got {self.max_images}")
+
+    @property
+    def torch_device(self) -> str:
+        return ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
 
 
 def train_probe(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -68,6 +67,8 @@ class PretrainConfig:
     val_images: images of ``val_split`` scored after every epoch (fixed centres), 0 to skip.
     cache_images: decode the training images once and keep them in memory (uint8) when they fit in
         ``cache_limit_mb``.
+    device (``auto``, ``cpu``, ``cuda``), precision (``fp32``, ``bf16``, ``fp16``: autocast of the
+        explainer's forward, float32 weights), workers (image-decoding processes).
     """
 
     split: str | None = None
@@ -87,6 +88,8 @@ class PretrainConfig:
     save_every: int = 200
     seed: int = 0
     device: str = "auto"
+    precision: str = "fp32"
+    workers: int | None = None
     cache_images: bool = True
     cache_limit_mb: int = 4096
 
@@ -102,6 +105,13 @@ class PretrainConfig:
             raise ExplainersError(f"target_dtype must be float32 or bfloat16, got {self.target_dtype!r}")
         if self.lr <= 0:
             raise ExplainersError(f"lr must be positive, got {self.lr}")
+        from explainers.training.loop import PRECISIONS, validate_device
+
+        validate_device(self.device)
+        if self.precision not in PRECISIONS:
+            raise ExplainersError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.workers is not None and self.workers < 0:
+            raise ExplainersError(f"workers must be 0 or more (or null: the default), got {self.workers}")
 
 
 @dataclass
@@ -120,7 +130,12 @@ def _names(cls: type) -> set[str]:
 
 
 def build_run_config(data: dict[str, Any] | None = None, **overrides: Any) -> RunConfig:
-    """Make a :class:`RunConfig` from a dict (flat or nested) plus overrides (None values ignored)."""
+    """Make a :class:`RunConfig` from a dict (flat or nested) plus overrides (None values ignored).
+
+    Keys, types and finiteness are checked by the shared mechanism (:mod:`explainers.training.config`).
+    """
+    from explainers.training.config import build
+
     data = dict(data or {})
     model_kw: dict[str, Any] = dict(data.pop("model", {}) or {})
     train_kw: dict[str, Any] = dict(data.pop("training", {}) or {})
@@ -135,24 +150,14 @@ def build_run_config(data: dict[str, Any] | None = None, **overrides: Any) -> Ru
         )
     for key, value in flat.items():
         (model_kw if key in model_names else train_kw)[key] = value
-    run = RunConfig(model=LETAConfig(**model_kw), training=PretrainConfig(**train_kw))
+    run = RunConfig(model=build(LETAConfig, model_kw, "LETA"), training=build(PretrainConfig, train_kw, "LETA"))
     run.model.validate()
     run.training.validate()
     return run
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a JSON or TOML config file."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ExplainersError(f"config file not found: {path}")
-    try:
-        if path.suffix.lower() == ".toml":
-            try:
-                import tomllib
-            except ImportError:  # Python 3.10
-                raise ExplainersError(f"{path}: TOML configs need Python >= 3.11; use JSON") from None
-            return tomllib.loads(path.read_text())
-        return json.loads(path.read_text())
-    except ValueError as exc:  # JSONDecodeError and TOMLDecodeError are both ValueErrors
-        raise ExplainersError(f"cannot parse config file {path}: {exc}") from None
+    """Read a JSON or TOML config file (the shared reader)."""
+    from explainers.training.config import read_config_file as read
+
+    return read(path)

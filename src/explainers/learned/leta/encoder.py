@@ -7,11 +7,8 @@ same encoder with another head — a linear probe — is the same encoder).
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from explainers.errors import ExplainersError, ModelError
 from explainers.models.base import ExplaineeAdapter
@@ -48,20 +45,9 @@ def embed_dim(adapter: ExplaineeAdapter) -> int:
 
 
 def backbone_fingerprint(adapter: ExplaineeAdapter) -> str:
-    """sha256 over the backbone's parameters and buffers (float32 bytes, sorted by name), heads excluded."""
+    """The encoder's weights fingerprint, classification heads excluded (the adapter's one hash)."""
     require_vit(adapter, "LETA")
-    head_ids = set()
-    for head in adapter.parts().heads:
-        head_ids.update(id(p) for p in head.linear.parameters())
-    digest = hashlib.sha256()
-    backbone = adapter.backbone()
-    items = [(n, t) for n, t in backbone.state_dict(keep_vars=True).items() if id(t) not in head_ids]
-    for name, tensor in sorted(items, key=lambda kv: kv[0]):
-        digest.update(name.encode())
-        data = tensor.detach().to("cpu", torch.float32).contiguous()
-        digest.update(str(tuple(data.shape)).encode())
-        digest.update(data.numpy().tobytes())
-    return digest.hexdigest()
+    return adapter.weights_fingerprint(heads=False)
 
 
 def encoder_signature(adapter: ExplaineeAdapter, spec: str | None = None) -> dict[str, Any]:
@@ -94,16 +80,32 @@ def _summary(desc: dict[str, Any]) -> str:
 
 
 def check_same_encoder(
-    saved: dict[str, Any], adapter: ExplaineeAdapter, what: str, source: str | Path, hint: str | None = None
+    saved: dict[str, Any],
+    adapter: ExplaineeAdapter,
+    what: str,
+    source: str | Path,
+    hint: str | None = None,
+    *,
+    allow_other_weights: bool = False,
 ) -> None:
-    """Refuse, naming both, when ``adapter`` is not the encoder ``saved`` describes."""
+    """Refuse, naming both, when ``adapter`` is not the encoder ``saved`` describes (architecture; and
+    weights, through the shared fingerprint check, which ``allow_other_weights`` relaxes to a warning)."""
+    from explainers.training.checkpoint import check_fingerprint
+
     current = encoder_signature(adapter)
     mismatched = [k for k in _STRUCTURAL_KEYS if k in saved and saved[k] != current.get(k)]
-    if saved.get("fingerprint") and saved["fingerprint"] != current["fingerprint"]:
-        mismatched.append("weights")
     if mismatched:
         raise ExplainersError(
             f"the {what} in {source} was built for encoder {_summary(saved)}, not for the given encoder "
             f"{_summary(current)} (differs in: {', '.join(mismatched)}); "
             + (hint or f"use a {what} made for this encoder")
         )
+    check_fingerprint(
+        saved.get("fingerprint"),
+        current["fingerprint"],
+        what=what,
+        source=str(source),
+        model=f"encoder {_summary(current)}",
+        hint=hint or f"use a {what} made for this encoder",
+        allow_other_weights=allow_other_weights,
+    )

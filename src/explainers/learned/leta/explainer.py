@@ -172,10 +172,12 @@ class LETAExplainer:
         encoder: ExplaineeAdapter | str | None = None,
         *,
         device: str | torch.device | None = None,
+        allow_other_weights: bool = False,
     ) -> LETAExplainer:
         """Load a saved explainer for ``encoder`` (default: the encoder spec recorded at pre-training).
 
-        An explainer pre-trained for another encoder is refused (architecture and weights are compared).
+        An explainer pre-trained for another encoder is refused (architecture and weights are compared;
+        ``allow_other_weights`` accepts other weights of the same architecture with a warning).
         """
         from safetensors.torch import load_model
 
@@ -193,6 +195,7 @@ class LETAExplainer:
             "LETA explainer",
             directory,
             hint="pre-train one for it: `explainers pretrain leta --encoder SPEC --data KIND:PATH --out DIR`",
+            allow_other_weights=allow_other_weights,
         )
         config = LETAConfig(**payload["config"])
         network = build_network(config, adapter, arch=payload["backbone"])

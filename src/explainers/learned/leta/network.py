@@ -177,19 +177,6 @@ class TokenBackbone(nn.Module):
         return self.module((images - self.mean) / self.std)
 
 
-def _hf_arch(encoder: nn.Module) -> dict[str, Any]:
-    emb = encoder.embeddings
-    return {
-        "kind": "hf",
-        "class": type(encoder).__name__,
-        "config": encoder.config.to_dict(),
-        "kwargs": {
-            "add_pooling_layer": getattr(encoder, "pooler", None) is not None,
-            "use_mask_token": getattr(emb, "mask_token", None) is not None,
-        },
-    }
-
-
 def _set_sdpa(model: nn.Module) -> None:
     # Fused attention: the explainer never needs attention maps, and SDPA is the fast path.
     setter = getattr(model, "set_attn_implementation", None)
@@ -290,21 +277,16 @@ def build_backbone(config: LETAConfig, encoder: ExplaineeAdapter, seed: int = 0)
         adapter = load_explainee(spec)
     if not adapter.supports_attention:
         raise ModelError(f"LETA backbone {spec!r} is not a ViT-like model ({type(adapter.model).__name__})")
-    hf_encoder = getattr(adapter, "encoder", None)
-    if hf_encoder is not None and hasattr(hf_encoder, "config"):
-        arch = {**_adapter_arch(adapter, spec), **_hf_arch(hf_encoder)}
-        if pretrained:
-            module = copy.deepcopy(hf_encoder)
-            _set_sdpa(module)
-        else:
-            torch.manual_seed(seed)
-            module = _build_hf(arch)
-        return TokenBackbone(_HFTokens(module), arch)
-    # Other ViTs (timm): the adapter's backbone module, copied; rebuilt the same way when loading.
-    arch = {**_adapter_arch(adapter, spec), "kind": "copy"}
-    module = copy.deepcopy(adapter.backbone())
-    if not pretrained:
-        _reset_parameters(module, seed)
+    module = adapter.trainable_backbone()  # the adapter knows its library; no classifier head in it
+    arch = {**_adapter_arch(adapter, spec), **(module.architecture() or {"kind": "copy"})}
+    if pretrained:
+        with contextlib.suppress(ValueError, ImportError):  # eager-only models keep their path
+            module.set_attention_mode(module.fused_mode())
+        return TokenBackbone(module, arch)
+    torch.manual_seed(seed)
+    if arch["kind"] == "hf":  # same architecture, the library's own fresh init
+        return TokenBackbone(_HFTokens(_build_hf(arch)), arch)
+    _reset_parameters(module, seed)
     return TokenBackbone(module, arch)
 
 
@@ -321,11 +303,11 @@ def rebuild_backbone(arch: dict[str, Any], encoder: ExplaineeAdapter) -> TokenBa
         return TokenBackbone(_MAETokens(mae, bool(arch["decoder"])), arch)
     if kind == "copy":
         if arch.get("spec", "encoder") == "encoder":
-            module = copy.deepcopy(encoder.backbone())
+            module = encoder.trainable_backbone()
         else:
             from explainers.models import load_explainee
 
-            module = copy.deepcopy(load_explainee(arch["spec"]).backbone())
+            module = load_explainee(arch["spec"]).trainable_backbone()
         return TokenBackbone(module, arch)
     raise ModelError(f"unknown LETA backbone kind {kind!r} in the checkpoint; upgrade explainers")
 

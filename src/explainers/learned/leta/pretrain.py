@@ -13,7 +13,8 @@ Output directory::
     OUT/config.json, OUT/model.safetensors   the explainer (``LETAExplainer.from_pretrained(OUT)``)
     OUT/train_log.jsonl                      one JSON object per logged step / validation
     OUT/loss.png                             training and validation loss
-    OUT/training/latest, OUT/training/ckpt-STEP/   resumable state (weights, optimiser, step)
+    OUT/train_state/                         resumable state (weights, optimiser, step): the shared
+                                             training-state folder (explainers.training.checkpoint)
 """
 
 from __future__ import annotations
@@ -21,12 +22,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -37,68 +36,35 @@ from explainers.learned.leta.encoder import check_same_encoder, encoder_signatur
 from explainers.learned.leta.explainer import LETAExplainer
 from explainers.learned.leta.objective import compute_targets, leta_loss, sample_centres
 from explainers.models.base import ExplaineeAdapter
+from explainers.training.checkpoint import (
+    STATE_NAME,
+    find_training_state,
+    load_training_state,
+    remove_training_state,
+    save_training_state,
+)
+from explainers.training.loop import Runtime, check_finite
 
 LOG_FILE = "train_log.jsonl"
 PLOT_FILE = "loss.png"
-STATE_DIR = "training"
+STATE_FORMAT = "explainers-leta-train-state"
 
 # Training keys that may change between an interrupted run and its resumption without changing results.
-_RESUME_FREE_KEYS = {"device", "log_every", "save_every", "target_batch", "cache_images", "cache_limit_mb"}
+_RESUME_FREE_KEYS = {
+    "device",
+    "workers",
+    "log_every",
+    "save_every",
+    "target_batch",
+    "cache_images",
+    "cache_limit_mb",
+}
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Processes
-
-
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _init_distributed(device_kind: str) -> tuple[DistInfo, bool]:
-    """Join the process group when launched by torchrun / ``accelerate launch`` (WORLD_SIZE > 1)."""
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo(), False
-    created = False
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
-        created = True
-    info = DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-    return info, created
-
-
-def _barrier(info: DistInfo) -> None:
-    if info.world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
-def _all_mean(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    if info.world > 1:
-        import torch.distributed as dist
-
-        values = values.clone()
-        dist.all_reduce(values)
-        values /= info.world
-    return values
-
-
-def _resolve_device(name: str, info: DistInfo) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and info.world > 1:
-        return torch.device("cuda", info.local_rank)
-    return torch.device(name)
+# Processes: one :class:`~explainers.training.loop.Runtime` (accelerate) per run; it joins the process group
+# when launched by torchrun / accelerate launch, pins each process to its own GPU and runs every collective
+# on that device.
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -106,10 +72,19 @@ def _resolve_device(name: str, info: DistInfo) -> torch.device:
 
 
 class _ImageSource:
-    """Training images at the encoder's size; decoded once into a uint8 cache when it fits in memory."""
+    """Training images at the encoder's size; decoded once into a uint8 cache when it fits in memory
+    (with ``workers`` decoding processes)."""
 
-    def __init__(self, dataset, geometry: InputGeometry, cache: bool, limit_mb: int, progress: bool) -> None:
-        from explainers.data.base import iter_batches
+    def __init__(
+        self,
+        dataset,
+        geometry: InputGeometry,
+        cache: bool,
+        limit_mb: int,
+        progress: bool,
+        workers: int | None = None,
+    ) -> None:
+        from explainers.data.loader import BatchLoader
 
         self.dataset, self.geometry = dataset, geometry  # the encoder's preprocessing (resize, crop)
         size = geometry.size
@@ -118,10 +93,11 @@ class _ImageSource:
         if cache and need_mb <= limit_mb:
             from tqdm.auto import tqdm
 
+            batches = [list(range(i, min(i + 256, len(dataset)))) for i in range(0, len(dataset), 256)]
             self.cache = torch.empty(len(dataset), 3, *size, dtype=torch.uint8)
             pos = 0
             with tqdm(total=len(dataset), desc="loading images", unit="img", disable=not progress) as bar:
-                for batch in iter_batches(dataset, 256, geometry):
+                for batch in BatchLoader(dataset, batches, geometry, workers=workers):
                     n = batch.images.shape[0]
                     self.cache[pos : pos + n] = (batch.images * 255).round().to(torch.uint8)
                     pos += n
@@ -142,69 +118,6 @@ def _open(data: str, split: str | None):
     if split is None and kind == "synthetic":
         split = "train"  # the synthetic reader defaults to the test split
     return open_dataset(data, split=split)
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Checkpoints (no pickle: safetensors + JSON)
-
-
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    sd = opt.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, Any] = {}
-    for pid, state in sd["state"].items():
-        for key, value in state.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"{pid}.{key}"] = value.detach().cpu().contiguous()
-            else:
-                scalars[f"{pid}.{key}"] = value
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def _load_optimizer(
-    opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
-) -> None:
-    state: dict[int, dict[str, Any]] = {}
-    for name, value in tensors.items():
-        pid, _, key = name.partition(".")
-        state.setdefault(int(pid), {})[key] = value
-    for name, value in meta["scalars"].items():
-        pid, _, key = name.partition(".")
-        state.setdefault(int(pid), {})[key] = value
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
-def _save_checkpoint(
-    state_dir: Path, network: torch.nn.Module, opt: torch.optim.Optimizer, state: dict
-) -> None:
-    from safetensors.torch import save_file, save_model
-
-    name = f"ckpt-{state['step']:08d}"
-    tmp = state_dir / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model(network, str(tmp / "model.safetensors"))
-    tensors, meta = _optimizer_tensors(opt)
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({**state, "optimizer": meta}, indent=1))
-    final = state_dir / name
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    # The pointer is the commit: written last, atomically, so a crash never leaves it naming a partial dir.
-    pointer = state_dir / ".latest.tmp"
-    pointer.write_text(name + "\n")
-    os.replace(pointer, state_dir / "latest")
-    for old in state_dir.glob("ckpt-*"):
-        if old.name != name:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _read_checkpoint(state_dir: Path) -> Path | None:
-    pointer = state_dir / "latest"
-    if not pointer.is_file():
-        return None
-    path = state_dir / pointer.read_text().strip()
-    return path if (path / "state.json").is_file() else None
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -308,11 +221,11 @@ def lr_at(step: int, total: int, base: float, warmup: float) -> float:
 
 
 @contextmanager
-def _threads_per_process(info: DistInfo, device: torch.device):
+def _threads_per_process(runtime: Runtime):
     # N CPU processes on one machine: split the cores instead of oversubscribing them N times over.
     previous = torch.get_num_threads()
-    if info.world > 1 and device.type == "cpu":
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", info.world))
+    if runtime.world > 1 and runtime.device.type == "cpu":
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", runtime.world))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     try:
         yield
@@ -348,31 +261,22 @@ def pretrain(
         encoder_spec = encoder_spec or str(encoder)
         encoder = load_explainee(encoder)
     require_vit(encoder, "LETA pre-training")
-    device_kind = "cuda" if cfg.device in ("cuda", "auto") and torch.cuda.is_available() else "cpu"
-    info, created_group = _init_distributed(device_kind)
-    device = _resolve_device(cfg.device, info)
-    if cfg.batch_size % info.world:
-        raise ExplainersError(f"batch_size {cfg.batch_size} must be divisible by the {info.world} processes")
-    try:
-        with _threads_per_process(info, device):
-            return _pretrain(
-                encoder,
-                data,
-                Path(out).expanduser(),
-                run,
-                info,
-                device,
-                encoder_spec=encoder_spec,
-                resume=resume,
-                progress=progress and info.main,
-                stop_after=stop_after,
-                command=command,
-            )
-    finally:
-        if created_group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+    runtime = Runtime(cfg.device, cfg.precision)
+    if cfg.batch_size % runtime.world:
+        raise ExplainersError(f"batch_size {cfg.batch_size} must be divisible by the {runtime.world} processes")
+    with _threads_per_process(runtime):
+        return _pretrain(
+            encoder,
+            data,
+            Path(out).expanduser(),
+            run,
+            runtime,
+            encoder_spec=encoder_spec,
+            resume=resume,
+            progress=progress,
+            stop_after=stop_after,
+            command=command,
+        )
 
 
 def _pretrain(
@@ -380,8 +284,7 @@ def _pretrain(
     data,
     out: Path,
     run: RunConfig,
-    info: DistInfo,
-    device,
+    runtime: Runtime,
     *,
     encoder_spec,
     resume,
@@ -389,19 +292,18 @@ def _pretrain(
     stop_after,
     command,
 ) -> Path:
-    from safetensors.torch import load_file, load_model
-    from tqdm.auto import tqdm
-
     cfg = run.training
+    device = runtime.device
+    main = runtime.main
     dataset = _open(data, cfg.split)
     n_images = len(dataset)
     steps_per_epoch = n_images // cfg.batch_size
     if steps_per_epoch == 0:
         raise ExplainersError(f"{data} has {n_images} images, fewer than one batch of {cfg.batch_size}")
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
-    state_dir, log_path = out / STATE_DIR, out / LOG_FILE
+    log_path = out / LOG_FILE
     signature = encoder_signature(encoder, encoder_spec)
-    run_record = {"run": run.to_dict(), "data": data, "world_size": info.world}
+    run_record = {"run": run.to_dict(), "data": data, "world_size": runtime.world}
 
     encoder.to(device)
     explainer = LETAExplainer.build(encoder, run.model, seed=cfg.seed)
@@ -410,49 +312,48 @@ def _pretrain(
     opt = torch.optim.AdamW(network.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     start_step, elapsed = 0, 0.0
-    ckpt = _read_checkpoint(state_dir) if resume else None
+    ckpt = find_training_state(out) if resume else None
     if ckpt is not None:
-        saved = json.loads((ckpt / "state.json").read_text())
-        _check_resumable(saved, run_record, signature, encoder, out)
-        load_model(network, str(ckpt / "model.safetensors"))
-        _load_optimizer(opt, load_file(str(ckpt / "optimizer.safetensors")), saved["optimizer"])
+        saved = torch.load(ckpt / STATE_NAME, map_location="cpu", weights_only=True)
+        if saved.get("format") == STATE_FORMAT:  # the settings first: a clear message, not a shape error
+            _check_resumable(saved, run_record, signature, encoder, out)
+        load_training_state(ckpt, STATE_FORMAT, network)
+        opt.load_state_dict(saved["optimizer"])
         start_step, elapsed = int(saved["step"]), float(saved["elapsed_s"])
-    elif info.main:
-        shutil.rmtree(state_dir, ignore_errors=True)
+    elif main:
+        remove_training_state(out)
         if log_path.exists():
             log_path.unlink()
-    _barrier(info)
-    if info.main:
+    runtime.barrier()
+    if main:
         out.mkdir(parents=True, exist_ok=True)
         _truncate_log(log_path, start_step)
 
-    source = _ImageSource(dataset, encoder.input_geometry, cfg.cache_images, cfg.cache_limit_mb, progress)
-    val = _validation_set(data, cfg, encoder, progress) if info.main else None
+    source = _ImageSource(
+        dataset, encoder.input_geometry, cfg.cache_images, cfg.cache_limit_mb, progress and main, cfg.workers
+    )
+    val = _validation_set(data, cfg, encoder, progress) if main else None
     windows = explainer.windows()
     target_dtype = torch.bfloat16 if cfg.target_dtype == "bfloat16" else None
-    train_net: torch.nn.Module = network
-    if info.world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        train_net = DistributedDataParallel(
-            network, device_ids=[device.index] if device.type == "cuda" else None
-        )
+    train_net = runtime.prepare(network)
     network.train()
 
     def checkpoint(step: int) -> None:
-        if info.main:
+        if main:
             state = {
+                "format": STATE_FORMAT,
                 "step": step,
                 "elapsed_s": elapsed,
                 "total_steps": total,
                 "encoder": signature,
                 **run_record,
+                "optimizer": opt.state_dict(),
             }
-            _save_checkpoint(state_dir, network, opt, state)
-        _barrier(info)
+            save_training_state(out, network, state)
+        runtime.barrier()
 
     def log(row: dict) -> None:
-        if info.main:
+        if main:
             with log_path.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
 
@@ -460,7 +361,7 @@ def _pretrain(
     last_val: dict[str, float] = {}
     sums = torch.zeros(3)
     count, window_start = 0, time.perf_counter()
-    bar = tqdm(total=total, initial=start_step, desc="LETA pre-training", unit="step", disable=not progress)
+    bar = runtime.progress(total, start_step, "LETA pre-training", progress)
     step = start_step
     try:
         while step < total:
@@ -474,7 +375,7 @@ def _pretrain(
             batch = order[k * cfg.batch_size : (k + 1) * cfg.batch_size].tolist()
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
             centres = sample_centres(cfg.batch_size, cfg.centres, encoder.num_patches, gen)
-            local = slice(info.rank, None, info.world)
+            local = slice(runtime.rank, None, runtime.world)
             images = source.get(batch[local]).to(device)
             centres = centres[local].to(device)
             torch.manual_seed(cfg.seed + step)  # dropout, if the backbone has any
@@ -482,23 +383,27 @@ def _pretrain(
             t_pos, t_neg = compute_targets(
                 encoder, encoder.normalize(images), centres, windows, cfg.target_batch, dtype=target_dtype
             )
-            psi_pos, psi_neg = train_net(images)
-            loss, loss_pos, loss_neg = leta_loss(psi_pos, psi_neg, centres, t_pos, t_neg)
+            with runtime.autocast():
+                psi_pos, psi_neg = train_net(images)
+            loss, loss_pos, loss_neg = leta_loss(psi_pos.float(), psi_neg.float(), centres, t_pos, t_neg)
+            values = torch.stack([loss.detach(), loss_pos.detach(), loss_neg.detach()]).cpu()
+            if runtime.world > 1:  # every process stops together on a non-finite loss
+                values = values if torch.isfinite(values).all() else values * float("nan")
+                if not torch.isfinite(runtime.reduce_sum(values)).all():
+                    values = values * float("nan")
+            check_finite(float(values[0]), step + 1)
             lr = lr_at(step, total, cfg.lr, cfg.warmup)
             for group in opt.param_groups:
                 group["lr"] = lr
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(network.parameters(), cfg.grad_clip)
-            opt.step()
+            runtime.backward(loss)
+            runtime.step(opt, list(network.parameters()), cfg.grad_clip)
             step += 1
             elapsed += time.perf_counter() - t0
-            sums += torch.tensor([loss.item(), loss_pos.item(), loss_neg.item()])
+            sums += values
             count += 1
 
             if step % cfg.log_every == 0 or step == total:
-                mean = _all_mean(sums / count, info)
+                mean = runtime.reduce_mean(sums / count)
                 rate = count * cfg.batch_size / (time.perf_counter() - window_start)
                 last_train = {"loss": float(mean[0]), "loss_pos": float(mean[1]), "loss_neg": float(mean[2])}
                 log(
@@ -527,17 +432,17 @@ def _pretrain(
         bar.close()
         # Ctrl-C or a crash: keep the last completed step so a rerun continues from there. With several
         # processes the others may be gone, so only a single process can still save safely.
-        if info.world == 1 and step > start_step:
+        if runtime.world == 1 and step > start_step:
             checkpoint(step)
             plot_log(log_path, out / PLOT_FILE)
         raise
     bar.close()
     if step < total:  # stopped by stop_after: resumable
         checkpoint(step)
-        if info.main:
+        if main:
             plot_log(log_path, out / PLOT_FILE)
         return out
-    if info.main:
+    if main:
         summary = {
             "data": data,
             "split": cfg.split,
@@ -545,7 +450,7 @@ def _pretrain(
             "epochs": total / steps_per_epoch,
             "images_seen": total * cfg.batch_size,
             "masked_targets": total * cfg.batch_size * cfg.centres * 2,
-            "world_size": info.world,
+            "world_size": runtime.world,
             "device": str(device),
             "wall_s": round(elapsed, 1),
             "config": asdict(cfg),
@@ -555,7 +460,7 @@ def _pretrain(
         }
         explainer.save_pretrained(out, training=summary)
         plot_log(log_path, out / PLOT_FILE)
-    _barrier(info)
+    runtime.barrier()
     return out
 
 

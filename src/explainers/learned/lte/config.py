@@ -7,7 +7,7 @@ Defaults are the published method's (SPEC §3), including its quirks, except whe
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,8 @@ class LTEConfig:
         lambda_pred, lambda_mask: loss weights (published λ_mask: 50 for ViT-B, 30 for ViT-S).
     Data:
         split: dataset split the subsets are drawn from (None: ``train`` for synthetic data, else the
-            dataset's default); train_per_class / val_per_class: class-uniform, disjoint subset sizes.
+            dataset's default); train_per_class / val_per_class: class-uniform, disjoint subset sizes
+            (train_per_class None: every labelled image of a class not drawn for validation).
     Pre-training (SPEC §3.4):
         epochs, batch_size (global, over all processes), lr, weight_decay (AdamW), warmup_fraction,
         schedule: ``linear`` (warm-up over ``warmup_fraction`` of the real steps, then linear decay to 0),
@@ -53,6 +54,10 @@ class LTEConfig:
         seed, eval_batch_size (perturbed images per explainee forward when scoring), checkpoint_every (also
             save the training state every N optimiser steps; 0 = only at epoch ends), validate_initial
             (also score the untrained explainer, logged as epoch 0; never selected).
+    Running (do not change the trained weights' meaning; see docs/training.md):
+        device (``auto``: CUDA when available, else CPU; ``cpu``; ``cuda``), precision (``fp32``,
+        ``bf16``, ``fp16``: autocast with float32 master weights), grad_accum (micro-batches per
+        optimiser step), workers (image-decoding processes).
     Refinement (LTE, SPEC §3.5):
         refine_steps (scored masks per image, the first being the pLTE mask), refine_lr,
         refine_weight_decay, refine_select (``pos``: lowest POS-AUC wins, or ``neg``: highest NEG-AUC),
@@ -70,7 +75,7 @@ class LTEConfig:
     lambda_mask: float = 50.0
 
     split: str | None = None
-    train_per_class: int = 1
+    train_per_class: int | None = None
     val_per_class: int = 1
 
     epochs: int = 30
@@ -92,6 +97,11 @@ class LTEConfig:
     refine_stop_below: float = 6.0
     refine_stop_above: float = 89.0
 
+    device: str = "auto"
+    precision: str = "fp32"
+    grad_accum: int = 1
+    workers: int | None = None
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -112,8 +122,20 @@ class LTEConfig:
             raise LTEConfigError(
                 "mask_loss 'entropy' needs activation 'softmax' (scores must sum to 1 per image)"
             )
+        from explainers.training.loop import PRECISIONS, validate_device
+
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise LTEConfigError(f"{f.name} must be a finite number, got {value}")
+
+        validate_device(self.device)
+        if self.precision not in PRECISIONS:
+            raise LTEConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+        if self.train_per_class is not None and self.train_per_class < 1:
+            raise LTEConfigError(f"train_per_class must be at least 1 (or null: all), got {self.train_per_class}")
         positive = (
-            "train_per_class",
+            "grad_accum",
             "val_per_class",
             "epochs",
             "batch_size",
@@ -124,6 +146,8 @@ class LTEConfig:
         for key in positive:
             if int(getattr(self, key)) < 1:
                 raise LTEConfigError(f"{key} must be at least 1, got {getattr(self, key)}")
+        if self.workers is not None and self.workers < 0:
+            raise LTEConfigError(f"workers must be 0 or more (or null: the default), got {self.workers}")
         for key in ("freeze_blocks", "checkpoint_every"):
             if int(getattr(self, key)) < 0:
                 raise LTEConfigError(f"{key} must be 0 or more, got {getattr(self, key)}")
@@ -152,54 +176,24 @@ class LTEConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LTEConfig:
         """Build from a mapping; unknown keys are an error naming the valid ones, values are coerced."""
-        unknown = sorted(set(data) - set(cls.keys()))
-        if unknown:
-            raise LTEConfigError(
-                f"unknown LTE config key(s): {', '.join(unknown)}; valid keys: {', '.join(cls.keys())}"
-            )
-        return cls(**{k: _coerce(k, v) for k, v in data.items()})
+        from explainers.training.config import ConfigError, build
+
+        try:
+            return build(cls, data, "LTE")
+        except ConfigError as exc:
+            raise LTEConfigError(str(exc)) from None
 
     @classmethod
     def from_file(cls, path: str | Path) -> LTEConfig:
-        path = Path(path)
+        """From a JSON or TOML file of settings."""
+        from explainers.training.config import ConfigError, read_config_file
+
         try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise LTEConfigError(f"config file not found: {path}") from None
-        except json.JSONDecodeError as exc:
-            raise LTEConfigError(f"config file {path} is not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise LTEConfigError(f"config file {path} must hold a JSON object of settings")
+            data = read_config_file(path)
+        except ConfigError as exc:
+            raise LTEConfigError(str(exc)) from None
         return cls.from_dict(data)
 
     def replace(self, **changes: Any) -> LTEConfig:
         """A copy with ``changes`` applied (same key checks as :meth:`from_dict`)."""
         return type(self).from_dict({**self.to_dict(), **changes})
-
-
-_TYPES: dict[str, type] = {f.name: f.type for f in fields(LTEConfig)}  # type: ignore[misc]
-
-
-def _coerce(key: str, value: Any) -> Any:
-    """Accept strings from the command line (``--set epochs=3``) and ints for floats."""
-    kind = str(_TYPES[key])
-    if kind == "bool":
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        if isinstance(value, bool | int) and value in (0, 1):
-            return bool(value)
-        raise LTEConfigError(f"{key} must be true or false, got {value!r}")
-    if value is None:
-        if "None" in kind:
-            return None
-        raise LTEConfigError(f"{key} cannot be null")
-    try:
-        if kind == "int":
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        if kind == "float":
-            return float(value)
-    except (TypeError, ValueError):
-        raise LTEConfigError(f"{key} must be a {kind}, got {value!r}") from None
-    return str(value) if not isinstance(value, str) else value

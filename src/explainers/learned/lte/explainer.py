@@ -9,8 +9,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
-import hashlib
 import json
 import logging
 from collections.abc import Iterator
@@ -24,7 +22,7 @@ from torch import nn
 from explainers.errors import ExplainersError, ModelError
 from explainers.io.atomic import atomic_path, write_text_atomic
 from explainers.learned.lte.config import LTEConfig
-from explainers.models.base import ExplaineeAdapter, Targets
+from explainers.models.base import ExplaineeAdapter, Targets, TrainableBackbone
 
 log = logging.getLogger(__name__)
 
@@ -67,52 +65,12 @@ class PatchHead(nn.Module):
         return self.fc2(torch.tanh(self.fc1(tokens))).squeeze(-1)
 
 
-def _layout(backbone: nn.Module) -> tuple[list[nn.Module], nn.Module]:
-    """Blocks and final norm of a deep-copied ``adapter.backbone()`` (HF ViT/DeiT or timm ViT)."""
-    encoder = getattr(backbone, "encoder", None)
-    if encoder is not None and hasattr(encoder, "embeddings"):  # HF: _HFBackbone(encoder=ViTModel/DeiTModel)
-        layers = getattr(encoder, "layers", None)
-        layers = layers if layers is not None else encoder.encoder.layer
-        return list(layers), encoder.layernorm
-    model = getattr(backbone, "model", None)
-    if model is not None and hasattr(model, "blocks") and hasattr(model, "forward_features"):  # timm
-        # forward_features never reaches the classifier: drop it so no weight sits unused (DDP, file size).
-        for name in ("head", "head_dist", "fc_norm", "head_drop"):
-            if isinstance(getattr(model, name, None), nn.Module):
-                setattr(model, name, nn.Identity())
-        return list(model.blocks), model.norm
-    raise ModelError(
-        f"cannot find the encoder blocks of backbone {type(backbone).__name__}; "
-        "LTE supports Hugging Face ViT/DeiT and timm VisionTransformer explainees"
-    )
-
-
-def _attention_mode(backbone: nn.Module) -> Any:
-    """The backbone's current attention setting (restored by :func:`_set_attention_mode`)."""
-    encoder = getattr(backbone, "encoder", None)
-    if encoder is not None and hasattr(encoder, "embeddings"):
-        return encoder.config._attn_implementation
-    return [getattr(blk.attn, "fused_attn", False) for blk in backbone.model.blocks]
-
-
-def _set_attention_mode(backbone: nn.Module, mode: Any) -> None:
-    encoder = getattr(backbone, "encoder", None)
-    if encoder is not None and hasattr(encoder, "embeddings"):
-        if encoder.config._attn_implementation != mode:
-            encoder.set_attn_implementation(mode)
-        return
-    blocks = backbone.model.blocks
-    flags = [mode] * len(blocks) if isinstance(mode, bool) else mode
-    for blk, flag in zip(blocks, flags, strict=True):
-        blk.attn.fused_attn = flag
-
-
 class ExplainerNet(nn.Module):
     """Pixel values → (patch scores B×gh×gw, mask B×H×W): encoder, per-patch head, activation, upsampling."""
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: TrainableBackbone,
         *,
         embed_dim: int,
         num_prefix_tokens: int,
@@ -129,7 +87,7 @@ class ExplainerNet(nn.Module):
         self.grid = (int(grid[0]), int(grid[1]))
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.activation = activation
-        blocks, final_norm = _layout(backbone)
+        blocks, final_norm = backbone.blocks, backbone.final_norm
         if freeze_blocks > len(blocks):
             raise ExplainersError(f"freeze_blocks={freeze_blocks} but the encoder has {len(blocks)} blocks")
         # Trainable: blocks (after the first k), final norm, head. Frozen: everything else — patch and
@@ -142,12 +100,8 @@ class ExplainerNet(nn.Module):
     @contextlib.contextmanager
     def eager_attention(self) -> Iterator[None]:
         """Use the eager attention path: ``vmap`` has no batching rule for fused CPU attention."""
-        previous = _attention_mode(self.backbone)
-        _set_attention_mode(self.backbone, "eager" if isinstance(previous, str) else False)
-        try:
+        with self.backbone.eager_attention():
             yield
-        finally:
-            _set_attention_mode(self.backbone, previous)
 
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
         if self.activation == "sigmoid":
@@ -166,18 +120,6 @@ class ExplainerNet(nn.Module):
         if self.activation in ("relu", "none"):
             mask = mask.clamp(0.0, 1.0)  # unbounded scores: the reference clamps the mask to [0, 1]
         return patch, mask
-
-
-def explainee_fingerprint(adapter: ExplaineeAdapter) -> str:
-    """A short hash of the classifier head's weights (same architecture, other weights: worth a warning)."""
-    h = hashlib.sha256()
-    try:
-        heads = adapter.parts().heads
-    except ExplainersError:
-        return ""
-    for head in heads:
-        h.update(head.linear.weight.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def check_compatible(saved: dict[str, Any], adapter: ExplaineeAdapter, where: str) -> None:
@@ -221,7 +163,7 @@ class LTEExplainer:
                 f"LTE needs a ViT explainee (its encoder initialises the explainer); {explainee.identifier} "
                 f"({type(explainee.model).__name__}) is not one"
             )
-        backbone = copy.deepcopy(explainee.backbone())
+        backbone = explainee.trainable_backbone()
         self.net = ExplainerNet(
             backbone,
             embed_dim=explainee.embed_dim,  # type: ignore[attr-defined]
@@ -318,7 +260,7 @@ class LTEExplainer:
             "format_version": FORMAT_VERSION,
             "config": self.config.to_dict(),
             "explainee": self.adapter.describe(),
-            "explainee_fingerprint": explainee_fingerprint(self.adapter),
+            "explainee_weights_fingerprint": self.adapter.weights_fingerprint(),
             "training": {**self.training_info, **(extra or {})},
         }
         from explainers import __version__
@@ -358,11 +300,13 @@ class LTEExplainer:
         explainee: ExplaineeAdapter | str | Path | nn.Module,
         *,
         device: str | torch.device | None = None,
+        allow_other_weights: bool = False,
         **config_overrides: Any,
     ) -> LTEExplainer:
         """Load a checkpoint written by :meth:`save_pretrained` for ``explainee`` (adapter, spec or model).
 
-        A checkpoint made for a different explainee (architecture, patch grid or class count) is refused.
+        A checkpoint made for a different explainee (architecture, patch grid or class count) is refused,
+        and so is one made for other weights of the same architecture unless ``allow_other_weights``.
         ``config_overrides`` change settings that do not affect the weights (e.g. ``refine_lr``).
         """
         from safetensors import SafetensorError
@@ -374,13 +318,17 @@ class LTEExplainer:
         meta = cls.read_metadata(path)
         adapter = load_explainee(explainee, device=None if device is None else str(device))
         check_compatible(meta.get("explainee", {}), adapter, str(path))
-        saved_fp, fp = meta.get("explainee_fingerprint"), explainee_fingerprint(adapter)
-        if saved_fp and fp and saved_fp != fp:
-            log.warning(
-                "explainer %s was trained for an explainee with other classifier weights than %s",
-                path,
-                adapter.identifier,
-            )
+        from explainers.training.checkpoint import check_fingerprint
+
+        check_fingerprint(
+            meta.get("explainee_weights_fingerprint"),
+            adapter.weights_fingerprint(),
+            what="LTE explainer",
+            source=str(path),
+            model=f"explainee {adapter.identifier}",
+            hint="pre-train one for these weights (`explainers pretrain lte`)",
+            allow_other_weights=allow_other_weights,
+        )
         config = LTEConfig.from_dict(meta.get("config", {}))
         structural = {"activation", "freeze_blocks", "head_init_std"} & set(config_overrides)
         if structural:

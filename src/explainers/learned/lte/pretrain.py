@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,24 +35,23 @@ from typing import Any
 
 import torch
 
-from explainers.data import ImageDataset, InputGeometry, iter_batches, open_dataset, parse_dataset_spec
+from explainers.data import ImageDataset, open_dataset, parse_dataset_spec
 from explainers.errors import ExplainersError
 from explainers.io.atomic import write_text_atomic
 from explainers.learned.lte.config import LTEConfig
 from explainers.learned.lte.explainer import (
     CONFIG_NAME,
-    WEIGHTS_NAME,
     LTEExplainer,
     check_compatible,
 )
 from explainers.learned.lte.loss import loss_classes, lte_loss
 from explainers.learned.lte.scoring import perturbation_auc
 from explainers.models import ExplaineeAdapter, load_explainee
+from explainers.training.checkpoint import find_training_state, load_training_state, save_training_state
+from explainers.training.loop import Runtime, check_finite, load_images
 
 log = logging.getLogger(__name__)
 
-STATE_DIR = "train_state"
-STATE_NAME = "state.pt"
 LOG_NAME = "log.jsonl"
 PLOT_NAME = "training.png"
 SUBSETS_NAME = "subsets.json"
@@ -61,6 +59,8 @@ STATE_FORMAT = "explainers-lte-train-state"
 
 # Settings that do not change the trained weights: a resumed run may differ in these.
 _FREE_KEYS = {
+    "device",
+    "workers",
     "eval_batch_size",
     "checkpoint_every",
     "refine_steps",
@@ -86,13 +86,19 @@ class PretrainResult:
     last: LTEExplainer | None = None
     #: False on the other processes of a distributed run (only the main one writes and reports).
     main_process: bool = True
+    #: A warning when the selected epoch's masks collapsed (flat, all-zero or all-one), else None.
+    collapse: str | None = None
 
 
 # ----------------------------------------------------------------------------------------------- data
 def select_subsets(
-    labels: list[int], train_per_class: int, val_per_class: int, seed: int
+    labels: list[int], train_per_class: int | None, val_per_class: int, seed: int
 ) -> tuple[list[int], list[int]]:
-    """Class-uniform, disjoint train/validation index lists (sorted), drawn with ``seed``."""
+    """Class-uniform, disjoint train/validation index lists (sorted), drawn with ``seed``.
+
+    ``train_per_class`` None takes every image of a class that is not drawn for validation (classes
+    then differ in size only by what the dataset gives them).
+    """
     if any(label < 0 for label in labels):
         raise ExplainersError(
             "pLTE pre-training needs labelled images for class-uniform subsets; "
@@ -102,11 +108,16 @@ def select_subsets(
     by_class: dict[int, list[int]] = {}
     for i, label in enumerate(labels):
         by_class.setdefault(int(label), []).append(i)
-    need = train_per_class + val_per_class
+    need = (train_per_class or 1) + val_per_class
     short = {c: len(v) for c, v in sorted(by_class.items()) if len(v) < need}
     if short:
+        what = (
+            f"train_per_class + val_per_class = {need} images per class are needed"
+            if train_per_class is not None
+            else f"val_per_class + 1 = {need} images per class are needed (one to train on)"
+        )
         raise ExplainersError(
-            f"train_per_class + val_per_class = {need} images per class are needed, but class(es) "
+            f"{what}, but class(es) "
             + ", ".join(f"{c} ({n})" for c, n in short.items())
             + " have fewer; lower them in the config"
         )
@@ -115,27 +126,14 @@ def select_subsets(
     for c in sorted(by_class):
         idx = by_class[c]
         perm = torch.randperm(len(idx), generator=g).tolist()
-        train += [idx[j] for j in perm[:train_per_class]]
-        val += [idx[j] for j in perm[train_per_class:need]]
+        n_train = len(idx) - val_per_class if train_per_class is None else train_per_class
+        train += [idx[j] for j in perm[:n_train]]
+        val += [idx[j] for j in perm[n_train : n_train + val_per_class]]
     return sorted(train), sorted(val)
 
 
 def _dataset_labels(dataset: ImageDataset) -> list[int]:
-    labels = getattr(dataset, "labels", None)
-    if labels is not None and not callable(labels):
-        return [int(v) for v in labels]
-    return [dataset[i].label for i in range(len(dataset))]  # generic (loads every image once)
-
-
-def _load_subset(
-    dataset: ImageDataset, indices: list[int], size: tuple[int, int] | InputGeometry
-) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    images, labels, ids = [], [], []
-    for batch in iter_batches(dataset, 64, size, indices):
-        images.append(batch.images)
-        labels.append(batch.labels)
-        ids += batch.ids
-    return torch.cat(images), torch.cat(labels), ids
+    return [int(v) for v in dataset.labels]  # from the label file / folder names / CSV: no decoding
 
 
 def open_training_data(data: str | ImageDataset, split: str | None) -> ImageDataset:
@@ -214,16 +212,20 @@ def _predict_classes(
 @torch.no_grad()
 def validation_scores(
     explainer: LTEExplainer, images: torch.Tensor, classes: torch.Tensor, chunk: int
-) -> torch.Tensor:
-    """Per-image POS-AUC of the explainer's masks (chunked)."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image POS-AUC of the explainer's masks (chunked), and the summed per-image collapse figures
+    of :func:`collapse_stats` (in ``_COLLAPSE_KEYS`` order) over the images."""
     adapter = explainer.adapter
     out = []
+    counts = torch.zeros(len(_COLLAPSE_KEYS), dtype=torch.float64)
     was_training = explainer.net.training
     explainer.net.eval()
     try:
         for i in range(0, len(images), chunk):
             x = images[i : i + chunk].to(explainer.device)
             mask = explainer.masks(x)[1]
+            stats = collapse_stats(mask.float())
+            counts += torch.tensor([stats[k] * len(x) for k in _COLLAPSE_KEYS], dtype=torch.float64)
             out.append(
                 perturbation_auc(
                     adapter, x, mask, classes[i : i + chunk].to(x.device), "pos", max_batch=chunk
@@ -231,7 +233,7 @@ def validation_scores(
             )
     finally:
         explainer.net.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.float64)
+    return (torch.cat(out) if out else torch.empty(0, dtype=torch.float64)), counts
 
 
 def _write_log(out: Path, records: list[dict[str, Any]]) -> None:
@@ -268,38 +270,7 @@ def plot_log(records: list[dict[str, Any]], path: Path) -> None:
 
 # ----------------------------------------------------------------------------------------------- state
 def _save_state(out: Path, net: torch.nn.Module, payload: dict[str, Any]) -> None:
-    """Write the training state to a fresh folder, then swap it in: a crash leaves the old or the new one."""
-    from safetensors.torch import save_file
-
-    tmp, final, old = out / (STATE_DIR + ".tmp"), out / STATE_DIR, out / (STATE_DIR + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(
-        {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp / WEIGHTS_NAME)
-    )
-    torch.save(payload, tmp / STATE_NAME)
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _find_state(out: Path) -> Path | None:
-    for name in (STATE_DIR, STATE_DIR + ".old"):  # .old: a crash between the two renames of _save_state
-        if (out / name / STATE_NAME).is_file() and (out / name / WEIGHTS_NAME).is_file():
-            return out / name
-    return None
-
-
-def _load_state(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    from safetensors.torch import load_file
-
-    weights = load_file(str(folder / WEIGHTS_NAME))
-    payload = torch.load(folder / STATE_NAME, map_location="cpu", weights_only=True)
-    if payload.get("format") != STATE_FORMAT:
-        raise ExplainersError(f"{folder} is not an LTE training state")
-    return weights, payload
+    save_training_state(out, net, payload)
 
 
 def _check_resume(
@@ -315,6 +286,16 @@ def _check_resume(
             "settings to resume it, or pick another --out"
         )
     check_compatible(payload["explainee"], adapter, str(out))
+    from explainers.training.checkpoint import check_fingerprint
+
+    check_fingerprint(
+        payload.get("explainee_weights_fingerprint"),
+        adapter.weights_fingerprint(),
+        what="interrupted pLTE run",
+        source=str(out),
+        model=f"explainee {adapter.identifier}",
+        hint="resume with the explainee it started with, or pick another --out",
+    )
     if payload["subsets"] != subsets:
         raise ExplainersError(
             f"{out} was pre-trained on other images (the dataset or split changed); pick another --out"
@@ -337,20 +318,18 @@ def pretrain_lte(
     Resumes automatically from ``out_dir``'s training state. ``on_step(global_step)`` is called after every
     optimiser step (and after any checkpoint of that step). ``command`` is recorded with the checkpoint.
     """
-    from accelerate import Accelerator
-
     config = config or LTEConfig()
     out = Path(out_dir).expanduser()
-    # CPU-only machines: accelerate runs several processes only when told cpu=True (gloo backend).
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
-    if config.batch_size % world:
+    runtime = Runtime(config.device, config.precision)
+    rank, world, main = runtime.rank, runtime.world, runtime.main
+    if config.batch_size % (world * config.grad_accum):
         raise ExplainersError(
-            f"batch_size {config.batch_size} must be divisible by the number of processes ({world})"
+            f"batch_size {config.batch_size} must be divisible by the number of processes ({world}) times "
+            f"grad_accum ({config.grad_accum})"
         )
 
     adapter = load_explainee(explainee)
-    adapter.to(accelerator.device)
+    adapter.to(runtime.device)
     adapter.model.eval()
     dataset = open_training_data(data, config.split)
     labels = _dataset_labels(dataset)
@@ -362,8 +341,8 @@ def pretrain_lte(
             "use a dataset labelled for this explainee, or --class predicted"
         )
     train_idx, val_idx = select_subsets(labels, config.train_per_class, config.val_per_class, config.seed)
-    train_x, train_y, train_ids = _load_subset(dataset, train_idx, adapter.input_geometry)
-    val_x, val_y, val_ids = _load_subset(dataset, val_idx, adapter.input_geometry)
+    train_x, train_y, train_ids = load_images(dataset, train_idx, adapter.input_geometry, config.workers)
+    val_x, val_y, val_ids = load_images(dataset, val_idx, adapter.input_geometry, config.workers)
     subsets = {"train": train_ids, "val": val_ids}
     train_c = _predict_classes(adapter, train_x, train_y, config.class_mode, config.eval_batch_size)
     val_c = _predict_classes(adapter, val_x, val_y, config.class_mode, config.eval_batch_size)
@@ -395,12 +374,13 @@ def pretrain_lte(
     best: dict[str, Any] = {"epoch": None, "val_pos_auc": None}
     records: list[dict[str, Any]] = []
     sums = torch.zeros(4, dtype=torch.float64)  # total, prediction, mask, images (this epoch so far)
-    state_dir = _find_state(out) if out.exists() else None
+    state_dir = find_training_state(out) if out.exists() else None
     resumed = state_dir is not None
     if state_dir is not None:
-        weights, payload = _load_state(state_dir)
-        _check_resume(payload, config, adapter, subsets, out)
-        net.load_state_dict(weights)
+        payload = torch.load(state_dir / "state.pt", map_location="cpu", weights_only=True)
+        if payload.get("format") == STATE_FORMAT:  # the settings first: a clear message, not a shape error
+            _check_resume(payload, config, adapter, subsets, out)
+        load_training_state(state_dir, STATE_FORMAT, net)
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
         epoch, step_in_epoch, global_step = payload["epoch"], payload["step_in_epoch"], payload["global_step"]
@@ -416,11 +396,14 @@ def pretrain_lte(
             f"{out} already holds an explainer checkpoint but no training state to resume; pick another --out"
         )
 
+    fingerprint = adapter.weights_fingerprint()
+
     def payload_now(ep: int, step: int, s: torch.Tensor) -> dict[str, Any]:
         return {
             "format": STATE_FORMAT,
             "config": config.to_dict(),
             "explainee": adapter.describe(),
+            "explainee_weights_fingerprint": fingerprint,
             "subsets": subsets,
             "epoch": ep,
             "step_in_epoch": step,
@@ -438,22 +421,14 @@ def pretrain_lte(
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / SUBSETS_NAME, json.dumps(subsets) + "\n")
 
-    ddp_net, optimizer = accelerator.prepare(net, optimizer)
-    device = accelerator.device
+    ddp_net = runtime.prepare(net)
+    device = runtime.device
 
     if not resumed and config.validate_initial:
-        auc = _validate(accelerator, explainer, val_x, val_c, config)
-        records.append({"epoch": 0, "step": 0, "val_pos_auc": auc, "loss": None})
+        auc, stats = _validate(runtime, explainer, val_x, val_c, config)
+        records.append({"epoch": 0, "step": 0, "val_pos_auc": auc, "loss": None, **stats})
 
-    from tqdm.auto import tqdm
-
-    bar = tqdm(
-        total=config.epochs * steps_per_epoch,
-        initial=global_step,
-        disable=not (main and progress),
-        desc="pLTE pre-training",
-        unit="step",
-    )
+    bar = runtime.progress(config.epochs * steps_per_epoch, global_step, "pLTE pre-training", progress)
     started = time.perf_counter()
     with frozen(adapter.model):
         while epoch < config.epochs:
@@ -462,50 +437,59 @@ def pretrain_lte(
             batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
             for s in range(step_in_epoch, len(batches)):
                 chunk = batches[s]
-                local = torch.tensor(chunk[rank::world])
+                local = chunk[rank::world]
                 torch.manual_seed(_step_seed(config.seed, global_step, rank))
-                x, c = train_x[local].to(device), train_c[local].to(device)
-                patch, mask = ddp_net(adapter.normalize(x))
-                terms = lte_loss(adapter, x, patch, mask, c, config)
-                # DDP averages over processes: scale so the result is the mean over the global batch.
-                accelerator.backward(terms.total.sum() * (world / len(chunk)))
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                global_step += 1
-                sums += (
-                    torch.stack(
+                # Gradient accumulation: this process's share in grad_accum micro-batches, one
+                # optimiser step. DDP averages over processes: scale so that the result is the mean
+                # over the global batch.
+                micro = [local[i :: config.grad_accum] for i in range(config.grad_accum)]
+                micro = [m for m in micro if m]
+                step_sums = torch.zeros(4, dtype=torch.float64, device=device)
+                for j, part in enumerate(micro):
+                    idx = torch.tensor(part)
+                    x, c = train_x[idx].to(device), train_c[idx].to(device)
+                    with runtime.accumulate(ddp_net, last=j == len(micro) - 1):
+                        with runtime.autocast():
+                            patch, mask = ddp_net(adapter.normalize(x))
+                            terms = lte_loss(adapter, x, patch, mask, c, config)
+                        runtime.backward(terms.total.float().sum() * (world / len(chunk)))
+                    # Summed on the training device (the image count too): no CPU tensor meets the
+                    # CUDA loss terms.
+                    step_sums += torch.stack(
                         [
-                            terms.total.detach().sum(),
-                            terms.prediction.detach().sum(),
-                            terms.mask.detach().sum(),
-                            torch.tensor(float(len(local))),
+                            terms.total.detach().float().sum(),
+                            terms.prediction.detach().float().sum(),
+                            terms.mask.detach().float().sum(),
+                            terms.total.new_tensor(float(len(part))),
                         ]
-                    )
-                    .double()
-                    .cpu()
-                )
+                    ).double()
+                step_loss = _finite_everywhere(runtime, step_sums)
+                check_finite(step_loss, global_step + 1)
+                runtime.step(optimizer, params, None)
+                scheduler.step()
+                global_step += 1
+                sums += step_sums.cpu()
                 bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{terms.total.detach().mean().item():.3f}")
+                bar.set_postfix(epoch=epoch + 1, loss=f"{step_loss:.3f}")
                 last_of_epoch = s + 1 == len(batches)
                 if (
                     config.checkpoint_every
                     and global_step % config.checkpoint_every == 0
                     and not last_of_epoch
                 ):
-                    total_sums = _reduce(accelerator, sums)
+                    total_sums = runtime.reduce_sum(sums)
                     if main:
                         _save_state(out, net, payload_now(epoch, s + 1, total_sums))
                     sums = total_sums if main else torch.zeros_like(sums)
-                    accelerator.wait_for_everyone()
+                    runtime.barrier()
                 if on_step is not None:
                     on_step(global_step)
             # --- end of epoch: validate, log, keep the best, save the state
-            epoch_sums = _reduce(accelerator, sums)
+            epoch_sums = runtime.reduce_sum(sums)
             sums = torch.zeros_like(sums)
             step_in_epoch = 0
             epoch += 1
-            auc = _validate(accelerator, explainer, val_x, val_c, config)
+            auc, stats = _validate(runtime, explainer, val_x, val_c, config)
             n = max(epoch_sums[3].item(), 1.0)
             record = {
                 "epoch": epoch,
@@ -516,9 +500,13 @@ def pretrain_lte(
                 "mask_loss": epoch_sums[2].item() / n,
                 "mask_loss_weighted": config.lambda_mask * epoch_sums[2].item() / n,
                 "val_pos_auc": auc,
+                **stats,
+                "collapse": describe_collapse(stats, epoch_sums[2].item() / n),
                 "time_s": round(time.perf_counter() - started, 2),
             }
-            improved = best["val_pos_auc"] is None or auc < best["val_pos_auc"]
+            # A NaN score or NaN weights are never kept as the best checkpoint.
+            usable = math.isfinite(auc) and all(bool(torch.isfinite(p).all()) for p in params)
+            improved = usable and (best["val_pos_auc"] is None or auc < best["val_pos_auc"])
             if improved:
                 best = {"epoch": epoch, "val_pos_auc": auc}
             record["best"] = improved
@@ -541,12 +529,14 @@ def pretrain_lte(
                 bar.write(
                     f"epoch {epoch}/{config.epochs}: loss {record['loss']:.4f}  val POS-AUC {auc:.2f}"
                     + ("  (best)" if improved else "")
+                    + (f"  WARNING: {record['collapse']}" if record.get("collapse") else "")
                 )
-            accelerator.wait_for_everyone()
+            runtime.barrier()
     bar.close()
     if main and not (out / PLOT_NAME).exists() and records:
         with contextlib.suppress(Exception):
             plot_log(records, out / PLOT_NAME)
+    best_record = next((r for r in records if r["epoch"] == best["epoch"] and r.get("loss") is not None), None)
     return PretrainResult(
         out_dir=out,
         best_epoch=best["epoch"],
@@ -556,25 +546,62 @@ def pretrain_lte(
         resumed=resumed,
         last=explainer,
         main_process=main,
+        collapse=None if best_record is None else best_record.get("collapse"),
     )
 
 
-def _reduce(accelerator: Any, sums: torch.Tensor) -> torch.Tensor:
-    if accelerator.num_processes == 1:
-        return sums.clone()
-    return accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu()
+def _finite_everywhere(runtime: Runtime, step_sums: torch.Tensor) -> float:
+    """This process's mean loss of the step; NaN on every process when it is NaN on any (so that all of
+    them stop together instead of leaving the others waiting in the next all-reduce)."""
+    loss = (step_sums[0] / step_sums[3].clamp(min=1)).item()
+    if runtime.world > 1:
+        bad = runtime.reduce_sum(torch.tensor([0.0 if math.isfinite(loss) else 1.0]))
+        if bad.item() > 0:
+            return math.nan
+    return loss
+
+
+def collapse_stats(masks: torch.Tensor) -> dict[str, float]:
+    """How many masks are flat (max − min < 0.01), all-zero (max < 0.01) or all-one (min > 0.99)."""
+    flat_masks = masks.flatten(1)
+    lo, hi = flat_masks.min(1).values, flat_masks.max(1).values
+    n = max(1, masks.shape[0])
+    return {
+        "mask_mean": float(flat_masks.mean()) if masks.numel() else 0.0,
+        "flat_masks": float(((hi - lo) < 0.01).sum()) / n,
+        "zero_masks": float((hi < 0.01).sum()) / n,
+        "one_masks": float((lo > 0.99).sum()) / n,
+    }
+
+
+def describe_collapse(stats: dict[str, float], mask_loss: float | None) -> str | None:
+    """A warning when at least half of the validation masks are flat: the explainer learned nothing
+    image-specific (typically λ_mask too high for the learning rate, or too few steps)."""
+    if stats["flat_masks"] < 0.5:
+        return None
+    kind = "all-zero" if stats["zero_masks"] >= 0.5 else "all-one" if stats["one_masks"] >= 0.5 else "flat"
+    stuck = ""
+    if mask_loss is not None and abs(mask_loss - math.log(2)) < 0.01:
+        stuck = ", mask loss stuck at ln 2"
+    return (
+        f"masks collapsed: {100 * stats['flat_masks']:.0f}% of the validation masks are {kind}{stuck}; "
+        "lower lambda_mask or raise lr/epochs"
+    )
 
 
 def _validate(
-    accelerator: Any, explainer: LTEExplainer, images: torch.Tensor, classes: torch.Tensor, config: LTEConfig
-) -> float:
-    """Mean validation POS-AUC; each process scores a contiguous shard, the values are gathered."""
-    rank, world = accelerator.process_index, accelerator.num_processes
+    runtime: Runtime, explainer: LTEExplainer, images: torch.Tensor, classes: torch.Tensor, config: LTEConfig
+) -> tuple[float, dict[str, Any]]:
+    """Mean validation POS-AUC and mask-collapse figures; each process scores a contiguous shard, the
+    values are gathered."""
+    rank, world = runtime.rank, runtime.world
     n = len(images)
     lo, hi = rank * n // world, (rank + 1) * n // world
-    scores = validation_scores(explainer, images[lo:hi], classes[lo:hi], config.eval_batch_size).tolist()
-    if world > 1:
-        from accelerate.utils import gather_object
+    scores, counts = validation_scores(explainer, images[lo:hi], classes[lo:hi], config.eval_batch_size)
+    totals = runtime.reduce_sum(counts) / max(1, n)
+    stats: dict[str, Any] = dict(zip(_COLLAPSE_KEYS, (round(float(v), 4) for v in totals), strict=True))
+    all_scores = runtime.gather(scores.tolist())
+    return float(sum(all_scores) / max(1, len(all_scores))), stats
 
-        scores = gather_object(scores)
-    return float(sum(scores) / max(1, len(scores)))
+
+_COLLAPSE_KEYS = ("mask_mean", "flat_masks", "zero_masks", "one_masks")

@@ -1,0 +1,113 @@
+"""Checkpoint pieces every trainer shares: the compatibility check, and the training-state folder.
+
+The one compatibility check between a saved explainer/probe and the model it is used with.
+
+Every checkpoint (LTE, LETA, linear probes) stores the fingerprint of the weights it was made for
+(:meth:`~explainers.models.base.ExplaineeAdapter.weights_fingerprint`: the whole explainee for LTE,
+whose masks explain its logits; the encoder without heads for LETA and probes). Loading it for other
+weights is refused with one line, unless the caller explicitly allows it (``allow_other_weights``), in
+which case a warning is logged. Resumed training runs apply the same check without an override.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from explainers.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+
+class WeightsMismatchError(ModelError):
+    """A checkpoint made for other weights than the model it is being used with."""
+
+
+def check_fingerprint(
+    saved: str | None,
+    current: str,
+    *,
+    what: str,
+    source: str,
+    model: str,
+    hint: str,
+    allow_other_weights: bool = False,
+) -> None:
+    """Refuse ``what`` (saved in ``source``) when it was made for weights other than ``model``'s.
+
+    ``saved`` None or empty: an old checkpoint without a fingerprint, accepted with a warning.
+    """
+    if not saved:
+        log.warning("%s in %s records no weights fingerprint: cannot check it fits %s", what, source, model)
+        return
+    if saved == current:
+        return
+    if allow_other_weights:
+        log.warning(
+            "%s in %s was made for other weights than %s (%s… ≠ %s…); used anyway (allow_other_weights)",
+            what, source, model, saved[:12], current[:12],
+        )
+        return
+    raise WeightsMismatchError(
+        f"the {what} in {source} was made for other weights than {model} (fingerprint {saved[:12]}… ≠ "
+        f"{current[:12]}…); {hint}, or pass allow_other_weights=true to use it anyway"
+    )
+
+
+# ------------------------------------------------------------------------------------------------ training state
+STATE_DIR = "train_state"
+STATE_WEIGHTS = "model.safetensors"
+STATE_NAME = "state.pt"
+
+
+def save_training_state(out: Path, model: torch.nn.Module, payload: dict[str, Any]) -> None:
+    """Write a run's resumable state to ``out/train_state/``: ``model.safetensors`` (the weights) and
+    ``state.pt`` (``payload``: optimiser and scheduler state, step, log, RNG…; tensors and plain values
+    only, so that it reads back with ``weights_only=True``).
+
+    Written to a fresh folder and swapped in with two renames: a crash leaves the old or the new state
+    (between the renames, the old one as ``train_state.old``, which :func:`find_training_state` reads).
+    """
+    from safetensors.torch import save_model
+
+    tmp, final, old = out / (STATE_DIR + ".tmp"), out / STATE_DIR, out / (STATE_DIR + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, str(tmp / STATE_WEIGHTS))  # (handles weights that share storage)
+    torch.save(payload, tmp / STATE_NAME)
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def find_training_state(out: Path) -> Path | None:
+    """The folder of the last complete training state in ``out``, or None."""
+    for name in (STATE_DIR, STATE_DIR + ".old"):
+        folder = out / name
+        if (folder / STATE_NAME).is_file() and (folder / STATE_WEIGHTS).is_file():
+            return folder
+    return None
+
+
+def load_training_state(folder: Path, state_format: str, model: torch.nn.Module) -> dict[str, Any]:
+    """Load the weights of a state written by :func:`save_training_state` into ``model`` and return its
+    payload; a payload whose ``format`` is not ``state_format`` (another trainer's state) is refused."""
+    from safetensors.torch import load_model
+
+    payload = torch.load(folder / STATE_NAME, map_location="cpu", weights_only=True)
+    if payload.get("format") != state_format:
+        raise ModelError(f"{folder} holds a {payload.get('format')!r} training state, not {state_format!r}")
+    load_model(model, str(folder / STATE_WEIGHTS), strict=True, device=str(next(model.parameters()).device))
+    return payload
+
+
+def remove_training_state(out: Path) -> None:
+    for name in (STATE_DIR, STATE_DIR + ".old", STATE_DIR + ".tmp"):
+        shutil.rmtree(out / name, ignore_errors=True)
