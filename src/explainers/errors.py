@@ -27,6 +27,24 @@ class InputError(ExplainersError):
     """Images handed to a method that cannot be right: NaN/inf pixels or values outside [0, 1]."""
 
 
+def redeliver_interrupt_later(delay: float = 0.05) -> None:
+    """Send this process SIGINT again shortly, from a helper thread.
+
+    Ctrl-C that lands while Python runs a destructor or a garbage-collection callback is reported as
+    "Exception ignored … KeyboardInterrupt" and otherwise lost. Re-raising it at once would land in the
+    same place; a moment later the main thread is back in ordinary code and the interrupt stops it."""
+    import os
+    import signal
+    import threading
+    import time
+
+    def send() -> None:
+        time.sleep(delay)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=send, name="explainers-redeliver-sigint", daemon=True).start()
+
+
 def describe_os_error(exc: BaseException) -> str:
     """A short reason for a failed file operation: ``No space left on device`` rather than a repr."""
     if isinstance(exc, OSError) and exc.strerror:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 
 from explainers.cli.app import app
@@ -34,6 +35,23 @@ def _caused_by_interrupt(exc: BaseException) -> bool:
     return False
 
 
+def _redeliver_swallowed_interrupts() -> None:
+    """Ctrl-C that lands while Python runs a destructor or a weakref callback (garbage collection) is
+    printed as "Exception ignored … KeyboardInterrupt" and otherwise lost: the run would go on. Deliver
+    such an interrupt again, so that it stops the command at the next ordinary line of Python."""
+    from explainers.errors import redeliver_interrupt_later
+
+    previous = sys.unraisablehook
+
+    def hook(unraisable: sys.UnraisableHookArgs) -> None:
+        if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+            redeliver_interrupt_later()
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
+
+
 def _fail(message: str) -> None:
     print(f"explainers: error: {message}", file=sys.stderr)
     sys.exit(2)
@@ -46,6 +64,8 @@ def main(argv: list[str] | None = None) -> None:
     from explainers.errors import ExplainersError, describe_os_error
 
     _load_commands()
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        _redeliver_swallowed_interrupts()
     debug = os.environ.get("EXPLAINERS_DEBUG", "") not in ("", "0")
     try:
         app(args=argv, prog_name="explainers")

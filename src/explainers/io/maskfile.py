@@ -56,7 +56,7 @@ from typing import Any, TypeVar
 import h5py
 import numpy as np
 
-from explainers.errors import ExplainersError, OutputError
+from explainers.errors import ExplainersError, OutputError, redeliver_interrupt_later
 from explainers.io.atomic import ensure_parent
 from explainers.io.lock import OutputLock
 
@@ -102,12 +102,18 @@ def _h5_reason(exc: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
+def _silent_hook(unraisable: Any) -> None:
+    """Drop h5py's "Exception ignored" reports, except a swallowed Ctrl-C, which is delivered again."""
+    if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+        redeliver_interrupt_later()
+
+
 @contextlib.contextmanager
 def _quiet_unraisable() -> Iterator[None]:
     """Closing an HDF5 file after a failed write makes h5py's destructors print "Exception ignored"
     tracebacks; the failure has already been reported as one clear error, so silence them."""
     previous = sys.unraisablehook
-    sys.unraisablehook = lambda _info: None
+    sys.unraisablehook = _silent_hook
     try:
         yield
     finally:
@@ -287,7 +293,7 @@ class MaskFileWriter:
     def _guard(self, what: str, call: Callable[[], _T]) -> _T:
         """Run an HDF5 write; a failure becomes one :class:`OutputError` and closes the file."""
         previous = sys.unraisablehook
-        sys.unraisablehook = lambda _info: None  # write errors inside h5py destructors: see _WriteThrough
+        sys.unraisablehook = _silent_hook  # write errors inside h5py destructors: see _WriteThrough
         try:
             try:
                 result = call()
