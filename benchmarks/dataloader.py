@@ -9,9 +9,9 @@ class, method, mask-file writing) over every image; settings are interleaved and
 Models are random-init HF ViTs built from configs (cost does not depend on the weights):
 
 * ViT-Ti/16 (224², 12 blocks, width 192) with ``random`` — a forward for the predicted class and no
-  method work: the decode-heavy case, where loading is the largest share (5 repeats).
+  method work: the decode-heavy case, where loading is the largest share (7 repeats).
 * ViT-S/16 (224², 12 blocks, width 384) with ``raw-attention`` — one forward per image: the cheapest
-  real method on a realistic explainee (1 repeat: slow on 2 cores).
+  real method on a realistic explainee (2 repeats: slow on 2 cores).
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ from explainers.models import load_explainee
 
 CONFIGS = [
     # label, (size, patch, width, depth, heads, classes), method, repeats (the slow one fewer)
-    ("ViT-Ti/16, random", (224, 16, 192, 12, 3, 1000), "random", 5),
-    ("ViT-S/16, raw-attention", (224, 16, 384, 12, 6, 1000), "raw-attention", 1),
+    ("ViT-Ti/16, random", (224, 16, 192, 12, 3, 1000), "random", 7),
+    ("ViT-S/16, raw-attention", (224, 16, 384, 12, 6, 1000), "raw-attention", 2),
 ]
 
 
@@ -98,7 +98,7 @@ def main() -> None:
         memory = InMemory(decoded)
         sections = []
         for label, cfg, method_name, repeats in CONFIGS:
-            method = get_method(method_name, load_explainee(build_vit(*cfg)))
+            method = get_method(method_name, load_explainee(build_vit(*cfg), mean=[0.5] * 3, std=[0.5] * 3))
             out = Path(tmp) / "maps.h5"
 
             def run(ds, n_workers, limit=None, method=method, out=out):

@@ -38,6 +38,8 @@ METHODS = [
     "partial-lrp",
     "transformer-attribution",
     "lrp",
+    "attnlrp",
+    "legrad",
     "integrated-gradients",
     "rise",
 ]
@@ -54,6 +56,13 @@ NOTES = """### Where the cost goes
   ½(xWᵀ + |x||W|ᵀ) reuses xWᵀ from the forward; the numerator needs SW and S|W|), so the relevance
   pass is ≈ 3× a forward, and ≈ 5× in all is close to the floor of this rule set.
 - full LRP: forward + relevance through every block and the zβ convolution; no gradients.
+- AttnLRP: one forward over the adapter's parts with the rules as gradient modifications (a few cheap
+  extra element-wise ops: detached σ, the GELU ratio, gradient halving) + one backward to the pixels;
+  so ≈ 3× a forward (lxt itself was measured at 10.4× a forward on a ViT-B-sized model).
+- LeGrad: one no-grad forward keeping each block's input, attention and values, then every block's
+  attention-to-output part (A v, projection, MLP, final norm, head) recomputed from A as a leaf, and one
+  backward for all layers at once (s^l depends on A^l only through block l); ≈ 3× a forward. torchcam's
+  implementation instead runs one backward through the whole graph per layer.
 - IG: `steps` forward+backward passes per image, chunked to a 1 GiB activation budget by default.
 - RISE: N masked forwards per image; the default N = 4000 makes it by far the slowest baseline.
 """

@@ -42,6 +42,11 @@ def test_demo_runs_the_pipeline_and_the_downstream_tasks(tmp_path: Path) -> None
         assert "leta" in report and "patch-deletion" in report
     assert any("task 'color'" in line for line in lines)
 
+    # The leaderboard ranks the comparison (the single scenario) with the other shipped scenarios.
+    board = json.loads((out / "benchmark" / "leaderboard.json").read_text())
+    assert board["scenarios"][0] == "single" and "cue" in board["scenarios"]
+    assert set(board["methods"]) == {"random", "rollout"} and summary["leaderboard"]["html"].endswith(".html")
+
 
 def test_demo_without_downstream_skips_it(tmp_path: Path) -> None:
     summary = run_demo(
@@ -50,6 +55,7 @@ def test_demo_without_downstream_skips_it(tmp_path: Path) -> None:
         accuracy_images=8,
         methods=["random"],
         downstream=False,
+        leaderboard=False,
         progress=False,
         echo=lambda *_: None,
     )

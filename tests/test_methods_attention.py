@@ -127,7 +127,7 @@ def test_gae_and_attention_gradcam_match_direct_computation(kind, images):
 def test_gradient_methods_work_on_a_frozen_model(images):
     model = build_hf_model("vit").requires_grad_(False)
     adapter = load_explainee(model)
-    for name in ("gae", "attention-gradcam", "transformer-attribution"):
+    for name in ("gae", "attention-gradcam", "transformer-attribution", "attnlrp", "legrad"):
         maps = get_method(name, adapter)(images, 1)
         assert maps.shape == (3, 32, 32) and torch.isfinite(maps).all()
     assert not any(p.requires_grad for p in model.parameters())

@@ -20,6 +20,8 @@ ATTENTION = [
     "partial-lrp",
     "transformer-attribution",
     "lrp",
+    "attnlrp",
+    "legrad",
 ]
 AGNOSTIC = ["integrated-gradients", "rise"]
 # small settings keep the model-agnostic methods fast; the defaults are tested elsewhere
@@ -100,7 +102,9 @@ def test_model_is_left_as_it_was_even_after_an_error(name, images):
     def boom(module, args):
         raise _Boom("inside the explainee")
 
-    handle = adapter.layers[-1].layernorm_after.register_forward_pre_hook(boom)
+    # a module the method runs (attnlrp applies LayerNorm's formula itself, with σ held constant)
+    layer = adapter.layers[-1]
+    handle = (layer.mlp.fc1 if name == "attnlrp" else layer.layernorm_after).register_forward_pre_hook(boom)
     with pytest.raises(_Boom):
         method(images)
     handle.remove()

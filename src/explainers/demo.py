@@ -40,6 +40,8 @@ DEMO_METHODS: tuple[DemoMethod, ...] = (
     DemoMethod("transformer-attribution", {}),
     DemoMethod("partial-lrp", {}),
     DemoMethod("lrp", {}),
+    DemoMethod("attnlrp", {}),
+    DemoMethod("legrad", {}),
     DemoMethod("integrated-gradients", {"steps": 20}),
     DemoMethod("rise", {"num_masks": 1000}),
     DemoMethod("plte", {}, asset="plte"),
@@ -49,7 +51,15 @@ DEMO_METHODS: tuple[DemoMethod, ...] = (
 
 # Every metric family; patch-insertion is left out only to keep the demo short (patch-deletion, its
 # mirror, stays). ``explainers evaluate --metrics all`` computes it.
-DEMO_METRICS = "pos,neg,deletion,neg-deletion,insertion,patch-deletion,adp,pic,pixel-accuracy,miou,map"
+DEMO_METRICS = (
+    "pos,neg,deletion,neg-deletion,insertion,patch-deletion,adp,pic,pixel-accuracy,miou,map,pointing-game,energy-in-gt"
+)
+
+# The leaderboard that ends the demo: the main comparison above plus a quick run of the other scenarios
+# whose explainee ships (docs/benchmark.md), with these methods on a few scenes each.
+DEMO_BENCHMARK_METHODS: tuple[str, ...] = ("random", "rollout", "gae", "attnlrp", "legrad", "plte")
+DEMO_BENCHMARK_IMAGES = 16
+DEMO_SANITY_IMAGES = 8
 
 
 # Downstream tasks (SPEC §4): linear probes on the shipped explainee's frozen encoder, explained by LETA.
@@ -99,9 +109,15 @@ def run_demo(
     downstream: bool = True,
     progress: bool = True,
     echo=print,
+    device: str | None = None,
+    leaderboard: bool = True,
 ) -> dict[str, Any]:
     """Run the demo into ``out``; returns the summary written to ``out/summary.json``.
 
+    ``leaderboard`` ends the demo with the leaderboard of the main comparison and a quick run of the other
+    benchmark scenarios whose explainees ship (only with the shipped explainee).
+
+    ``device`` runs the explainee and explainers there (default: the CPU).
     ``methods`` replaces the main comparison's method list; ``downstream`` adds LETA on the probes' tasks
     (only with the shipped explainee, whose encoder the shipped LETA explainer and probes belong to).
     """
@@ -120,7 +136,7 @@ def run_demo(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
 
-    echo("[1/5] generating the embedded benchmark scenes")
+    echo("[1/6] generating the embedded benchmark scenes")
     data_dir = prepare_data(out, max(num_images, accuracy_images), full=retrain, progress=progress)
     timings["data_s"] = time.perf_counter() - t0
 
@@ -128,16 +144,16 @@ def run_demo(
     if retrain:
         from explainers.training.classifier import train_classifier
 
-        echo("[2/5] training the small ViT explainee from scratch (--retrain)")
+        echo("[2/6] training the small ViT explainee from scratch (--retrain)")
         train_classifier(data_dir, out / "explainee", progress=progress, overwrite=True)
         explainee_spec = str(out / "explainee")
     elif explainee is not None:
-        echo(f"[2/5] loading the explainee {explainee}")
+        echo(f"[2/6] loading the explainee {explainee}")
         explainee_spec = explainee
     else:
-        echo("[2/5] loading the shipped small ViT explainee")
+        echo("[2/6] loading the shipped small ViT explainee")
         explainee_spec = "embedded"
-    adapter = load_explainee(explainee_spec)
+    adapter = load_explainee(explainee_spec, device=device)
     test = open_dataset(f"synthetic:{data_dir}", split="test")
     accuracy_set = _first(test, accuracy_images)
     accuracy = evaluate_accuracy(adapter, accuracy_set)
@@ -146,12 +162,12 @@ def run_demo(
 
     t = time.perf_counter()
     chosen = _choose_methods(methods)
-    echo(f"[3/5] explaining {num_images} test images with {len(chosen)} methods: {', '.join(m.name for m in chosen)}")
+    echo(f"[3/6] explaining {num_images} test images with {len(chosen)} methods: {', '.join(m.name for m in chosen)}")
     mask_files, method_seconds = _explain_all(adapter, test, chosen, out / "masks", num_images, data_dir, progress)
     timings["explain_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    echo("[4/5] evaluating: perturbation AUCs, deletion/insertion, ADP/PIC, segmentation against exact masks")
+    echo("[4/6] evaluating: perturbation AUCs, deletion/insertion, ADP/PIC, segmentation against exact masks")
     result = evaluate_maskfiles(
         adapter,
         test,  # the mask files name their images; the class convention is theirs (target)
@@ -168,8 +184,14 @@ def run_demo(
     t = time.perf_counter()
     downstream_summary: dict[str, Any] = {}
     if explainee_spec == "embedded" and downstream:
-        downstream_summary = _downstream_tasks(out, data_dir, num_images, progress, echo)
+        downstream_summary = _downstream_tasks(out, data_dir, num_images, progress, echo, device)
     timings["downstream_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    board_paths: dict[str, str] = {}
+    if leaderboard:
+        board_paths = _leaderboard(out, result, method_seconds, num_images, explainee_spec, progress, echo, device)
+    timings["leaderboard_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
 
     summary = {
@@ -181,14 +203,64 @@ def run_demo(
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "report": {k: str(v) for k, v in paths.items()},
         "downstream": downstream_summary,
+        "leaderboard": board_paths,
     }
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     echo(
         f"explainee accuracy {accuracy:.2%}; report in {out / 'report'} (metrics.md, curves.png, heatmaps.png)"
         + (f", downstream tasks in {out / 'downstream'}" if downstream_summary else "")
+        + (f", leaderboard {board_paths['html']}" if board_paths else "")
         + f"; total {timings['total_s']:.0f} s"
     )
     return summary
+
+
+def _leaderboard(
+    out: Path,
+    result: Any,
+    method_seconds: dict[str, float],
+    num_images: int,
+    explainee_spec: str,
+    progress: bool,
+    echo,
+    device: str | None,
+) -> dict[str, str]:
+    """Rank the main comparison (the ``single`` scenario) together with a quick run of the other scenarios."""
+    from explainers.benchmark.runner import run_benchmark
+    from explainers.benchmark.scenarios import SCENARIOS, asset
+    from explainers.methods import available_methods
+
+    others = [s.name for s in SCENARIOS.values() if s.name != "single" and asset(s.explainee) is not None]
+    if explainee_spec != "embedded":
+        others = []  # the scenarios' explainees stand beside the shipped one; a user's own model ranks alone
+    # The same methods in every scenario, so that the overall rank compares like with like.
+    methods = [m for m in DEMO_BENCHMARK_METHODS if m in available_methods() and m in method_seconds]
+    if not methods:
+        return {}
+    result = dataclasses.replace(result, files=[f for f in result.files if f.label in methods])
+    echo(
+        "[6/6] leaderboard: the comparison above"
+        + (
+            f" and the {', '.join(others)} scenario(s) ({DEMO_BENCHMARK_IMAGES} scenes, {', '.join(methods)})"
+            if others
+            else ""
+        )
+    )
+    board = run_benchmark(
+        out / "benchmark",
+        scenarios=others,
+        methods=methods,
+        images=DEMO_BENCHMARK_IMAGES,
+        sanity_images=DEMO_SANITY_IMAGES,
+        device=device,
+        given={"single": result},
+        given_ms_per_image={m: 1000.0 * method_seconds[m] / num_images for m in methods},
+        progress=progress,
+        echo=lambda line: echo(f"      {line}"),
+    )
+    ranking = board.ranking()
+    echo(f"      overall rank: {', '.join(f'{k}. {m}' for k, m in enumerate(ranking[:5], start=1))}")
+    return {kind: str(out / "benchmark" / f"leaderboard.{kind}") for kind in ("html", "md", "json")}
 
 
 def _explain_all(
@@ -232,7 +304,9 @@ def _explain_all(
     return mask_files, method_seconds
 
 
-def _downstream_tasks(out: Path, data_dir: Path, num_images: int, progress: bool, echo) -> dict[str, Any]:
+def _downstream_tasks(
+    out: Path, data_dir: Path, num_images: int, progress: bool, echo, device: str | None = None
+) -> dict[str, Any]:
     """LETA (one pre-trained explainer, no task training) on the probes' tasks, next to baselines."""
     from explainers.data import open_dataset
     from explainers.metrics.evaluate import evaluate_maskfiles
@@ -244,10 +318,12 @@ def _downstream_tasks(out: Path, data_dir: Path, num_images: int, progress: bool
     chosen = _choose_methods([m.name for m in DEMO_DOWNSTREAM_METHODS], DEMO_DOWNSTREAM_METHODS)
     if not tasks or not any(m.name == "leta" for m in chosen):
         return {}
-    echo(f"[5/5] downstream tasks of the same encoder ({', '.join(tasks)}): LETA, pre-trained once, no task training")
+    echo(f"[5/6] downstream tasks of the same encoder ({', '.join(tasks)}): LETA, pre-trained once, no task training")
     summary: dict[str, Any] = {}
     for task in tasks:
         adapter = probe_explainee(assets_dir() / "probes" / task)
+        if device is not None:
+            adapter.to(device)
         test = open_dataset(f"synthetic:{data_dir}", split="test", task=task)
         task_dir = out / "downstream" / task
         files, seconds = _explain_all(adapter, test, chosen, task_dir / "masks", num_images, data_dir, progress)
@@ -291,9 +367,7 @@ def _first(dataset, n: int):
     return _Prefix()
 
 
-def _choose_methods(
-    names: list[str] | None, defaults: tuple[DemoMethod, ...] = DEMO_METHODS
-) -> list[DemoMethod]:
+def _choose_methods(names: list[str] | None, defaults: tuple[DemoMethod, ...] = DEMO_METHODS) -> list[DemoMethod]:
     from explainers.methods import available_methods
 
     registered = set(available_methods())

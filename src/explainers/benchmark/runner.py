@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from explainers.benchmark.leaderboard import Leaderboard, build_leaderboard, to_
 from explainers.benchmark.scenarios import SCENARIOS, Scenario, asset, get_scenario
 from explainers.errors import ExplainersError
 from explainers.io.atomic import write_text_atomic
+from explainers.metrics.evaluate import EvaluationResult
 
 #: Metrics of every scenario: perturbation, deletion/insertion, segmentation and localisation.
 BENCHMARK_METRICS = "pos,neg,deletion,insertion,miou,pointing-game,energy-in-gt"
@@ -109,12 +110,21 @@ def run_benchmark(
     explainees: dict[str, str] | None = None,
     metrics: str = BENCHMARK_METRICS,
     sanity_images: int = SANITY_IMAGES,
+    device: str | None = None,
+    given: Mapping[str, EvaluationResult] | None = None,
+    given_ms_per_image: Mapping[str, float] | None = None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> Leaderboard:
     """Run ``methods`` (default: every registered one) on ``scenarios`` (default: every scenario whose
-    explainee ships or is given in ``explainees``) and write the leaderboard into ``out``."""
+    explainee ships or is given in ``explainees``; an empty list runs none) and write the leaderboard into
+    ``out``, on ``device`` (default: this process's GPU if any, else the CPU).
+
+    ``given``: evaluations already made elsewhere (the demo's main comparison), ranked first, with their
+    explain cost per image in ``given_ms_per_image``.
+    """
     from explainers.data import open_dataset
+    from explainers.devices import resolve_device
     from explainers.explain import explain_dataset
     from explainers.methods import available_methods, get_method
     from explainers.metrics.evaluate import evaluate_maskfiles
@@ -133,7 +143,7 @@ def run_benchmark(
     if bad:
         raise ExplainersError(f"unknown method(s) {bad}; available: {', '.join(registered)}")
     notes: list[str] = []
-    if scenarios:
+    if scenarios is not None:
         chosen = [get_scenario(s) for s in scenarios]
         for s in chosen:
             if s.name not in explainees and asset(s.explainee) is None:
@@ -151,7 +161,8 @@ def run_benchmark(
 
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
-    results, seconds_per_image = {}, {}
+    results: dict[str, EvaluationResult] = dict(given or {})
+    seconds_per_image: dict[str, list[float]] = {m: [ms] for m, ms in (given_ms_per_image or {}).items()}
     board_sanity: dict[str, dict[str, dict[str, float]]] = {}
     for k, scenario in enumerate(chosen, start=1):
         echo(f"[{k}/{len(chosen)}] scenario {scenario.name}: {scenario.description}")
@@ -159,7 +170,7 @@ def run_benchmark(
         spec = f"synthetic:{data_dir}"
         dataset = open_dataset(spec, split="test")
         explainee_spec = explainees.get(scenario.name) or str(asset(scenario.explainee))
-        adapter = load_explainee(explainee_spec)
+        adapter = load_explainee(explainee_spec, device=str(resolve_device(device)))
         scenario_dir = root / scenario.name
         timing_path = scenario_dir / "timing.json"
         timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
@@ -211,6 +222,10 @@ def run_benchmark(
         for name, t in timing.items():
             seconds_per_image.setdefault(name, []).append(1000.0 * t["seconds"] / max(1, t["images"]))
 
+    if not results:
+        raise ExplainersError(
+            "nothing to rank: no scenario has an explainee here; pass --explainee-for SCENARIO=DIR (docs/benchmark.md)"
+        )
     costs = {m: {"ms_per_image": sum(v) / len(v)} for m, v in seconds_per_image.items()}
     board = build_leaderboard(results, costs=costs)
     board.notes = notes + board.notes

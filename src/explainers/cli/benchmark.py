@@ -25,6 +25,9 @@ def benchmark(
     explainee_for: list[str] = typer.Option(
         None, "--explainee-for", help="SCENARIO=DIR: explain this scenario with another explainee (repeatable)."
     ),
+    device: str = typer.Option(
+        None, "--device", help="cpu, cuda, cuda:N or auto (default: this process's GPU if any, else CPU)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Explain the benchmark scenarios with every method, evaluate them and write the leaderboard
@@ -43,6 +46,7 @@ def benchmark(
         methods=_names(methods),
         images=images,
         explainees=explainees,
+        device=device,
         progress=not quiet,
         echo=typer.echo,
     )

@@ -26,10 +26,19 @@ def demo(
         "--downstream/--no-downstream",
         help="Also explain the probes' downstream tasks (colour, size) with the pre-trained LETA explainer.",
     ),
+    leaderboard: bool = typer.Option(
+        True,
+        "--leaderboard/--no-leaderboard",
+        help="End with the leaderboard of the comparison and a quick run of the other benchmark scenarios.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    device: str = typer.Option(
+        None, "--device", help="cpu, cuda, cuda:N or auto (default: this process's GPU if any, else CPU)."
+    ),
 ) -> None:
     """Generate the embedded data, load the shipped explainee, explain and evaluate every method, then
     explain downstream tasks of the same encoder with LETA."""
+    from explainers.cli.explain import default_device
     from explainers.demo import run_demo
 
     names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
@@ -41,6 +50,8 @@ def demo(
         accuracy_images=accuracy_images,
         methods=names,
         downstream=downstream,
+        leaderboard=leaderboard,
         progress=not quiet,
         echo=typer.echo,
+        device=default_device(device),
     )

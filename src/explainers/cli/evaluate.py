@@ -72,7 +72,7 @@ def evaluate(
         None, "--data-option", help="Dataset option KEY=VALUE, e.g. void=ignore (voc)."
     ),
     device: str = typer.Option(
-        None, "--device", help="torch device (default: this process's GPU if any, else CPU)."
+        None, "--device", help="cpu, cuda, cuda:N or auto (default: this process's GPU if any, else CPU)."
     ),
     workers: int = typer.Option(
         None,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +32,12 @@ def parse_key_values(items: list[str] | None, flag: str) -> dict[str, Any]:
     return out
 
 
-def default_device(device: str | None) -> str | None:
-    """The device to run on: as given, else this process's GPU when there is one (``LOCAL_RANK`` under
-    torchrun/accelerate), else None (stay on the CPU)."""
-    if device is not None:
-        return device
-    import torch
+def default_device(device: str | None) -> str:
+    """The device to run on: as given (checked: a device this machine lacks is a one-line error), else this
+    process's GPU when there is one (``LOCAL_RANK`` under torchrun/accelerate), else the CPU."""
+    from explainers.devices import resolve_device
 
-    if torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    return None
+    return str(resolve_device(device))
 
 
 def open_data(spec: str, split: str | None, data_options: list[str] | None):
@@ -98,7 +93,7 @@ def explain(
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing complete OUT."),
     device: str = typer.Option(
-        None, "--device", help="torch device (default: this process's GPU if any, else CPU)."
+        None, "--device", help="cpu, cuda, cuda:N or auto (default: this process's GPU if any, else CPU)."
     ),
     workers: int = typer.Option(
         None,

@@ -15,13 +15,17 @@ def info(
     explainee: str = typer.Option(
         "embedded", "--explainee", "-m", help="Model directory, hub id, timm:NAME, 'embedded' or probe:DIR."
     ),
+    device: str = typer.Option(
+        None, "--device", help="cpu, cuda, cuda:N or auto (default: this process's GPU if any, else CPU)."
+    ),
     mean: str = MEAN_OPTION,
     std: str = STD_OPTION,
 ) -> None:
     """Print what the adapter reads off an explainee (size, normalisation, patch grid, prefix tokens)."""
+    from explainers.cli.explain import default_device
     from explainers.models import load_explainee
 
-    adapter = load_explainee(explainee, **normalisation_kwargs(mean, std))
+    adapter = load_explainee(explainee, device=default_device(device), **normalisation_kwargs(mean, std))
     typer.echo(json.dumps(adapter.describe(), indent=2))
 
 

@@ -208,17 +208,21 @@ def heatmap(
         None, "--scale", help="Integer upscaling of the written PNGs (default: to at least 224 px)."
     ),
     alpha: float = typer.Option(0.4, "--alpha", help="Opacity of the jet overlay."),
-    device: str = typer.Option(None, "--device", help="torch device."),
+    device: str = typer.Option(
+        None, "--device", help="cpu, cuda, cuda:N or auto (default: this process's GPU if any, else CPU)."
+    ),
 ) -> None:
     """Explain every image of a folder with any method; write the resized images and jet overlays."""
-    from explainers.cli.explain import parse_key_values
+    from explainers.cli.explain import default_device, parse_key_values
     from explainers.heatmap import list_images, render_heatmaps
     from explainers.methods import get_method
     from explainers.models import load_explainee
 
     files = list_images(images)  # before loading anything: a wrong folder fails at once
     options = parse_key_values(option, "--option")
-    adapter = load_explainee(explainee, device=device, **normalisation_kwargs(mean, std))  # "probe:DIR" included
+    adapter = load_explainee(
+        explainee, device=default_device(device), **normalisation_kwargs(mean, std)
+    )  # "probe:DIR" included
     m = get_method(method, adapter, **options)
     written = render_heatmaps(m, files, out, batch_size=batch_size, target=target, scale=scale, alpha=alpha)
     typer.echo(f"wrote {len(written)} heatmaps to {out / 'explanation'} ({method})")

@@ -3,8 +3,10 @@
 # Importing a method's module registers it: the baselines, then the learned explainers.
 from explainers.methods import (  # noqa: F401
     attention_gradcam,
+    attnlrp,
     gae,
     integrated_gradients,
+    legrad,
     leta,
     lrp,
     lte,

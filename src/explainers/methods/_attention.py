@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import torch
 
-from explainers.errors import ExplainersError
+from explainers.errors import ExplainersError, ModelError
 from explainers.methods.base import Method
 from explainers.models.base import ExplaineeAdapter, Targets
 
@@ -47,6 +47,24 @@ class AttentionMethod(Method):
         the patch columns are those after ``num_prefix_tokens``, in row-major grid order.
         """
         return matrix[..., 0, self.adapter.num_prefix_tokens :]
+
+
+def check_start_layer(adapter: ExplaineeAdapter, start_layer: int, method: str, blocks: int | None = None) -> int:
+    """``start_layer`` as a block index the product can start at (0 = the first block).
+
+    ``blocks``: the number of blocks, if known; else taken from the adapter's parts where it has them
+    (rollout needs only attention maps, so an explainee without parts is checked against its maps later).
+    """
+    if blocks is None:
+        try:
+            blocks = len(adapter.parts().blocks)
+        except ModelError:
+            blocks = None
+    valid = not isinstance(start_layer, bool) and isinstance(start_layer, int) and start_layer >= 0
+    if not valid or (blocks is not None and start_layer >= blocks):
+        allowed = "≥ 0" if blocks is None else f"in 0..{blocks - 1}"
+        raise ExplainersError(f"{method}: start_layer must be an integer block index {allowed}, got {start_layer!r}")
+    return start_layer
 
 
 def rollout(

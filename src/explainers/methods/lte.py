@@ -27,8 +27,9 @@ from explainers.models.base import ExplaineeAdapter, Targets
 class LTE(Method):
     """Refine the pLTE explainer on each image (``steps`` scored masks, AdamW at ``lr``), keep the mask with
     the best POS-AUC (``select=neg``: NEG-AUC), stop early below ``stop_below`` (NEG: above ``stop_above``).
-    ``batch`` images are refined in parallel (``parallel=false``: the one-by-one loop). Unset options come
-    from the checkpoint's config. Per image, ``selected_step`` (0 = the pLTE mask), ``selected_score`` and
+    ``batch`` images are refined in parallel (``parallel=false``: the one-by-one loop), fewer at once when they
+    would not fit ``memory_budget`` (e.g. ``4GiB``; default: 80 % of the device's free memory). Unset options
+    come from the checkpoint's config. Per image, ``selected_step`` (0 = the pLTE mask), ``selected_score`` and
     ``selected_class`` (the class the step was selected on) go to ``last_extras`` (and so into the mask
     file). ``refine_class``: ``target`` or ``predicted`` (default: the checkpoint's ``class_mode``);
     ``select_class``: ``target`` (ground truth where known, default) or ``predicted``.
@@ -49,6 +50,7 @@ class LTE(Method):
         stop_above: float | None = None,
         batch: int = 16,
         parallel: bool = True,
+        memory_budget: str | int | None = None,
         refine_class: str | None = None,
         select_class: str = "target",
         normalize: bool = True,
@@ -68,6 +70,11 @@ class LTE(Method):
         if self.batch < 1:
             raise ExplainersError(f"batch must be at least 1, got {batch}")
         self.parallel = bool(parallel)
+        if memory_budget is not None:
+            from explainers.devices import parse_bytes
+
+            parse_bytes(memory_budget)  # a bad value fails before the first batch
+        self.memory_budget = memory_budget
         mode = self.explainer.config.class_mode
         self.refine_class = mode if refine_class is None else refine_class
         for name, value in (("refine_class", self.refine_class), ("select_class", select_class)):
@@ -166,6 +173,7 @@ class LTE(Method):
             stop_above=o.stop_above,
             batch_size=self.batch,
             parallel=self.parallel,
+            memory_budget=self.memory_budget,
         )
         self.last_extras = {
             "selected_step": result.selected_step.numpy().astype(np.int32),

@@ -1,23 +1,26 @@
 """Partial LRP (Voita et al., 2019, as used for ViTs by Chefer et al.): relevance arriving at the last
-block's attention probabilities, relu, mean over heads, the CLS row's patch columns."""
+block's attention probabilities, relu, mean over heads, the CLS row's patch columns.
+
+Options ``rules`` and ``eps`` as for ``lrp`` (``rules="benchmark"`` gives the published baseline row)."""
 
 from __future__ import annotations
 
 import torch
 
-from explainers.methods._attention import AttentionMethod
 from explainers.methods._relevance import propagate
 from explainers.methods.base import register_method
+from explainers.methods.lrp import RelevanceOptions
 
 
 @register_method("partial-lrp")
-class PartialLRP(AttentionMethod):
+class PartialLRP(RelevanceOptions):
     def attribute(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         result = propagate(
             self.adapter,
             self.adapter.normalize(images),
             self.targets_or_none(targets),
             depth="last-attention",
+            rules=self.rules,
         )
         relevance = result.attention_relevance[-1]
         assert relevance is not None

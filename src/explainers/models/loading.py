@@ -79,7 +79,9 @@ def load_explainee(
     else:
         raise ModelError(f"cannot make an explainee from a {type(spec).__name__}; pass a path, hub id or nn.Module")
     if device is not None:
-        adapter.to(device)
+        from explainers.devices import resolve_device
+
+        adapter.to(resolve_device(device))
     return adapter
 
 

@@ -129,8 +129,12 @@ class LETAExplainer:
         return next(self.network.parameters()).device
 
     def to(self, device: torch.device | str) -> LETAExplainer:
+        """Move everything the explainer computes with — its network, the encoder and the heads it has
+        resolved (probes read from folders) — to ``device``."""
         self.network.to(device)
         self.encoder.to(device)
+        for _obj, resolved in self._head_cache.values():
+            resolved.linear.to(device)
         return self
 
     def windows(self) -> torch.Tensor:

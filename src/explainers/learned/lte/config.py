@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from explainers.devices import ByteSize
 from explainers.errors import ExplainersError
 
 ACTIVATIONS = ("sigmoid", "relu", "softmax", "none")
@@ -61,7 +62,9 @@ class LTEConfig:
     Refinement (LTE, SPEC §3.5):
         refine_steps (scored masks per image, the first being the pLTE mask), refine_lr,
         refine_weight_decay, refine_select (``pos``: lowest POS-AUC wins, or ``neg``: highest NEG-AUC),
-        refine_stop_below (pos: stop once the best is below), refine_stop_above (neg: stop once above).
+        refine_stop_below (pos: stop once the best is below), refine_stop_above (neg: stop once above),
+        memory_budget (bytes, or e.g. ``"4GiB"``, that refinement may use for the images it refines at
+        once; None = a fraction of what the device has free; see ``learned/lte/refine.py``).
     """
 
     activation: str = "sigmoid"
@@ -96,6 +99,7 @@ class LTEConfig:
     refine_select: str = "pos"
     refine_stop_below: float = 6.0
     refine_stop_above: float = 89.0
+    memory_budget: ByteSize | int | None = None
 
     device: str = "auto"
     precision: str = "fp32"
@@ -164,6 +168,13 @@ class LTEConfig:
                 raise LTEConfigError(f"{key} must not be negative, got {getattr(self, key)}")
         if not 0.0 <= self.warmup_fraction < 1.0:
             raise LTEConfigError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if self.memory_budget is not None:
+            from explainers.devices import parse_bytes
+
+            try:
+                parse_bytes(self.memory_budget)
+            except ExplainersError as exc:
+                raise LTEConfigError(f"memory_budget: {exc}") from None
 
     # ------------------------------------------------------------------ (de)serialisation
     @classmethod

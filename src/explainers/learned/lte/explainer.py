@@ -184,7 +184,9 @@ class LTEExplainer:
         return next(self.net.parameters()).device
 
     def to(self, device: torch.device | str) -> LTEExplainer:
+        """Move everything the explainer computes with — its network and the explainee — to ``device``."""
         self.net.to(device)
+        self.adapter.to(device)
         return self
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -221,12 +223,15 @@ class LTEExplainer:
         batch_size: int = 16,
         parallel: bool = True,
         return_details: bool = False,
+        memory_budget: str | int | None = None,
     ) -> Any:
         """LTE masks: each image refined from these weights with a fresh AdamW (SPEC §3.5).
 
         Unset options come from ``config`` (``refine_*``). ``targets`` None explains the predicted class.
         ``batch_size`` images are refined together (``parallel``: per-image weights through ``torch.func``);
-        ``parallel=False`` is the one-by-one reference loop. Returns the maps, or with ``return_details`` a
+        ``parallel=False`` is the one-by-one reference loop. ``memory_budget`` (bytes or e.g. ``"4GiB"``;
+        default ``config.memory_budget``, else 80 % of the device's free memory) refines fewer images at
+        once when ``batch_size`` would not fit (same results). Returns the maps, or with ``return_details`` a
         :class:`~explainers.learned.lte.refine.RefineResult` (maps, selected_step, selected_score).
         """
         from explainers.learned.lte.refine import refine_images
@@ -242,6 +247,7 @@ class LTEExplainer:
             stop_above=stop_above,
             batch_size=batch_size,
             parallel=parallel,
+            memory_budget=memory_budget,
         )
         return result if return_details else result.maps
 

@@ -14,11 +14,19 @@ runs the explainer through ``torch.func.functional_call`` under ``vmap`` and upd
 batched AdamW (the exact ``torch.optim.AdamW`` arithmetic, elementwise, hence per image). Images that stop
 are dropped from the stacks, so finished images cost nothing. The sequential mode is the plain one-by-one
 loop with ``torch.optim.AdamW``; both give the same masks and selected steps.
+
+Memory: each image refined in parallel holds its own fp32 copy of every trainable parameter, its gradient
+and AdamW's two moments (16 bytes per trainable parameter), plus the activations kept for the backward
+pass through the explainer and through the explainee on the masked image. :func:`bytes_per_image`
+estimates that; the images refined at once are capped so that they fit ``memory_budget`` (default: a
+fraction of what the device has free), and a larger batch is refined in chunks, with one warning. Every
+image is refined independently, so chunking does not change any result.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch.func import functional_call, vmap
 
+from explainers.devices import format_bytes, free_memory, parse_bytes
 from explainers.errors import ExplainersError
 from explainers.learned.lte.config import SELECTIONS
 from explainers.learned.lte.loss import lte_loss
@@ -37,6 +46,94 @@ Scorer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torc
 
 _BETAS = (0.9, 0.999)
 _EPS = 1e-8
+
+log = logging.getLogger(__name__)
+
+#: Share of the device's free memory the default budget takes: the rest is left for the scorer's
+#: perturbed-image forwards, the allocator's fragmentation and other tensors of the process.
+DEFAULT_BUDGET_FRACTION = 0.8
+#: fp32 copies per trainable parameter and refined image: the parameter, its gradient, two AdamW moments.
+PARAMETER_COPIES = 4
+#: Saved activations per transformer block and token, in units of the embedding width D, for one forward
+#: with gradients (LayerNorm in/out ×2, q/k/v, attention output, projection, two residuals, MLP hidden
+#: ×4 before and after the GELU, MLP output), and per head and token pair (scores, softmax output, the
+#: scaled copy). An estimate: benchmarks/vit_b_smoke.py measures the saved activations of ViT-B/16 and
+#: DeiT-S next to it, benchmarks/gpu_smoke.py the peak GPU memory.
+_TOKEN_FLOATS_PER_D = 20
+_ATTENTION_FLOATS_PER_PAIR = 3
+
+_warned: set[tuple[int, int, int]] = set()
+
+
+@dataclass
+class MemoryEstimate:
+    """Estimated bytes one image needs while it is refined in parallel mode (fp32)."""
+
+    trainable_parameters: int
+    parameter_bytes: int
+    activation_bytes: int
+
+    @property
+    def total(self) -> int:
+        return self.parameter_bytes + self.activation_bytes
+
+
+def bytes_per_image(explainer) -> MemoryEstimate:
+    """Estimate the memory one refined image takes (see the module docstring).
+
+    Parameters: ``PARAMETER_COPIES × 4`` bytes per trainable parameter. Activations: two forwards with
+    gradients — the explainer network and the explainee on the masked image — of ``num_blocks`` blocks
+    with T tokens of width D and H heads: ``2 · blocks · (20·T·D + 3·H·T²)`` floats.
+    """
+    adapter = explainer.adapter
+    trainable = sum(p.numel() for p in explainer.trainable_parameters())
+    tokens = adapter.num_patches + adapter.num_prefix_tokens
+    per_block = (
+        _TOKEN_FLOATS_PER_D * tokens * adapter.embed_dim + _ATTENTION_FLOATS_PER_PAIR * adapter.num_heads * tokens**2
+    )
+    activations = 2 * adapter.num_blocks * per_block * 4
+    return MemoryEstimate(trainable, PARAMETER_COPIES * 4 * trainable, int(activations))
+
+
+def resolve_memory_budget(budget: str | int | float | None, device: torch.device) -> int | None:
+    """Bytes refinement may use: as given (``"4GiB"``, bytes), else ``DEFAULT_BUDGET_FRACTION`` of what
+    ``device`` has free; None when neither is known (no limit)."""
+    if budget is not None:
+        return parse_bytes(budget)
+    free = free_memory(device)
+    return None if free is None else int(free * DEFAULT_BUDGET_FRACTION)
+
+
+def images_per_chunk(explainer, batch_size: int, num_images: int, budget: int | None) -> int:
+    """How many images to refine at once: ``batch_size``, fewer when they would not fit ``budget``."""
+    if budget is None:
+        return batch_size
+    estimate = bytes_per_image(explainer)
+    fit = budget // max(estimate.total, 1)
+    chunk = max(1, min(batch_size, fit))
+    wanted = min(batch_size, num_images)
+    key = (id(explainer), chunk, wanted)
+    if chunk < wanted and key not in _warned:
+        _warned.add(key)
+        if fit < 1:
+            log.warning(
+                "LTE refinement: one image needs about %s (%s trainable parameters + activations) but the "
+                "memory budget is %s; refining one image at a time anyway (set memory_budget to change it)",
+                format_bytes(estimate.total),
+                f"{estimate.trainable_parameters:,}",
+                format_bytes(budget),
+            )
+        else:
+            log.warning(
+                "LTE refinement: %d images at once need about %s (%s per image) but the memory budget is %s; "
+                "refining %d at a time (same results; set memory_budget to change it)",
+                wanted,
+                format_bytes(wanted * estimate.total),
+                format_bytes(estimate.total),
+                format_bytes(budget),
+                chunk,
+            )
+    return chunk
 
 
 @dataclass
@@ -134,9 +231,12 @@ def refine_images(
     batch_size: int = 16,
     parallel: bool = True,
     scorer: Scorer | None = None,
+    memory_budget: str | int | float | None = None,
 ) -> RefineResult:
     """Refine ``explainer`` (an :class:`LTEExplainer`) on each image; see the module docstring.
 
+    ``memory_budget`` (bytes or e.g. ``"4GiB"``; default ``config.memory_budget``, else a fraction of the
+    device's free memory) caps how many of the ``batch_size`` images are refined at once in parallel mode.
     targets: the class each image is refined towards (None: the predicted class). select_targets: the
     class the steps are scored on for selection (None: the same as ``targets``).
     """
@@ -154,6 +254,11 @@ def refine_images(
     scorer = scorer or default_scorer(adapter, opts.select, config.eval_batch_size)
     selection = _Selection(images.shape[0], adapter.image_size, opts, images.device)
     run = _refine_parallel if parallel else _refine_sequential
+    if parallel:
+        budget = resolve_memory_budget(
+            memory_budget if memory_budget is not None else getattr(config, "memory_budget", None), images.device
+        )
+        batch_size = images_per_chunk(explainer, batch_size, images.shape[0], budget)
     for start in range(0, images.shape[0], batch_size):
         index = torch.arange(start, min(start + batch_size, images.shape[0]))
         run(explainer, images, classes, select, logits, index, opts, scorer, selection)
