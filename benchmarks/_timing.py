@@ -48,5 +48,9 @@ def build_vit(image_size: int, patch: int, width: int, depth: int, heads: int, c
         num_attention_heads=heads,
         intermediate_size=4 * width,
         num_labels=classes,
+        # The ViT processors' normalisation, recorded in the config as the shipped explainee does: the
+        # adapter refuses a model without one.
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
     )
     return ViTForImageClassification(config).eval()

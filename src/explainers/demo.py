@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from explainers.data.base import ImageDataset
 from explainers.errors import ExplainersError
 from explainers.io.atomic import write_text_atomic
 
@@ -348,23 +349,35 @@ def _downstream_tasks(
     return summary
 
 
-def _first(dataset, n: int):
-    """The first ``n`` images of a dataset as a dataset (a view, no copies)."""
-    from explainers.data.base import ImageDataset
+class _Prefix(ImageDataset):
+    """The first ``n`` images of a dataset as a dataset (a view, no copies). Module-level, so that it
+    pickles into DataLoader workers under any start method; ids and labels come from the dataset without
+    decoding images."""
 
-    class _Prefix(ImageDataset):
-        def __init__(self) -> None:
-            self.name, self.class_names = f"{dataset.name} (first {n})", dataset.class_names
+    def __init__(self, dataset: ImageDataset, n: int) -> None:
+        self.dataset, self.n = dataset, min(n, len(dataset))
+        self.name, self.class_names = f"{dataset.name} (first {n})", dataset.class_names
 
-        def __len__(self) -> int:
-            return min(n, len(dataset))
+    def __len__(self) -> int:
+        return self.n
 
-        def __getitem__(self, index: int):
-            if not 0 <= index < len(self):
-                raise IndexError(index)
-            return dataset[index]
+    def __getitem__(self, index: int):  # type: ignore[override]
+        if not 0 <= index < self.n:
+            raise IndexError(index)
+        return self.dataset[index]
 
-    return _Prefix()
+    @property
+    def ids(self) -> list[str]:
+        return self.dataset.ids[: self.n]
+
+    def label_of(self, index: int) -> int:
+        if not 0 <= index < self.n:
+            raise IndexError(index)
+        return self.dataset.label_of(index)
+
+
+def _first(dataset: ImageDataset, n: int) -> ImageDataset:
+    return _Prefix(dataset, n)
 
 
 def _choose_methods(names: list[str] | None, defaults: tuple[DemoMethod, ...] = DEMO_METHODS) -> list[DemoMethod]:

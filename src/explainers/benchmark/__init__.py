@@ -1,5 +1,5 @@
-"""The benchmark: known-truth scenarios, every method on each, and a leaderboard that ranks them."""
+"""The benchmark: known-truth scenarios (:mod:`.scenarios`), every method on each (:mod:`.runner`), the
+randomisation sanity check (:mod:`.sanity`) and the leaderboard that ranks them (:mod:`.leaderboard`).
 
-from explainers.benchmark.leaderboard import Leaderboard, build_leaderboard, separation
-
-__all__ = ["Leaderboard", "build_leaderboard", "separation"]
+Submodules are imported where used, so that ``explainers.benchmark.scenarios`` stays light for the CLI.
+"""

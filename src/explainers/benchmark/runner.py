@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from explainers.benchmark.leaderboard import Leaderboard, build_leaderboard, to_html, to_json, to_markdown
-from explainers.benchmark.scenarios import SCENARIOS, Scenario, asset, get_scenario
+from explainers.benchmark.scenarios import DEFAULT_IMAGES, SCENARIOS, Scenario, asset, get_scenario
 from explainers.errors import ExplainersError
 from explainers.io.atomic import write_text_atomic
 from explainers.metrics.evaluate import EvaluationResult
@@ -35,7 +35,6 @@ BENCHMARK_METRICS = "pos,neg,deletion,insertion,miou,pointing-game,energy-in-gt"
 METHOD_OPTIONS: dict[str, dict[str, Any]] = {"integrated-gradients": {"steps": 20}, "rise": {"num_masks": 1000}}
 #: Learned methods and the scenario asset each needs.
 LEARNED_ASSETS = {"plte": "plte", "lte": "plte", "leta": "leta"}
-DEFAULT_IMAGES = 200
 #: Images per scenario for the model-parameter randomisation check (0: skip it).
 SANITY_IMAGES = 16
 

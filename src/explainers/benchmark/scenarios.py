@@ -30,6 +30,10 @@ from typing import Any
 
 from explainers.errors import ExplainersError
 
+# Scenes per scenario by default: the whole benchmark then runs in minutes on 2 CPU cores
+# (benchmarks/results/benchmark.md); pass --images 200 or more for tighter intervals.
+DEFAULT_IMAGES = 50
+
 # Smaller objects than the single scenario's, so that two objects (or an object and its distractors) fit.
 SMALL_OBJECTS = (0.12, 0.18)
 

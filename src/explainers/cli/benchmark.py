@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from explainers.benchmark.scenarios import DEFAULT_IMAGES
 from explainers.cli.app import app
 from explainers.errors import ExplainersError
 
@@ -21,7 +22,7 @@ def benchmark(
         None, "--scenarios", help="Comma-separated scenarios (default: every one whose explainee ships)."
     ),
     methods: str = typer.Option(None, "--methods", help="Comma-separated methods (default: every registered one)."),
-    images: int = typer.Option(200, "--images", help="Test scenes per scenario."),
+    images: int = typer.Option(DEFAULT_IMAGES, "--images", help="Test scenes per scenario."),
     explainee_for: list[str] = typer.Option(
         None, "--explainee-for", help="SCENARIO=DIR: explain this scenario with another explainee (repeatable)."
     ),
