@@ -19,7 +19,10 @@ _LAZY = {
 
 # Subpackages reachable as attributes (``explainers.metrics``) without importing them all up front.
 _SUBMODULES = frozenset(
-    {"cli", "data", "demo", "errors", "explain", "heatmap", "io", "learned", "methods", "metrics", "models", "training"}
+    {
+        "benchmark", "cli", "data", "demo", "devices", "errors", "explain", "heatmap", "io", "learned",
+        "methods", "metrics", "models", "provenance", "training",
+    }
 )
 
 
