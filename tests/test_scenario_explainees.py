@@ -44,3 +44,19 @@ def test_each_scenario_explainee_is_accurate_on_its_scenes(name, one_thread):
     predicted, scenes = predictions(adapter, SyntheticConfig(**scenario.synthetic))
     labels = scenes["labels"]["cue" if name == "cue" else "shape"]
     assert (predicted == labels).mean() >= 0.95
+
+
+def test_cue_plte_points_at_the_cue(one_thread):
+    from explainers.methods import get_method
+    from explainers.metrics.localization import energy_share
+
+    scenario = SCENARIOS["cue"]
+    adapter = load_explainee(str(asset(scenario.explainee)))
+    plte = get_method("plte", adapter, explainer=str(asset(scenario.plte)))
+    scenes = render_scenes(SyntheticConfig(**scenario.synthetic), "test", 0, 32)
+    images = torch.from_numpy(scenes["images"]).permute(0, 3, 1, 2).float() / 255
+    maps = plte(images, torch.from_numpy(scenes["labels"]["cue"]))
+    on_cue = energy_share(maps, torch.from_numpy(scenes["cue_masks"])).mean().item()
+    on_object = energy_share(maps, torch.from_numpy(scenes["masks"])).mean().item()
+    # The cue is 0.9 % of the image: a map that ignored it would put about that share of its mass there.
+    assert on_cue > 0.2 and on_cue > 2 * on_object
