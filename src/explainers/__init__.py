@@ -17,11 +17,22 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):  # the learned explainers and methods load on first use, not on import
-    if name in _LAZY:
-        import importlib
+# Subpackages reachable as attributes (``explainers.metrics``) without importing them all up front.
+_SUBMODULES = frozenset(
+    {
+        "benchmark", "cli", "data", "demo", "devices", "errors", "explain", "heatmap", "io", "learned",
+        "methods", "metrics", "models", "provenance", "training",
+    }
+)
 
+
+def __getattr__(name: str):  # the learned explainers, methods and subpackages load on first use
+    import importlib
+
+    if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"explainers.{name}")
     raise AttributeError(f"module 'explainers' has no attribute {name!r}")
 
 

@@ -18,21 +18,22 @@ dataset order, so the file equals the single-process one.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 import torch
 
 from explainers.data.base import Batch, ImageDataset
 from explainers.data.loader import BatchLoader, resolve_workers
-from explainers.errors import ExplainersError
+from explainers.errors import ExplainersError, OutputError, describe_os_error
+from explainers.io.atomic import atomic_path
 from explainers.io.maskfile import MaskFileWriter
-from explainers.methods.base import Method
+from explainers.methods.base import Method, check_images
 from explainers.metrics.sharding import barrier, broadcast_from_main, current_shard, gather_to_main
 from explainers.provenance import maskfile_provenance
 
@@ -50,8 +51,16 @@ class ExplainSummary:
     nonfinite_ids: list[str] = field(default_factory=list)
 
 
-def _png_name(image_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "__", image_id) + ".png"
+def png_name(image_id: str) -> str:
+    """The overlay file name of an image id, one-to-one: letters, digits and ``-_.~`` stay,
+    every other byte becomes ``%XX`` (``%`` itself too), so two ids never share a file and no id
+    reaches outside the folder (``/`` is escaped, and ``.``/``..`` gain the ``.png`` suffix)."""
+    return quote(image_id, safe="") + ".png"
+
+
+def _save_png(image: Any, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
 
 
 def explain_dataset(
@@ -98,7 +107,12 @@ def explain_dataset(
     wanted = [ids[i] for i in order]
     png = Path(png_dir) if png_dir is not None else None
     if png is not None:
-        png.mkdir(parents=True, exist_ok=True)
+        try:
+            png.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create the PNG folder {png}: {describe_os_error(exc)}") from exc
+        if not png.is_dir():
+            raise OutputError(f"--png {png} is not a folder")
 
     shard = current_shard()
     writer: MaskFileWriter | None = None
@@ -192,6 +206,7 @@ def _explain_batch(method: Method, batch: Batch, *, targets: str, png: Path | No
     """Explain one batch (already on the explainee's device)."""
     adapter = method.adapter
     images = batch.images
+    check_images(images, batch.ids, who=method.name)  # here, where the image ids are known
     # The method's own notion of "predicted": LETA explains its head's argmax, which need not be the
     # adapter's classifier. (no_grad inside, not inference_mode: the classes go on into gradient methods.)
     predicted = method.predicted_classes(adapter.resize(images))
@@ -222,7 +237,7 @@ def _explain_batch(method: Method, batch: Batch, *, targets: str, png: Path | No
 
         for k, image_id in enumerate(batch.ids):
             label = _class_name(adapter.class_names, int(explained[k]))
-            overlay(batch.images[k], maps[k], label=label).save(png / _png_name(image_id))
+            _save_png(overlay(batch.images[k], maps[k], label=label), png / png_name(image_id))
     return {
         "ids": batch.ids,
         "maps": maps_np,

@@ -93,6 +93,9 @@ def evaluate(
             raise ExplainersError(
                 f"unknown metric(s) {', '.join(unknown)}; valid metrics: {', '.join(valid)}"
             )
+    for flag, value in (("--batch-size", batch_size), ("--max-batch", max_batch)):
+        if value < 1:
+            raise ExplainersError(f"{flag} must be at least 1, got {value}")
     options = parse_metric_options(metric_option)
     adapter = load_explainee(explainee, device=default_device(device), **normalisation_kwargs(mean, std))
     dataset, name = open_data(data, split, data_option)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,16 @@ def open_dataset(spec: str, **options: Any) -> ImageDataset:
         raise DatasetError(f"{kind} dataset path does not exist: {path}")
     module_name, _, factory_name = DATASET_KINDS[kind].partition(":")
     factory = getattr(importlib.import_module(module_name), factory_name)
-    return factory(path, **{k: v for k, v in options.items() if v is not None})
+    options = {k: v for k, v in options.items() if v is not None}
+    accepted = inspect.signature(factory).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
+        valid = [n for n, p in list(accepted.items())[1:] if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise DatasetError(
+                f"{kind} datasets have no option(s) {', '.join(unknown)}; valid: {', '.join(valid) or 'none'}"
+            )
+    return factory(path, **options)
 
 
 __all__ = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
@@ -111,24 +111,72 @@ class UnlabelledDataset(ImageDataset):
         return -1
 
 
+def inside_root(root: Path, relative: str, what: str) -> Path:
+    """``root / relative`` for a name read from a dataset's own files, refusing anything that would
+    reach outside ``root`` (an absolute path, a ``..`` component, a drive or NUL byte). The check is on
+    the name, not on resolved paths, so datasets whose folders are symlinks keep working."""
+    if not isinstance(relative, str) or not relative.strip():
+        raise DatasetError(f"{what} {relative!r} is not a file name")
+    pure = PurePosixPath(relative.replace("\\", "/"))
+    drive = len(pure.parts[0]) >= 2 and pure.parts[0][1] == ":" and pure.parts[0][0].isalpha()
+    if pure.is_absolute() or ".." in pure.parts or "\0" in relative or drive:
+        raise DatasetError(
+            f"{what} {relative!r} points outside the dataset folder {root}; dataset files may only name "
+            "files inside it"
+        )
+    return root / pure
+
+
 def load_image(path: str | Path) -> torch.Tensor:
-    """Decode an image file to a 3×H×W float tensor in [0,1]; grayscale, RGBA and palette become RGB."""
+    """Decode an image file to a 3×H×W float tensor in [0,1].
+
+    Grayscale, palette, CMYK and YCbCr become RGB; transparency is composited on black; 16-bit images are
+    scaled by 65535 (not clipped at 255); an animated image gives its first frame. A file that cannot be
+    decoded — including a decompression bomb, an image larger than Pillow's safety limit — is a
+    :class:`DatasetError` naming the file."""
     path = Path(path)
     try:
         with Image.open(path) as img:
+            img.seek(0)  # animated GIF/PNG/WebP: the first frame
             img.load()
-            rgb = _to_rgb(img)
+            array = _to_unit_rgb(img, path)
     except FileNotFoundError:
         raise DatasetError(f"image file not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise DatasetError(f"cannot decode image {path}: {exc}. Remove or replace the file.") from None
-    return pil_to_tensor(rgb)
+    except IsADirectoryError:
+        raise DatasetError(f"image path {path} is a folder, not an image file") from None
+    except Image.DecompressionBombError as exc:
+        raise DatasetError(
+            f"refusing to decode {path}: {exc.args[0].split('.')[0] if exc.args else 'too many pixels'} "
+            "(a possible decompression bomb). Resize or remove the file"
+        ) from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise DatasetError(f"cannot decode image {path}: {exc}. Remove or replace the file.") from exc
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def _to_unit_rgb(img: Image.Image, path: Path) -> np.ndarray:
+    """H×W×3 float32 in [0, 1] from any Pillow mode."""
+    if img.mode.startswith("I;16") or img.mode == "I":
+        # 16-bit grayscale (Pillow's I;16*, or I for some decoders): scale by 65535. convert("RGB") would
+        # clip every value above 255 to white.
+        values = np.asarray(img).astype(np.float64)
+        if img.mode == "I" and (values.min() < 0 or values.max() > 65535):
+            raise DatasetError(f"{path} is a 32-bit integer image; save it as 8- or 16-bit")
+        grey = (values / 65535.0).astype(np.float32)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if img.mode == "F":
+        grey = np.asarray(img, dtype=np.float32)
+        if not np.isfinite(grey).all() or grey.min() < 0 or grey.max() > 1:
+            raise DatasetError(f"{path} is a floating-point image with values outside [0, 1]")
+        return np.repeat(grey[:, :, None], 3, axis=2).copy()
+    rgb = _to_rgb(img)
+    return np.asarray(rgb, dtype=np.uint8).astype(np.float32) / 255.0
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         # Composite on black: transparent pixels carry no evidence, like removed pixels.
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))

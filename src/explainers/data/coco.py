@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from explainers.data.base import Sample, UnlabelledDataset, load_image
+from explainers.data.base import Sample, UnlabelledDataset, inside_root, load_image
 from explainers.errors import DatasetError
 
 
@@ -28,6 +28,29 @@ def _has_segmentation(ann: dict[str, Any]) -> bool:
     if isinstance(seg, list):
         return any(len(poly) >= 6 for poly in seg)  # a polygon needs at least three points
     return isinstance(seg, dict) and "counts" in seg and "size" in seg
+
+
+def _check_images(images: list[Any], ann_file: Path, image_dir: Path) -> None:
+    """Every ``images`` entry must be an object with an integer ``id`` (unique), a ``file_name`` inside
+    the image folder and a positive integer ``height`` and ``width``."""
+    seen: set[int] = set()
+    for k, img in enumerate(images):
+        if not isinstance(img, dict):
+            raise DatasetError(f"{ann_file}: images[{k}] is {type(img).__name__}, not an object")
+        for key in ("id", "file_name", "height", "width"):
+            if key not in img:
+                raise DatasetError(f"{ann_file}: images[{k}] has no {key!r}; the file is damaged")
+        image_id = img["id"]
+        if not isinstance(image_id, int) or isinstance(image_id, bool):
+            raise DatasetError(f"{ann_file}: images[{k}] has id {image_id!r}; ids must be integers")
+        if image_id in seen:
+            raise DatasetError(f"{ann_file}: image id {image_id} appears twice in 'images'")
+        seen.add(image_id)
+        for key in ("height", "width"):
+            value = img[key]
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise DatasetError(f"{ann_file}: images[{k}] has {key} {value!r}; it must be a positive integer")
+        inside_root(image_dir, img["file_name"], f"{ann_file.name}: images[{k}] file_name")
 
 
 class CocoDataset(UnlabelledDataset):
@@ -55,8 +78,16 @@ class CocoDataset(UnlabelledDataset):
             ) from None
         if not isinstance(data, dict) or not isinstance(data.get("images"), list):
             raise DatasetError(f"{ann_file} is not a COCO annotation file (no 'images' list)")
+        _check_images(data["images"], ann_file, self.image_dir)
         anns = data.get("annotations") or []
+        if not isinstance(anns, list):
+            raise DatasetError(f"{ann_file}: 'annotations' must be a list of objects")
         with_seg = [a for a in anns if isinstance(a, dict) and _has_segmentation(a)]
+        for a in with_seg:
+            if not isinstance(a.get("image_id"), int) or isinstance(a.get("image_id"), bool):
+                raise DatasetError(
+                    f"{ann_file}: annotation {a.get('id', '?')} has no integer 'image_id'; the file is damaged"
+                )
         if not with_seg:
             raise DatasetError(
                 f"{ann_file} has no instance segmentations (is it a captions or keypoints file?); "
@@ -107,7 +138,7 @@ class CocoDataset(UnlabelledDataset):
             raise IndexError(index)
         index %= len(self)
         info = self._coco.imgs[self._image_ids[index]]
-        image = load_image(self.image_dir / info["file_name"])
+        image = load_image(inside_root(self.image_dir, info["file_name"], "COCO file_name"))
         mask = self.ground_truth(index)
         if tuple(image.shape[1:]) != mask.shape:
             raise DatasetError(

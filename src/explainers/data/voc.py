@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from explainers.data.base import Sample, UnlabelledDataset, load_image
+from explainers.data.base import Sample, UnlabelledDataset, inside_root, load_image
 from explainers.errors import DatasetError
 
 VOID = 255
@@ -62,6 +62,13 @@ class VocDataset(UnlabelledDataset):
                 f"ImageSets/Segmentation/{split}.txt, JPEGImages/, SegmentationClass/) or another --split"
             )
         self._ids = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
+        for sid in self._ids:
+            # An id names files in JPEGImages/ and SegmentationClass/: a plain name, never a path.
+            if "/" in sid or "\\" in sid or sid in (".", ".."):
+                raise DatasetError(
+                    f"VOC split file {split_file} lists {sid!r}, which is not a plain image id (ids name "
+                    "files inside JPEGImages/ and SegmentationClass/, e.g. 2007_000033)"
+                )
         if not self._ids:
             raise DatasetError(f"VOC split file {split_file} lists no images")
         self.name = f"voc:{self.root.resolve()} ({split}, void={void})"
@@ -77,8 +84,8 @@ class VocDataset(UnlabelledDataset):
         if not -len(self) <= index < len(self):
             raise IndexError(index)
         sid = self._ids[index]
-        image = load_image(self.root / "JPEGImages" / f"{sid}.jpg")
-        labels = read_label_png(self.root / "SegmentationClass" / f"{sid}.png")
+        image = load_image(inside_root(self.root, f"JPEGImages/{sid}.jpg", "VOC image id"))
+        labels = read_label_png(inside_root(self.root, f"SegmentationClass/{sid}.png", "VOC image id"))
         if labels.shape != tuple(image.shape[1:]):
             raise DatasetError(
                 f"VOC label {sid}.png is {labels.shape[0]}×{labels.shape[1]} but its image is "

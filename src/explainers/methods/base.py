@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from explainers.errors import ExplainersError
+from explainers.errors import ExplainersError, InputError
 from explainers.models.base import ExplaineeAdapter, Targets, resolve_targets
 
 
@@ -18,6 +18,35 @@ def minmax_normalize(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     hi = flat.max(dim=1, keepdim=True).values
     out = (flat - lo) / (hi - lo).clamp_min(eps)
     return out.view_as(maps)
+
+
+#: How far pixel values may stray outside [0, 1] (rounding in resizing or colour conversion) before a
+#: batch is refused as being on another scale.
+RANGE_TOLERANCE = 1e-3
+
+
+def check_images(images: torch.Tensor, ids: list[str] | None = None, who: str = "images") -> None:
+    """Refuse a batch that cannot be raw images in [0, 1]: NaN/inf pixels (naming the image) or values
+    outside [0, 1] beyond rounding (0…255 images, or images already normalised with a mean and std)."""
+    flat = images.detach().flatten(1)
+    finite = torch.isfinite(flat).all(dim=1)
+    if not bool(finite.all()):
+        k = int((~finite).nonzero()[0])
+        name = f"image {ids[k]}" if ids is not None else f"image {k} of the batch"
+        raise InputError(f"{who}: {name} has NaN or infinite pixel values; fix or drop it")
+    lo, hi = float(flat.min()), float(flat.max())
+    if lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
+        per_image = ((flat < -RANGE_TOLERANCE) | (flat > 1 + RANGE_TOLERANCE)).any(dim=1)
+        k = int(per_image.nonzero()[0])
+        name = f"image {ids[k]}" if ids is not None else f"image {k} of the batch"
+        hint = (
+            "divide 0…255 images by 255"
+            if hi > 1.5 and lo >= 0
+            else "pass raw images, not images normalised with a mean and std (the explainee's adapter normalises)"
+        )
+        raise InputError(
+            f"{who}: pixel values must be in [0, 1], got {lo:.3g}…{hi:.3g} (first at {name}); {hint}"
+        )
 
 
 class Method:
@@ -73,6 +102,7 @@ class Method:
             raise ExplainersError(f"{self.name}: expected images B×3×H×W in [0,1], got shape {tuple(images.shape)}")
         if images.shape[0] == 0:
             raise ExplainersError(f"{self.name}: empty batch (0 images)")
+        check_images(images, who=self.name)
         images = self.adapter.resize(images.to(self.adapter.device, torch.float32))
         target_t = self.predict_targets(images, targets)
         maps = self.attribute(images, target_t).detach().float()

@@ -1,12 +1,15 @@
 """Write an :class:`~explainers.metrics.evaluate.EvaluationResult`: ``metrics.json`` (values, summaries,
 config, versions, machine), ``metrics.npz`` (per-image arrays), ``metrics.md`` (one comparison table),
 ``curves.png`` (mean perturbation curves) and ``heatmaps.png`` (the first images with each file's maps).
-Every file is written to a temporary name and renamed, so a crash never leaves a half-written file under
-the final name; ``metrics.json`` is written last.
+The report is written as one unit (:func:`explainers.io.atomic.write_files_together`): every file is
+written in full under a temporary name first, so a failed write leaves the previous report untouched; the
+old ``metrics.json`` is removed before the renames and the new one renamed last, so a report with a
+``metrics.json`` is always one complete, consistent set (its ``report_files`` lists the others' SHA-256).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -19,9 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from explainers.io.atomic import write_bytes_atomic
+from explainers.io.atomic import write_files_together
+from explainers.io.lock import OutputLock
 from explainers.metrics.evaluate import EvaluationResult
 
+#: Every file a report may hold (a new report removes the old ones it does not rewrite).
+REPORT_FILES = ("metrics.json", "metrics.npz", "metrics.md", "curves.png", "heatmaps.png")
 _ARROW = {"lower": "↓", "higher": "↑"}
 
 
@@ -258,7 +264,6 @@ def write_report(result: EvaluationResult, out_dir: str | Path) -> dict[str, Pat
     """Write the outputs into ``out_dir`` (metrics.json/.npz/.md, curves.png, heatmaps.png); returns
     their paths."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, np.ndarray] = {}
     for k, f in enumerate(result.files):
         arrays[f"r{k}/ids"] = np.asarray(f.ids, dtype=str)
@@ -270,16 +275,16 @@ def write_report(result: EvaluationResult, out_dir: str | Path) -> dict[str, Pat
             arrays[f"r{k}/{name}/counts"] = counts
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
-    paths = {"json": out / "metrics.json", "npz": out / "metrics.npz", "md": out / "metrics.md"}
-    write_bytes_atomic(paths["npz"], buf.getvalue())
-    write_bytes_atomic(paths["md"], to_markdown(result).encode())
-    for key, name, png in (
-        ("png", "curves.png", plot_curves(result)),
-        ("heatmaps", "heatmaps.png", plot_heatmaps(result)),
-    ):
+    files: dict[str, bytes] = {"metrics.npz": buf.getvalue(), "metrics.md": to_markdown(result).encode()}
+    for name, png in (("curves.png", plot_curves(result)), ("heatmaps.png", plot_heatmaps(result))):
         if png is not None:
-            paths[key] = out / name
-            write_bytes_atomic(paths[key], png)
-    # The JSON last: its presence says the other files are complete.
-    write_bytes_atomic(paths["json"], (json.dumps(to_json(result), indent=2) + "\n").encode())
-    return paths
+            files[name] = png
+    summary = to_json(result)
+    # The JSON names its sibling files with their hashes: a reader can tell they belong together.
+    summary["report_files"] = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+    files["metrics.json"] = (json.dumps(summary, indent=2) + "\n").encode()
+    # One unit, with metrics.json as the mark of a complete report; one evaluate per folder at a time.
+    with OutputLock(out):
+        written = write_files_together(out, files, last="metrics.json", stale=REPORT_FILES)
+    keys = dict(zip(REPORT_FILES, ("json", "npz", "md", "png", "heatmaps"), strict=True))
+    return {keys[name]: written[name] for name in REPORT_FILES if name in written}
