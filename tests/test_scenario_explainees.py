@@ -38,12 +38,31 @@ def test_cue_explainee_uses_the_cue_and_ignores_the_object(one_thread):
 @pytest.mark.parametrize(
     "name", [s.name for s in SCENARIOS.values() if s.name != "contrast" and asset(s.explainee) is not None]
 )
-def test_each_scenario_explainee_is_accurate_on_its_scenes(name, one_thread):
+def test_each_scenario_explainee_keeps_its_recorded_accuracy(name, one_thread):
+    import json
+
     scenario = SCENARIOS[name]
-    adapter = load_explainee(str(asset(scenario.explainee)))
+    folder = asset(scenario.explainee)
+    recorded = json.loads((folder / "training.json").read_text())["test_accuracy"]
+    adapter = load_explainee(str(folder))
     predicted, scenes = predictions(adapter, SyntheticConfig(**scenario.synthetic))
     labels = scenes["labels"]["cue" if name == "cue" else "shape"]
-    assert (predicted == labels).mean() >= 0.95
+    # 300 fresh test scenes: within about three standard errors of the accuracy recorded on 1,000–2,000.
+    assert (predicted == labels).mean() >= recorded - 0.08
+
+
+def test_contrast_explainee_ranks_both_objects_first(one_thread):
+    scenario = SCENARIOS["contrast"]
+    adapter = load_explainee(str(asset(scenario.explainee)))
+    scenes = render_scenes(SyntheticConfig(**scenario.synthetic), "test", 0, SCENES)
+    images = torch.from_numpy(scenes["images"]).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        top2 = adapter.predict(images).topk(2, dim=1).indices.numpy()
+    pairs = zip(top2, scenes["labels"]["shape"], scenes["labels"]["shape_b"], strict=True)
+    both = [(int(t[0]) in (a, b), {int(t[0]), int(t[1])} == {int(a), int(b)}) for t, a, b in pairs]
+    first, exact = np.mean([f for f, _ in both]), np.mean([e for _, e in both])
+    # Chance: the top class is one of the two objects half the time; the top two are exactly them 1 in 6.
+    assert first >= 0.9 and exact >= 0.45
 
 
 def test_cue_plte_points_at_the_cue(one_thread):
