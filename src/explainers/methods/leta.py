@@ -39,6 +39,7 @@ class LETAMethod(Method):
         lambda_pos: float = 1.0,
         lambda_neg: float = 1.0,
         normalize: bool = True,
+        allow_other_weights: bool = False,
     ) -> None:
         super().__init__(adapter, normalize=normalize)
         require_vit(adapter, "method 'leta'")
@@ -54,7 +55,10 @@ class LETAMethod(Method):
                     "--option explainer=DIR"
                 )
             # The explainer is bound to this adapter: it refuses one pre-trained for another encoder.
-            self.explainer = LETAExplainer.from_pretrained(path, encoder=adapter)
+            # (allow_other_weights: the randomisation sanity check keeps it on a re-initialised copy.)
+            self.explainer = LETAExplainer.from_pretrained(
+                path, encoder=adapter, allow_other_weights=allow_other_weights
+            )
             self.explainer_source = str(path)
         self.explainer.network.to(adapter.device)
         self.head_spec = head
