@@ -10,7 +10,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest
 import torch
 
-import explainers  # noqa: F401  (applies the torchvision import workaround before transformers)
+import explainers  # (also applies the torchvision import workaround before transformers)
 
 torch.set_num_threads(2)
 
@@ -90,3 +90,17 @@ def pytest_configure(config):
     # Patched for the whole session (module-scoped fixtures that train included), never undone.
     if config.getoption("--optimizer-noop"):
         torch.optim.AdamW.step = lambda self, closure=None: None
+
+
+# A tiny HF ViT directory (16×16 input, 2×2 patch grid) and its adapter, shared by the explain/evaluate,
+# provenance and loader tests (module scope: each module gets its own, as before).
+@pytest.fixture(scope="module")
+def vit_dir(tmp_path_factory):
+    from evalkit import save_tiny_vit
+
+    return save_tiny_vit(tmp_path_factory.mktemp("vit") / "vit", image_size=16, patch_size=8)
+
+
+@pytest.fixture(scope="module")
+def adapter(vit_dir):
+    return explainers.load_explainee(str(vit_dir))

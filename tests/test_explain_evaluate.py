@@ -11,23 +11,13 @@ import pytest
 import torch
 
 import explainers
-from evalkit import CenterMethod, ListDataset, make_voc, random_dataset, save_tiny_vit
+from evalkit import CenterMethod, ListDataset, make_voc, random_dataset
 from explainers import ExplainersError
 from explainers.cli import main
 from explainers.data.base import Sample
 from explainers.explain import explain_dataset
 from explainers.io import MaskFile, MaskFileWriter, partial_path
 from explainers.metrics import evaluate_maskfiles
-
-
-@pytest.fixture(scope="module")
-def vit_dir(tmp_path_factory):
-    return save_tiny_vit(tmp_path_factory.mktemp("vit") / "vit", image_size=16, patch_size=8)
-
-
-@pytest.fixture(scope="module")
-def adapter(vit_dir):
-    return explainers.load_explainee(str(vit_dir))
 
 
 @pytest.fixture(scope="module")

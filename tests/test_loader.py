@@ -13,9 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-import explainers
 import explainers.data.loader as loader_module
-from evalkit import ListDataset, make_coco, make_imagenet_seg, make_voc, save_tiny_vit
+from evalkit import ListDataset, make_coco, make_imagenet_seg, make_voc
 from explainers import DatasetError, ExplainersError, open_dataset
 from explainers.cli import main
 from explainers.data.base import Sample, collate
@@ -38,16 +37,6 @@ def make_folder(root, n=7, classes=("cat", "dog"), seed=0):
         suffix = ".jpg" if i % 2 else ".png"
         Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(folder / f"{i:03d}{suffix}")
     return root
-
-
-@pytest.fixture(scope="module")
-def vit_dir(tmp_path_factory):
-    return save_tiny_vit(tmp_path_factory.mktemp("vit") / "vit", image_size=16, patch_size=8)
-
-
-@pytest.fixture(scope="module")
-def adapter(vit_dir):
-    return explainers.load_explainee(str(vit_dir))
 
 
 @pytest.fixture(scope="module")

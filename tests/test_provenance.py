@@ -27,16 +27,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def vit_dir(tmp_path_factory):
-    return save_tiny_vit(tmp_path_factory.mktemp("vit") / "vit", image_size=16, patch_size=8)
-
-
-@pytest.fixture(scope="module")
-def adapter(vit_dir):
-    return explainers.load_explainee(str(vit_dir))
-
-
-@pytest.fixture(scope="module")
 def twin_dir(tmp_path_factory):
     """Same architecture and configuration as ``vit_dir``, other weights."""
     return save_tiny_vit(tmp_path_factory.mktemp("twin") / "vit", image_size=16, patch_size=8, seed=1)

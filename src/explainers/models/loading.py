@@ -286,7 +286,7 @@ def load_hf_directory(path: Path, *, image_size=None, mean=None, std=None, ident
             f"{path} holds a {config.model_type!r} model; supported Hugging Face types: {', '.join(_SUPPORTED)}"
         )
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             model = AutoModelForImageClassification.from_pretrained(path, attn_implementation="sdpa")
     except Exception as exc:
         raise ModelError(f"cannot load the model in {path}: {exc}") from None
@@ -321,7 +321,7 @@ def _given_or(mean, std, pre: dict[str, Any], config: Any) -> tuple[Any, Any]:
 
 
 @contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """No per-tensor "Loading weights" progress bar for a local load (it floods logs for small models)."""
     from transformers.utils import logging as hf_logging
 

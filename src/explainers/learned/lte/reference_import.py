@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from explainers.errors import ExplainersError, ModelError
+from explainers.models.loading import quiet_transformers
 
 log = logging.getLogger(__name__)
 
@@ -345,24 +346,10 @@ def _check_embeddings(
 
 
 # ----------------------------------------------------------------------------------------------- building
-@contextlib.contextmanager
-def _no_progress_bars() -> Iterator[None]:
-    """No per-tensor "Loading weights" bar from transformers while building models in memory."""
-    from transformers.utils import logging as hf_logging
-
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
-
-
 def _load_vit(model_cls: Any, config: Any, state: Mapping[str, torch.Tensor], what: str, path: Path, **kw: Any) -> Any:
     """A transformers model from legacy-named tensors; any tensor left over or missing is an error."""
     try:
-        with _no_progress_bars():
+        with quiet_transformers():
             model, info = model_cls.from_pretrained(
                 None, config=config, state_dict=dict(state), output_loading_info=True, **kw
             )
@@ -404,7 +391,7 @@ def build_explainer_vit(ref: ReferenceCheckpoint) -> Any:
 def _write_explainee_dir(model: Any, arch: ReferenceArchitecture, folder: Path) -> None:
     from transformers import ViTImageProcessor
 
-    with _no_progress_bars():
+    with quiet_transformers():
         model.save_pretrained(folder)
     # Resize straight to the input size, no centre crop, mean = std = 0.5: the reference's preprocessing.
     ViTImageProcessor(
