@@ -54,3 +54,20 @@ def build_vit(image_size: int, patch: int, width: int, depth: int, heads: int, c
         image_std=[0.5, 0.5, 0.5],
     )
     return ViTForImageClassification(config).eval()
+
+
+def build_hf_classifier(kind: str, *, tiny: bool = False):
+    """Random-init HF classifiers: ``vit-b`` (ViT-B/16-224), ``vit-s`` (ViT-S/16-224), ``deit-s-distilled``."""
+    from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher, ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    if tiny:  # for tests: the same classes at 32×32 with 2 small blocks
+        shape = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
+        shape["intermediate_size"], labels = 64, 10
+    else:
+        width, heads = (768, 12) if kind == "vit-b" else (384, 6)
+        shape = dict(image_size=224, patch_size=16, hidden_size=width, num_hidden_layers=12, num_attention_heads=heads)
+        shape["intermediate_size"], labels = 4 * width, 1000
+    if kind == "deit-s-distilled":
+        return DeiTForImageClassificationWithTeacher(DeiTConfig(**shape, num_labels=labels)).eval()
+    return ViTForImageClassification(ViTConfig(**shape, num_labels=labels)).eval()

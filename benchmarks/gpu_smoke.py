@@ -36,6 +36,8 @@ from typing import Any
 
 import torch
 
+from _timing import build_hf_classifier
+
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
 
@@ -84,29 +86,12 @@ def _fmt(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
-def build_model(kind: str, tiny: bool):
-    """Random-init HF classifier: ``vit-b`` (ViT-B/16-224) or ``deit-s-distilled`` (DeiT-S/16 + distillation)."""
-    from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher, ViTConfig, ViTForImageClassification
-
-    torch.manual_seed(0)
-    if tiny:
-        shape = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
-        shape["intermediate_size"], labels = 64, 10
-    else:
-        width, heads = (768, 12) if kind == "vit-b" else (384, 6)
-        shape = dict(image_size=224, patch_size=16, hidden_size=width, num_hidden_layers=12, num_attention_heads=heads)
-        shape["intermediate_size"], labels = 4 * width, 1000
-    if kind == "deit-s-distilled":
-        return DeiTForImageClassificationWithTeacher(DeiTConfig(**shape, num_labels=labels)).eval()
-    return ViTForImageClassification(ViTConfig(**shape, num_labels=labels)).eval()
-
-
 def save_model(kind: str, tiny: bool, folder: Path) -> None:
     """The model as a Hugging Face directory, with an image processor (resize to the model's size, mean and
     std 0.5) so that the adapter knows the input geometry, as it would for a hub checkpoint."""
     from transformers import ViTImageProcessor
 
-    model = build_model(kind, tiny)
+    model = build_hf_classifier(kind, tiny=tiny)
     model.save_pretrained(folder)
     size = model.config.image_size
     ViTImageProcessor(size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(

@@ -29,24 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import machine
-
-
-def build_model(kind: str, *, tiny: bool = False):
-    """Random-init HF classifiers: ``vit-b`` (ViT-B/16-224), ``vit-s`` (ViT-S/16-224), ``deit-s-distilled``."""
-    from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher, ViTConfig, ViTForImageClassification
-
-    torch.manual_seed(0)
-    if tiny:  # for tests: the same classes at 32×32 with 2 small blocks
-        shape = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
-        shape["intermediate_size"], labels = 64, 10
-    else:
-        width, heads = (768, 12) if kind == "vit-b" else (384, 6)
-        shape = dict(image_size=224, patch_size=16, hidden_size=width, num_hidden_layers=12, num_attention_heads=heads)
-        shape["intermediate_size"], labels = 4 * width, 1000
-    if kind == "deit-s-distilled":
-        return DeiTForImageClassificationWithTeacher(DeiTConfig(**shape, num_labels=labels)).eval()
-    return ViTForImageClassification(ViTConfig(**shape, num_labels=labels)).eval()
+from _timing import build_hf_classifier, machine
 
 
 def peak_rss_reset() -> None:
@@ -117,7 +100,7 @@ def smoke(kind: str, rows: list[dict], memory: dict[str, dict], *, tiny: bool = 
         rows,
         kind,
         "load (random init)",
-        lambda: load_explainee(build_model(kind, tiny=tiny), mean=[0.5] * 3, std=[0.5] * 3, device=device),
+        lambda: load_explainee(build_hf_classifier(kind, tiny=tiny), mean=[0.5] * 3, std=[0.5] * 3, device=device),
     )
     size = adapter.image_size
     g = torch.Generator().manual_seed(0)

@@ -278,6 +278,8 @@ def _gpu_smoke():
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_smoke.py"
+    if str(path.parent) not in __import__("sys").path:  # its shared helpers (_timing) live beside it
+        __import__("sys").path.insert(0, str(path.parent))
     spec = importlib.util.spec_from_file_location("gpu_smoke", path)
     module = importlib.util.module_from_spec(spec)
     __import__("sys").modules["gpu_smoke"] = module  # dataclasses look their module up by name
