@@ -286,7 +286,7 @@ def train(kind: str, model_dir: Path, data: Path, work: Path, args, report: Repo
     sizes = args.sizes
     base = launcher(args.device)
     per_class = max(1, sizes.train_images // 4)  # the scenes have 4 classes
-    for precision in PRECISIONS[kind]:
+    for precision in [p for p in PRECISIONS[kind] if p in args.precisions]:
         tag, out = f"{kind}/{precision}", work / precision
         plte = [*base, "pretrain", "lte", "--explainee", str(model_dir), "--data", f"synthetic:{data}"]
         plte += ["--out", str(out / "plte"), "--no-progress"]
@@ -315,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="Also write the results as JSON here.")
     parser.add_argument("--no-training", action="store_true", help="Skip the pLTE and LETA training runs.")
     parser.add_argument("--models", default="vit-b,deit-s-distilled", help="Comma-separated: vit-b, deit-s-distilled.")
+    parser.add_argument("--precisions", default="fp32,bf16", help="Comma-separated subset of fp32, bf16 to run.")
+    parser.add_argument("--no-explain", action="store_true", help="Skip explaining and evaluating (training only).")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(SRC))
     from explainers.data.synthetic import SyntheticConfig, generate_synthetic
@@ -322,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args.device = resolve_device(args.device)
     args.sizes = TINY if args.tiny else FULL
+    args.precisions = {p.strip() for p in args.precisions.split(",") if p.strip()}
     sizes = args.sizes
     report = Report()
     work = args.work or Path(tempfile.mkdtemp(prefix="gpu-smoke-"))
@@ -357,10 +360,10 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             raise ValueError(f"unknown model(s) {unknown}; choose from {', '.join(PRECISIONS)}")
         for kind in wanted:
-            precisions = PRECISIONS[kind]
+            precisions = [p for p in PRECISIONS[kind] if p in args.precisions]
             model_dir = work / kind / "model"
             save_model(kind, args.tiny, model_dir)
-            for precision in precisions:
+            for precision in precisions if not args.no_explain else ():
                 explain_and_evaluate(kind, precision, model_dir, data, work / kind / precision, args, report)
             if not args.no_training:
                 train(kind, model_dir, data, work / kind, args, report)
