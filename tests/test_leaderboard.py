@@ -107,7 +107,12 @@ def test_separation_and_outputs():
 def test_random_not_last_is_reported():
     res = scenario_a()
     res.files[3] = file_result("random", {"pos": np.full(20, 1.0), "miou": np.full(20, 99.0)})
-    assert separation(build_leaderboard({"a": res}))["a"]["floor_last"] is False
+    board = build_leaderboard({"a": res})
+    sep = separation(board)["a"]
+    assert sep["floor_last"] is False
+    # random is best on both metrics here: every other method ranks below it, and the text says so.
+    assert sep["below_floor"] == {"pos": ["good", "twin", "fair"], "miou": ["good", "twin", "fair"]}
+    assert "ranked below it: pos: good, twin, fair; miou: good, twin, fair" in to_markdown(board)
 
 
 def test_sanity_table_verdicts():
@@ -118,3 +123,36 @@ def test_sanity_table_verdicts():
     page = to_html(board, plots=False)
     assert '<td class="fail">fails</td>' in page
     assert to_json(board)["sanity"]["spearman"]["a"]["fair"]["12"] == 0.7
+
+
+def test_scenario_costs_are_shown_next_to_each_scenario_table():
+    costs = {"a": {"good": {"train_seconds": 1234.0, "ms_per_image": 5.25}, "fair": {"ms_per_image": 2.0}}}
+    board = build_leaderboard({"a": scenario_a()}, scenario_costs=costs)
+    md = to_markdown(board)
+    assert "| training (once) | per image |" in md
+    good = next(line for line in md.splitlines() if line.startswith("| good |") and "±" in line)
+    assert good.endswith("| 1,234 s | 5.2 ms |")
+    fair = next(line for line in md.splitlines() if line.startswith("| fair |") and "±" in line)
+    assert fair.endswith("| — | 2.0 ms |")
+    page = to_html(board, plots=False)
+    assert "<th>training (once)</th><th>per image</th>" in page and "<td>1,234 s</td><td>5.2 ms</td>" in page
+    assert to_json(board)["scenario_costs"]["a"]["good"]["train_seconds"] == 1234.0
+
+
+def test_training_seconds_read_from_the_explainer_records(tmp_path):
+    from explainers.benchmark.runner import training_seconds
+
+    leta = tmp_path / "leta"
+    leta.mkdir()
+    (leta / "config.json").write_text(json.dumps({"training": {"wall_s": 631.2}}))
+    assert training_seconds(leta) == 631.2
+    # pLTE: time_s counts from the start of each run; a resumed run starts again from 0.
+    plte = tmp_path / "plte"
+    plte.mkdir()
+    (plte / "config.json").write_text(json.dumps({"training": {"epoch": 3}}))
+    records = [{"epoch": 0}, {"time_s": 10.0}, {"time_s": 25.0}, {"time_s": 4.0}, {"time_s": 9.5}]
+    (plte / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert training_seconds(plte) == 25.0 + 9.5
+    (plte / "log.jsonl").unlink()
+    assert training_seconds(plte) is None
+    assert training_seconds(tmp_path / "missing") is None

@@ -203,3 +203,25 @@ def test_shipped_explainee_matches_its_recorded_accuracy() -> None:
         predicted = torch.cat([model(pixel_values=b).logits.argmax(-1) for b in x.split(200)])
     accuracy = (predicted.numpy() == scenes["labels"]["shape"]).mean()
     assert accuracy >= record["test_accuracy"] - SHIPPED_TOLERANCE
+
+
+@pytest.mark.trainer
+def test_init_from_continues_from_earlier_weights(tiny_run: tuple[Path, Path, dict], tmp_path: Path) -> None:
+    data, first, record = tiny_run
+    # A learning rate of ~0: the continued run must save the earlier weights, not a fresh initialisation.
+    still = ClassifierTrainConfig(**{**TINY_MODEL.to_dict(), "epochs": 1, "lr": 1e-12, "init_from": str(first)})
+    again = train_classifier(data, tmp_path / "still", still, progress=False)
+    before, after = load_file(first / "model.safetensors"), load_file(tmp_path / "still" / "model.safetensors")
+    assert before.keys() == after.keys()
+    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
+    assert again["normalisation"] == record["normalisation"]
+    assert again["init"]["path"] == str(first.resolve()) and again["init"]["test_accuracy"] == record["test_accuracy"]
+    # Continuing from trained weights starts where the first run ended, below a fresh start's first loss.
+    go_on = ClassifierTrainConfig(**{**TINY_MODEL.to_dict(), "epochs": 1, "init_from": str(first)})
+    continued = train_classifier(data, tmp_path / "more", go_on, progress=False)
+    assert continued["history"][0]["loss"] < record["history"][0]["loss"]
+    wider = ClassifierTrainConfig(**{**TINY_MODEL.to_dict(), "hidden_size": 32, "init_from": str(first)})
+    with pytest.raises(ExplainersError, match="hidden_size 16 \\(this run: 32\\)"):
+        train_classifier(data, tmp_path / "wider", wider, progress=False)
+    with pytest.raises(ExplainersError, match="not a train-classifier output"):
+        train_classifier(data, tmp_path / "x", ClassifierTrainConfig(init_from=str(tmp_path)), progress=False)

@@ -11,7 +11,8 @@ sees the per-image differences, not two overlapping intervals) does not reject e
 
 The overall rank of a method is the mean of its ranks over every column it appears in. Costs (training
 seconds once, milliseconds per image at explain time), when given, are shown next to the quality so that a
-user can weigh them.
+user can weigh them: overall (``costs``: per image averaged over the scenarios, training averaged over the
+distinct explainers trained) and per scenario (``scenario_costs``: that scenario's own explainer and timing).
 
 Outputs: :func:`to_json` (everything above, machine-readable), :func:`to_markdown` (one table per
 scenario and the overall ranking) and :func:`to_html` (one self-contained page: tables, and each scenario's
@@ -73,6 +74,8 @@ class Leaderboard:
     results: dict[str, EvaluationResult] = field(default_factory=dict, repr=False)
     #: Randomisation check per scenario: method → {"1": ρ, "<all blocks>": ρ} (mean Spearman).
     sanity: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    #: Cost per scenario: scenario → method → {"train_seconds": …, "ms_per_image": …} (either may be absent).
+    scenario_costs: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
 
     def cell(self, method: str, scenario: str, metric: str) -> Cell | None:
         return self.cells.get((method, f"{scenario}/{metric}"))
@@ -124,6 +127,7 @@ def build_leaderboard(
     *,
     alpha: float = 0.05,
     costs: Mapping[str, Mapping[str, float]] | None = None,
+    scenario_costs: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
 ) -> Leaderboard:
     """Rank the methods (mask-file labels) of each scenario's evaluation."""
     if not results:
@@ -179,28 +183,42 @@ def build_leaderboard(
         overall=overall,
         alpha=alpha,
         costs={k: dict(v) for k, v in (costs or {}).items()},
+        scenario_costs={sc: {m: dict(c) for m, c in v.items()} for sc, v in (scenario_costs or {}).items()},
         notes=notes,
         results=dict(results),
     )
 
 
 def separation(board: Leaderboard, floor: str = "random") -> dict[str, dict[str, Any]]:
-    """Per scenario: is ``floor`` last on every metric, and on which metrics do two other methods differ
-    beyond their 95 % confidence intervals (the intervals do not overlap)?"""
+    """Per scenario: is ``floor`` last on every metric, which methods rank below it where it is not
+    (``below_floor``: metric → methods), and on which metrics do two other methods differ beyond their
+    95 % confidence intervals (the intervals do not overlap)?"""
     out: dict[str, dict[str, Any]] = {}
     for scenario in board.scenarios:
         cols = [c for c in board.columns if c.scenario == scenario]
-        floor_last, separated = True, []
+        separated: list[str] = []
+        below: dict[str, list[str]] = {}
         for c in cols:
             here = {m: board.cells[(m, c.key)] for m in board.methods if (m, c.key) in board.cells}
-            ranked = [cell.rank for cell in here.values() if cell.rank is not None]
-            if floor in here and here[floor].rank is not None and ranked and here[floor].rank < max(ranked):
-                floor_last = False
+            floor_rank = here[floor].rank if floor in here else None
+            if floor_rank is not None:
+                worse = [m for m, cell in here.items() if cell.rank is not None and cell.rank > floor_rank]
+                if worse:
+                    below[c.metric] = worse
             others = [cell for m, cell in here.items() if m != floor and None not in cell.ci95]
             if any(a.ci95[1] < b.ci95[0] for a in others for b in others):  # type: ignore[operator]
                 separated.append(c.metric)
-        out[scenario] = {"floor_last": floor_last if floor in board.methods else None, "separated": separated}
+        out[scenario] = {
+            "floor_last": not below if floor in board.methods else None,
+            "below_floor": below,
+            "separated": separated,
+        }
     return out
+
+
+def _below_floor_text(below: Mapping[str, Sequence[str]]) -> str:
+    """``metric: a, b; metric: c`` — who ranks below random, per metric."""
+    return "; ".join(f"{metric}: {', '.join(methods)}" for metric, methods in below.items())
 
 
 # ---------------------------------------------------------------------------------------------------- output
@@ -253,6 +271,7 @@ def to_json(board: Leaderboard) -> dict[str, Any]:
         "overall_rank": board.overall,
         "ranking": board.ranking(),
         "costs": board.costs,
+        "scenario_costs": board.scenario_costs,
         "separation": separation(board),
         "sanity": {"fail_at": FAIL_AT, "spearman": board.sanity},
         "notes": board.notes,
@@ -261,9 +280,13 @@ def to_json(board: Leaderboard) -> dict[str, Any]:
 
 def _scenario_table_md(board: Leaderboard, scenario: str) -> list[str]:
     cols = [c for c in board.columns if c.scenario == scenario]
+    costs = board.scenario_costs.get(scenario)
     lines = [
-        "| method | " + " | ".join(f"{c.metric} {_ARROW[c.direction]}" for c in cols) + " |",
-        "|---|" + "---|" * len(cols),
+        "| method | "
+        + " | ".join(f"{c.metric} {_ARROW[c.direction]}" for c in cols)
+        + (" | training (once) | per image" if costs else "")
+        + " |",
+        "|---|" + "---|" * (len(cols) + (2 if costs else 0)),
     ]
     for method in board.ranking() + [m for m in board.methods if m not in board.overall]:
         cells = []
@@ -275,6 +298,8 @@ def _scenario_table_md(board: Leaderboard, scenario: str) -> list[str]:
             elif cell is not None and cell.tied_with_best:
                 text += " ≈"
             cells.append(text)
+        if costs:
+            cells += list(_cost_text(costs.get(method)))
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return lines
 
@@ -283,7 +308,9 @@ def _legend(board: Leaderboard) -> str:
     return (
         f"Mean ± half-width of the 95 % confidence interval of the per-image mean (pooled metrics show the "
         f"pooled value). **Bold**: best in the column; ≈: statistically tied with the best ({TEST_NAME}, "
-        f"p ≥ {board.alpha}). Overall rank: mean of the method's ranks over every column (1 = best)."
+        f"p ≥ {board.alpha}). Overall rank: mean of the method's ranks over every column (1 = best). "
+        "Cost: training wall time of a learned explainer, once per explainee (overall: the mean over the "
+        "distinct explainers), and explain time per image, both as measured on the machines that ran them."
     )
 
 
@@ -293,7 +320,7 @@ def _cost_text(cost: Mapping[str, float] | None) -> tuple[str, str]:
     train = cost.get("train_seconds")
     per_image = cost.get("ms_per_image")
     return (
-        _fmt(train, 0) + " s" if train is not None else "—",
+        f"{train:,.0f} s" if train is not None else "—",
         _fmt(per_image, 1) + " ms" if per_image is not None else "—",
     )
 
@@ -308,7 +335,11 @@ def to_markdown(board: Leaderboard, title: str = "Leaderboard") -> str:
     for scenario in board.scenarios:
         lines += ["", f"## {scenario}", "", *_scenario_table_md(board, scenario), ""]
         s = sep[scenario]
-        floor = {True: "random is last on every metric", False: "random is NOT last on every metric", None: ""}
+        floor = {
+            True: "random is last on every metric",
+            False: f"random is NOT last on every metric (ranked below it: {_below_floor_text(s['below_floor'])})",
+            None: "",
+        }
         lines.append(
             f"{floor[s['floor_last']]}; metrics where two methods differ beyond their 95 % CIs: "
             f"{', '.join(s['separated']) or 'none'}."
@@ -400,10 +431,12 @@ def to_html(board: Leaderboard, title: str = "Leaderboard", plots: bool = True) 
     sep = separation(board)
     for scenario in board.scenarios:
         cols = [c for c in board.columns if c.scenario == scenario]
+        costs = board.scenario_costs.get(scenario)
         parts.append(f'<h2 id="{esc(scenario)}">{esc(scenario)}</h2>')
         parts.append(
             "<table><thead><tr><th>method</th>"
             + "".join(f'<th title="{esc(c.unit)}">{esc(c.metric)} {_ARROW[c.direction]}</th>' for c in cols)
+            + ("<th>training (once)</th><th>per image</th>" if costs else "")
             + "</tr></thead><tbody>"
         )
         for method in board.ranking() + [m for m in board.methods if m not in board.overall]:
@@ -414,12 +447,15 @@ def to_html(board: Leaderboard, title: str = "Leaderboard", plots: bool = True) 
                 rank = f'<span class="rank">#{cell.rank:g}</span>' if cell and cell.rank is not None else ""
                 title_attr = f' title="p = {cell.p_value:.3g} vs best"' if cell and cell.p_value is not None else ""
                 row.append(f'<td class="{cls}"{title_attr}>{esc(_cell_text(cell))}{rank}</td>')
+            if costs:
+                row += [f"<td>{esc(t)}</td>" for t in _cost_text(costs.get(method))]
             parts.append("<tr>" + "".join(row) + "</tr>")
         parts.append("</tbody></table>")
         s = sep[scenario]
         if s["floor_last"] is not None:
+            below = "" if s["floor_last"] else f" (ranked below it: {esc(_below_floor_text(s['below_floor']))})"
             parts.append(
-                f'<p class="legend">random is {"" if s["floor_last"] else "<b>not</b> "}last on every metric; '
+                f'<p class="legend">random is {"" if s["floor_last"] else "<b>not</b> "}last on every metric{below}; '
                 f"methods differ beyond their 95 % CIs on: {esc(', '.join(s['separated']) or 'none')}.</p>"
             )
         result = board.results.get(scenario)

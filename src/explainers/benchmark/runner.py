@@ -69,6 +69,31 @@ def _sanity(
     return {m: recorded["methods"][m]["spearman"] for m in methods}
 
 
+def training_seconds(folder: Path) -> float | None:
+    """Training wall time recorded with a shipped learned explainer, or None when it records none.
+
+    LETA records it as ``training.wall_s`` in its ``config.json``. pLTE's ``log.jsonl`` gives each epoch's
+    ``time_s``, counted from the start of a run (a resumed run counts from 0 again), so the total is the
+    sum of the last ``time_s`` of every run.
+    """
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    wall = (config.get("training") or {}).get("wall_s")
+    if isinstance(wall, int | float):
+        return float(wall)
+    try:
+        lines = (folder / "log.jsonl").read_text().splitlines()
+    except OSError:
+        return None
+    times = [float(r["time_s"]) for r in map(json.loads, filter(None, lines)) if r.get("time_s") is not None]
+    if not times:
+        return None
+    ends = [t for t, after in zip(times, [*times[1:], None], strict=True) if after is None or after < t]
+    return float(sum(ends))
+
+
 def prepare_scenario_data(scenario: Scenario, root: Path, images: int, progress: bool) -> Path:
     """The scenario's first ``images`` test scenes (identical to those of its full dataset: scenes are a
     pure function of seed, split and index)."""
@@ -162,6 +187,10 @@ def run_benchmark(
     root.mkdir(parents=True, exist_ok=True)
     results: dict[str, EvaluationResult] = dict(given or {})
     seconds_per_image: dict[str, list[float]] = {m: [ms] for m, ms in (given_ms_per_image or {}).items()}
+    scenario_costs: dict[str, dict[str, dict[str, float]]] = {
+        name: {m: {"ms_per_image": ms} for m, ms in (given_ms_per_image or {}).items()} for name in (given or {})
+    }
+    trained: dict[str, dict[str, float]] = {}  # method → asset folder → training seconds
     board_sanity: dict[str, dict[str, dict[str, float]]] = {}
     for k, scenario in enumerate(chosen, start=1):
         echo(f"[{k}/{len(chosen)}] scenario {scenario.name}: {scenario.description}")
@@ -187,6 +216,10 @@ def run_benchmark(
                     echo(f"      {name}: skipped, no {LEARNED_ASSETS[name]} explainer ships for this explainee")
                     continue
                 options["explainer"] = str(folder)
+                seconds = training_seconds(folder)
+                if seconds is not None:
+                    trained.setdefault(name, {})[str(folder)] = seconds
+                    scenario_costs.setdefault(scenario.name, {}).setdefault(name, {})["train_seconds"] = seconds
             method = get_method(name, adapter, **options)
             sanity_methods[name] = options
             path = scenario_dir / "masks" / f"{name}.h5"
@@ -218,15 +251,24 @@ def run_benchmark(
         )
         write_report(result, scenario_dir / "report")
         results[scenario.name] = result
+        ran = {f.label for f in result.files}
         for name, t in timing.items():
-            seconds_per_image.setdefault(name, []).append(1000.0 * t["seconds"] / max(1, t["images"]))
+            if name not in ran:
+                continue  # explained in an earlier run with other --methods
+            ms = 1000.0 * t["seconds"] / max(1, t["images"])
+            seconds_per_image.setdefault(name, []).append(ms)
+            scenario_costs.setdefault(scenario.name, {}).setdefault(name, {})["ms_per_image"] = ms
 
     if not results:
         raise ExplainersError(
             "nothing to rank: no scenario has an explainee here; pass --explainee-for SCENARIO=DIR (docs/benchmark.md)"
         )
-    costs = {m: {"ms_per_image": sum(v) / len(v)} for m, v in seconds_per_image.items()}
-    board = build_leaderboard(results, costs=costs)
+    costs: dict[str, dict[str, float]] = {
+        m: {"ms_per_image": sum(v) / len(v)} for m, v in seconds_per_image.items()
+    }
+    for m, per_folder in trained.items():
+        costs.setdefault(m, {})["train_seconds"] = sum(per_folder.values()) / len(per_folder)
+    board = build_leaderboard(results, costs=costs, scenario_costs=scenario_costs)
     board.notes = notes + board.notes
     board.sanity = board_sanity
     write_text_atomic(root / "leaderboard.json", json.dumps(to_json(board), indent=2) + "\n")

@@ -84,6 +84,10 @@ class ClassifierTrainConfig:
     device: str = "auto"
     precision: str = "fp32"
     workers: int | None = None  # image-decoding processes (non-synthetic data; None: the loader's default)
+    # Start from the weights of an earlier train-classifier output (same architecture, classes and image
+    # size; its input normalisation is kept) instead of a fresh initialisation: training continues with
+    # this run's schedule. None: train from scratch.
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         if self.augment not in AUGMENTATIONS:
@@ -337,19 +341,26 @@ def train_classifier(
         raise ExplainersError("augment 'dihedral' is only label-safe on the synthetic scenes; use 'none'")
     class_names, image_size = splits.class_names, splits.image_size
 
-    # Per-channel statistics of the training images, rounded so they read well in the configs.
-    # (every (N // 2000)-th pixel of the training set, as the shipped explainee was made)
-    pixels = splits.train_u8.permute(0, 2, 3, 1).reshape(-1, 3)
-    flat = pixels[:: max(1, len(splits.train_u8) // 2000)].double() / 255.0
-    mean = [round(float(v), 4) for v in flat.mean(0)]
-    std = [round(float(v), 4) for v in flat.std(0, correction=0).clamp(min=1e-3)]
+    init_model, init_info = _initial_model(config, image_size, class_names) if config.init_from else (None, None)
+    if init_model is not None:
+        # The weights were trained on inputs normalised with these statistics: keep them.
+        mean, std = list(init_model.config.image_mean), list(init_model.config.image_std)
+    else:
+        # Per-channel statistics of the training images, rounded so they read well in the configs.
+        # (every (N // 2000)-th pixel of the training set, as the shipped explainee was made)
+        pixels = splits.train_u8.permute(0, 2, 3, 1).reshape(-1, 3)
+        flat = pixels[:: max(1, len(splits.train_u8) // 2000)].double() / 255.0
+        mean = [round(float(v), 4) for v in flat.mean(0)]
+        std = [round(float(v), 4) for v in flat.std(0, correction=0).clamp(min=1e-3)]
     x_train, y_train = _normalise_u8(splits.train_u8, mean, std), splits.train_y
     x_val, y_val = _normalise_u8(splits.val_u8, mean, std), splits.val_y
     x_test, y_test = _normalise_u8(splits.test_u8, mean, std), splits.test_y
     load_s = time.time() - started
     device = runtime.device
 
-    model = build_vit(config, image_size, class_names, mean, std).to(device)
+    model = (init_model if init_model is not None else build_vit(config, image_size, class_names, mean, std)).to(
+        device
+    )
     model.train()
     # No weight decay on biases, LayerNorms, position embeddings and the CLS token.
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embeddings" not in n]
@@ -447,6 +458,7 @@ def train_classifier(
             "parameters": sum(p.numel() for p in model.parameters()),
         },
         "normalisation": {"mean": mean, "std": std},
+        **({"init": init_info} if init_info else {}),
         "command": command or shlex.join([os.path.basename(sys.executable), *sys.argv]),
         "history": history,
         "selected_epoch": best_epoch,
@@ -471,6 +483,44 @@ def train_classifier(
     }
     _save(model, out, image_size, mean, std, record, overwrite=True)
     return record
+
+
+def _initial_model(config: ClassifierTrainConfig, image_size: int, class_names: list[str]) -> tuple[Any, dict]:
+    """The model in ``config.init_from``, checked against this run's architecture, classes and image size,
+    and a record of where it came from (its path, weight digest and recorded accuracies)."""
+    import hashlib
+
+    _, ViTForImageClassification, _ = _vit_classes()
+    folder = Path(str(config.init_from)).expanduser()
+    weights = folder / "model.safetensors"
+    if not (folder / "config.json").is_file() or not weights.is_file():
+        raise ExplainersError(f"init_from {folder} is not a train-classifier output (config.json, model.safetensors)")
+    model = ViTForImageClassification.from_pretrained(folder)
+    c = model.config
+    mismatches = [
+        f"{name} {theirs} (this run: {ours})"
+        for name, theirs, ours in (
+            ("image_size", c.image_size, image_size),
+            ("patch_size", c.patch_size, config.patch_size),
+            ("hidden_size", c.hidden_size, config.hidden_size),
+            ("num_layers", c.num_hidden_layers, config.num_layers),
+            ("num_heads", c.num_attention_heads, config.num_heads),
+            ("mlp_size", c.intermediate_size, config.mlp_size),
+            ("classes", [c.id2label[i] for i in range(c.num_labels)], class_names),
+        )
+        if theirs != ours
+    ]
+    if mismatches:
+        raise ExplainersError(f"init_from {folder} does not fit this run: {'; '.join(mismatches)}")
+    if getattr(c, "image_mean", None) is None or getattr(c, "image_std", None) is None:
+        raise ExplainersError(f"init_from {folder} records no input normalisation (image_mean/image_std)")
+    info: dict[str, Any] = {"path": str(folder.resolve()), "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+    try:
+        earlier = json.loads((folder / "training.json").read_text())
+        info.update({k: earlier.get(k) for k in ("command", "val_accuracy", "test_accuracy", "train_wall_seconds")})
+    except (OSError, json.JSONDecodeError):
+        pass
+    return model, info
 
 
 def _cpu_name() -> str:
