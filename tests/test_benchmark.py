@@ -36,7 +36,7 @@ class _Checker(HTMLParser):
         self.stack.pop()
 
 
-def test_benchmark_writes_a_leaderboard_and_reuses_its_mask_files(tmp_path: Path, one_thread) -> None:
+def test_benchmark_writes_a_leaderboard_and_reuses_its_mask_files(tmp_path: Path, one_thread, monkeypatch) -> None:
     lines: list[str] = []
     board = run_benchmark(
         tmp_path, scenarios=["single"], methods=["random", "gae", "plte"], images=6, progress=False, echo=lines.append
@@ -67,6 +67,28 @@ def test_benchmark_writes_a_leaderboard_and_reuses_its_mask_files(tmp_path: Path
     )
     assert {p: p.stat().st_mtime_ns for p in masks} == stamps  # nothing explained twice
     assert again.overall == board.overall and again.sanity == board.sanity
+
+    # Nothing scored twice either: the evaluation is reused while its mask files are unchanged ...
+    import explainers.metrics.evaluate as evaluate
+
+    scored = evaluate.evaluate_maskfiles
+    calls: list[int] = []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return scored(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "evaluate_maskfiles", counting)
+    third = run_benchmark(
+        tmp_path, scenarios=["single"], methods=["random", "gae", "plte"], images=6, progress=False, echo=lines.append
+    )
+    assert calls == [] and third.overall == board.overall
+    # ... and redone when one of them changes.
+    (tmp_path / "single" / "masks" / "random.h5").unlink()
+    run_benchmark(
+        tmp_path, scenarios=["single"], methods=["random", "gae", "plte"], images=6, progress=False, echo=lines.append
+    )
+    assert calls == [1]
 
 
 def test_scenario_selection_and_learned_methods_without_an_explainer(tmp_path: Path, one_thread) -> None:

@@ -8,6 +8,7 @@ Layout of the output folder (everything is reused by a rerun, so an interrupted 
                                          configuration and explainee are reused; partial ones resumed)
     OUT/<scenario>/timing.json           explain seconds per method (the cost column)
     OUT/<scenario>/report/               the evaluation report (metrics.json/.md/.npz, curves, heatmaps)
+    OUT/<scenario>/evaluation.pkl        the evaluation, reused while the mask files and metrics are the same
     OUT/leaderboard.{html,md,json}       the leaderboard over all scenarios
 
 Every scenario explains the **ground-truth** class (its labels are exact) and scores with that class.
@@ -123,6 +124,42 @@ def _reusable(path: Path, method_config: dict[str, Any], explainee: dict[str, An
             return mf.method_config == json.loads(json.dumps(method_config)) and same_explainee and len(mf) == count
     except MaskFileError:
         return False
+
+
+def _evaluation_key(files: Sequence[Path], metrics: str, explainee: dict[str, Any], spec: str) -> dict[str, Any]:
+    """What an evaluation depends on: the mask files (name, size, modification time), the metrics, the
+    explainee and the scenes."""
+    stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    return json.loads(json.dumps({"files": stats, "metrics": metrics, "explainee": explainee, "data": spec}))
+
+
+def _cached_evaluation(path: Path, key: dict[str, Any]) -> EvaluationResult | None:
+    """The scenario's evaluation from ``path`` when it was made from the same mask files and settings.
+
+    Scoring is the costliest part of a benchmark (every perturbation curve is dozens of forward passes per
+    image), so a rerun that only adds a scenario, or one that redraws the leaderboard, skips it. The cache
+    is a pickle that the benchmark itself wrote into its own output folder; an unreadable or stale one is
+    recomputed.
+    """
+    import pickle
+
+    if not path.is_file():
+        return None
+    try:
+        cached = pickle.loads(path.read_bytes())
+    except Exception:
+        return None
+    if isinstance(cached, dict) and cached.get("key") == key and isinstance(cached.get("result"), EvaluationResult):
+        return cached["result"]
+    return None
+
+
+def _store_evaluation(path: Path, key: dict[str, Any], result: EvaluationResult) -> None:
+    import pickle
+
+    from explainers.io.atomic import write_bytes_atomic
+
+    write_bytes_atomic(path, pickle.dumps({"key": key, "result": result}))
 
 
 def run_benchmark(
@@ -246,9 +283,13 @@ def run_benchmark(
                 scenario_dir / "sanity.json", adapter, dataset, sanity_methods, sanity_images
             )
         scenario_metrics = ",".join(m for m in (metrics, scenario.extra_metrics) if m)
-        result = evaluate_maskfiles(
-            adapter, dataset, files, scenario_metrics, classes="target", progress=progress, dataset_spec=spec
-        )
+        cache, key = scenario_dir / "evaluation.pkl", _evaluation_key(files, scenario_metrics, adapter.describe(), spec)
+        result = _cached_evaluation(cache, key)
+        if result is None:
+            result = evaluate_maskfiles(
+                adapter, dataset, files, scenario_metrics, classes="target", progress=progress, dataset_spec=spec
+            )
+            _store_evaluation(cache, key, result)
         write_report(result, scenario_dir / "report")
         results[scenario.name] = result
         ran = {f.label for f in result.files}
