@@ -50,6 +50,13 @@ def main() -> None:
     parser.add_argument("--scenarios", default=None)
     parser.add_argument("--methods", default=None)
     parser.add_argument("--no-record", action="store_true", help="Do not write into benchmarks/results.")
+    parser.add_argument(
+        "--note",
+        action="append",
+        default=[],
+        help="A line for the record's header (repeatable), e.g. how long the runs that filled a reused "
+        "output folder took.",
+    )
     args = parser.parse_args()
 
     cmd = [sys.executable, "-m", "explainers", "benchmark", "--out", str(args.out), "--quiet"]
@@ -71,14 +78,19 @@ def main() -> None:
         f"- command: `explainers {' '.join(cmd[3:])}` (via `python benchmarks/leaderboard.py`)",
         f"- wall time: {seconds:.0f} s (everything explained from scratch unless the output folder was reused)",
         f"- page checked in headless Chromium: `{png.name}`",
+        *(f"- {note}" for note in args.note),
         "",
         "## Does each scenario separate methods?",
         "",
-        "| scenario | random last on every metric | metrics where two methods differ beyond their 95 % CIs |",
-        "|---|---|---|",
+        "| scenario | random last on every metric | ranked below random | metrics where two methods differ "
+        "beyond their 95 % CIs |",
+        "|---|---|---|---|",
     ]
     for scenario, s in board["separation"].items():
-        lines.append(f"| {scenario} | {s['floor_last']} | {', '.join(s['separated']) or 'none'} |")
+        below = "; ".join(f"{metric}: {', '.join(methods)}" for metric, methods in s.get("below_floor", {}).items())
+        lines.append(
+            f"| {scenario} | {s['floor_last']} | {below or '—'} | {', '.join(s['separated']) or 'none'} |"
+        )
     lines += ["", (args.out / "leaderboard.md").read_text().split("\n", 1)[1]]
     text = "\n".join(lines)
     if args.no_record:
