@@ -301,14 +301,28 @@ def train_classifier(
     files are written under a temporary name and renamed at the end; a non-empty ``out`` is refused
     unless ``overwrite=True``.
     """
+    from explainers.training.checkpoint import output_lock
+
+    config = config or ClassifierTrainConfig()
+    out = Path(out).expanduser().resolve()
+    with output_lock(out):
+        return _train_classifier(data, out, config, progress, overwrite, command)
+
+
+def _train_classifier(
+    data: Path | str,
+    out: Path,
+    config: ClassifierTrainConfig,
+    progress: bool,
+    overwrite: bool,
+    command: str | None,
+) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from explainers.data import parse_dataset_spec
     from explainers.io.atomic import write_text_atomic
     from explainers.training.loop import Runtime, check_finite
 
-    config = config or ClassifierTrainConfig()
-    out = Path(out).expanduser().resolve()
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise ExplainersError(
             f"{out} already exists and is not empty; choose another --out or pass --overwrite"

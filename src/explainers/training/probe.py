@@ -336,6 +336,46 @@ def train_probe(
     )
 
 
+def train_probe_to(
+    encoder: ExplaineeAdapter | str,
+    data: str,
+    out: str | Path,
+    config: ProbeConfig | None = None,
+    *,
+    encoder_spec: str | None = None,
+    progress: bool = True,
+    command: str | None = None,
+) -> LinearProbe:
+    """Train a probe with ``config`` (see :class:`ProbeConfig`) and save it to ``out``, holding ``out``'s
+    lock meanwhile (a second run on the same output is refused). ``encoder``: an adapter or a model spec."""
+    from explainers.models import load_explainee
+    from explainers.training.checkpoint import output_lock
+
+    config = config or ProbeConfig()
+    out = Path(out).expanduser()
+    with output_lock(out):
+        if not isinstance(encoder, ExplaineeAdapter):
+            encoder_spec = encoder_spec or str(encoder)
+            encoder = load_explainee(encoder, device=config.torch_device)
+        probe = train_probe(
+            encoder,
+            data,
+            config.task,
+            encoder_spec=encoder_spec,
+            split=config.split,
+            val_split=config.val_split or None,
+            test_split=config.test_split or None,
+            max_images=config.max_images,
+            batch_size=config.batch_size,
+            max_iter=config.max_iter,
+            seed=config.seed,
+            progress=progress,
+            command=command,
+        )
+        probe.save_pretrained(out)
+    return probe
+
+
 def _maybe(load, split_name: str | None):
     if not split_name:
         return None

@@ -40,6 +40,8 @@ from explainers.training.checkpoint import (
     STATE_NAME,
     find_training_state,
     load_training_state,
+    output_lock,
+    pixel_digest,
     remove_training_state,
     save_training_state,
 )
@@ -145,6 +147,8 @@ def plot_log(log_path: Path, out_path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if not log_path.is_file():
+        return  # stopped before the first logged step: nothing to draw
     rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     train = [r for r in rows if r.get("kind") == "train"]
     val = [r for r in rows if r.get("kind") == "val"]
@@ -264,11 +268,12 @@ def pretrain(
     runtime = Runtime(cfg.device, cfg.precision)
     if cfg.batch_size % runtime.world:
         raise ExplainersError(f"batch_size {cfg.batch_size} must be divisible by the {runtime.world} processes")
-    with _threads_per_process(runtime):
+    out = Path(out).expanduser()
+    with _threads_per_process(runtime), output_lock(out, runtime.main):
         return _pretrain(
             encoder,
             data,
-            Path(out).expanduser(),
+            out,
             run,
             runtime,
             encoder_spec=encoder_spec,
@@ -303,7 +308,13 @@ def _pretrain(
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     log_path = out / LOG_FILE
     signature = encoder_signature(encoder, encoder_spec)
-    run_record = {"run": run.to_dict(), "data": data, "world_size": runtime.world}
+    run_record = {
+        "run": run.to_dict(),
+        "data": data,
+        "data_images": n_images,
+        "data_digest": _data_digest(dataset, encoder.input_geometry),
+        "world_size": runtime.world,
+    }
 
     encoder.to(device)
     explainer = LETAExplainer.build(encoder, run.model, seed=cfg.seed)
@@ -464,6 +475,17 @@ def _pretrain(
     return out
 
 
+def _data_digest(dataset, geometry: InputGeometry, sample: int = 16) -> str:
+    """SHA-256 of the ids and 8-bit pixels of the first ``sample`` images and of the image count: enough
+    for a resumed run to notice a dataset regenerated or replaced under the same path, without
+    decoding all of it."""
+    from explainers.data.base import collate
+
+    first = [dataset[i] for i in range(min(sample, len(dataset)))]
+    batch = collate(first, geometry)
+    return pixel_digest(batch.images) + f"/{len(dataset)}/" + ",".join(map(str, batch.ids))[:2000]
+
+
 def _validation_set(data: str, cfg, encoder: ExplaineeAdapter, progress: bool):
     """Fixed images and centres for the per-epoch validation (None when there is no such split)."""
     if not cfg.val_images or not cfg.val_split:
@@ -498,7 +520,7 @@ def _check_resumable(
         for k in new["training"]
         if k not in _RESUME_FREE_KEYS and old["training"].get(k) != new["training"][k]
     ]
-    if saved.get("data") != run_record["data"]:
+    if any(saved.get(k, run_record[k]) != run_record[k] for k in ("data", "data_images", "data_digest")):
         diffs.append("data")
     if diffs:
         raise ExplainersError(

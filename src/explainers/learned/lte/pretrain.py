@@ -47,7 +47,13 @@ from explainers.learned.lte.explainer import (
 from explainers.learned.lte.loss import loss_classes, lte_loss
 from explainers.learned.lte.scoring import perturbation_auc
 from explainers.models import ExplaineeAdapter, load_explainee
-from explainers.training.checkpoint import find_training_state, load_training_state, save_training_state
+from explainers.training.checkpoint import (
+    find_training_state,
+    load_training_state,
+    output_lock,
+    pixel_digest,
+    save_training_state,
+)
 from explainers.training.loop import Runtime, check_finite, load_images
 
 log = logging.getLogger(__name__)
@@ -320,6 +326,21 @@ def pretrain_lte(
     """
     config = config or LTEConfig()
     out = Path(out_dir).expanduser()
+    # One run per output folder: the main process holds its lock (taken over when a crashed run left it).
+    with output_lock(out, int(os.environ.get("RANK", "0")) == 0):
+        return _pretrain_lte(explainee, data, out, config, progress=progress, on_step=on_step, command=command)
+
+
+def _pretrain_lte(
+    explainee: ExplaineeAdapter | str,
+    data: str | ImageDataset,
+    out: Path,
+    config: LTEConfig,
+    *,
+    progress: bool,
+    on_step: Callable[[int], None] | None,
+    command: str | None,
+) -> PretrainResult:
     runtime = Runtime(config.device, config.precision)
     rank, world, main = runtime.rank, runtime.world, runtime.main
     if config.batch_size % (world * config.grad_accum):
@@ -344,6 +365,7 @@ def pretrain_lte(
     train_x, train_y, train_ids = load_images(dataset, train_idx, adapter.input_geometry, config.workers)
     val_x, val_y, val_ids = load_images(dataset, val_idx, adapter.input_geometry, config.workers)
     subsets = {"train": train_ids, "val": val_ids}
+    data_digest = pixel_digest(train_x, val_x)
     train_c = _predict_classes(adapter, train_x, train_y, config.class_mode, config.eval_batch_size)
     val_c = _predict_classes(adapter, val_x, val_y, config.class_mode, config.eval_batch_size)
 
@@ -380,6 +402,11 @@ def pretrain_lte(
         payload = torch.load(state_dir / "state.pt", map_location="cpu", weights_only=True)
         if payload.get("format") == STATE_FORMAT:  # the settings first: a clear message, not a shape error
             _check_resume(payload, config, adapter, subsets, out)
+            if payload.get("data_digest", data_digest) != data_digest:
+                raise ExplainersError(
+                    f"{out} was pre-trained on other images (same ids, other pixels: the dataset changed); "
+                    "pick another --out"
+                )
         load_training_state(state_dir, STATE_FORMAT, net)
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
@@ -405,6 +432,7 @@ def pretrain_lte(
             "explainee": adapter.describe(),
             "explainee_weights_fingerprint": fingerprint,
             "subsets": subsets,
+            "data_digest": data_digest,
             "epoch": ep,
             "step_in_epoch": step,
             "global_step": global_step,
@@ -519,6 +547,10 @@ def pretrain_lte(
                         "val_pos_auc": auc,
                         "global_step": global_step,
                     }
+                    # The old best's config.json goes first: a crash before the new one is written
+                    # leaves weights without a config (visibly incomplete; the rerun redoes this
+                    # epoch), never new weights under the old epoch's description.
+                    (out / CONFIG_NAME).unlink(missing_ok=True)
                     explainer.save_pretrained(out)
                 _save_state(out, net, payload_now(epoch, 0, torch.zeros_like(sums)))
                 _write_log(out, records)
