@@ -58,6 +58,16 @@ def leta_args(bench, out: Path, *extra: str) -> list[str]:
     return args + list(extra)
 
 
+def in_process(args: list[str]) -> None:
+    """The uninterrupted reference run: the same command in this process (one torch thread, like the
+    subprocesses), which saves a process start per test."""
+    from explainers.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--no-progress"])
+    assert exit_info.value.code in (0, None)
+
+
 def log_lines(path: Path) -> int:
     try:
         return sum(1 for line in path.read_text().splitlines() if line.strip())
@@ -98,8 +108,7 @@ def assert_same_tensors(a: Path, b: Path) -> None:
 @pytest.mark.slow
 def test_pretrain_lte_killed_at_several_points_ends_as_an_uninterrupted_run(bench, tmp_path):
     full, cut = tmp_path / "full", tmp_path / "cut"
-    proc = cli(plte_args(bench, full))
-    assert proc.returncode == 0, proc.stderr
+    in_process(plte_args(bench, full))
     kills = 0
     # Mid-epoch, after the first step's checkpoint; then after the first epoch's log record.
     kills += kill_when(plte_args(bench, cut), lambda: (cut / "train_state").is_dir())
@@ -116,8 +125,7 @@ def test_pretrain_lte_killed_at_several_points_ends_as_an_uninterrupted_run(benc
 @pytest.mark.slow
 def test_pretrain_leta_killed_at_several_points_ends_as_an_uninterrupted_run(bench, tmp_path):
     full, cut = tmp_path / "full", tmp_path / "cut"
-    proc = cli(leta_args(bench, full))
-    assert proc.returncode == 0, proc.stderr
+    in_process(leta_args(bench, full))
     kills = 0
     kills += kill_when(leta_args(bench, cut), lambda: log_lines(cut / "train_log.jsonl") >= 2)
     kills += kill_when(leta_args(bench, cut), lambda: log_lines(cut / "train_log.jsonl") >= 7)
@@ -126,6 +134,50 @@ def test_pretrain_leta_killed_at_several_points_ends_as_an_uninterrupted_run(ben
     assert proc.returncode == 0, proc.stderr
     assert records(cut / "train_log.jsonl") == records(full / "train_log.jsonl")
     assert_same_tensors(cut / "model.safetensors", full / "model.safetensors")
+    assert not lock_path(cut).exists()
+
+
+def probe_args(bench, out: Path) -> list[str]:
+    data, enc = bench
+    return ["train-probe", "-m", enc, "--data", data, "--out", str(out), "--set", "workers=0"]
+
+
+def classifier_args(bench, out: Path) -> list[str]:
+    data, _ = bench
+    sets = dict(epochs=4, batch_size=4, hidden_size=32, num_layers=1, mlp_size=32, threads=1, workers=0)
+    return ["train-classifier", "--data", data, "--out", str(out)] + [f"--set={k}={v}" for k, v in sets.items()]
+
+
+@pytest.mark.slow
+def test_train_probe_killed_at_several_points_ends_as_an_uninterrupted_run(bench, tmp_path):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    in_process(probe_args(bench, full))
+    kills = kill_when(probe_args(bench, cut), lambda: lock_path(cut).exists())  # extracting features
+    kills += kill_when(probe_args(bench, cut), lambda: log_lines(cut / "log.jsonl") >= 1)  # after a fit
+    assert kills >= 1, "the runs were too fast to be killed"
+    assert not (cut / "config.json").exists(), "a killed run leaves no complete-looking probe"
+    proc = cli(probe_args(bench, cut))
+    assert proc.returncode == 0, proc.stderr
+    assert records(cut / "log.jsonl") == records(full / "log.jsonl")
+    assert_same_tensors(cut / "model.safetensors", full / "model.safetensors")
+    assert_same_tensors(cut / "train_state" / "model.safetensors", full / "train_state" / "model.safetensors")
+    assert not lock_path(cut).exists()
+
+
+@pytest.mark.slow
+def test_train_classifier_killed_at_several_points_ends_as_an_uninterrupted_run(bench, tmp_path):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    in_process(classifier_args(bench, full))
+    kills = kill_when(classifier_args(bench, cut), lambda: (cut / "train_state").is_dir())  # after epoch 1
+    kills += kill_when(classifier_args(bench, cut), lambda: log_lines(cut / "log.jsonl") >= 3)
+    assert kills >= 1, "the runs were too fast to be killed"
+    assert not (cut / "model.safetensors").exists(), "a killed run leaves no complete-looking model"
+    proc = cli(classifier_args(bench, cut))
+    assert proc.returncode == 0, proc.stderr
+    assert records(cut / "log.jsonl") == records(full / "log.jsonl")
+    assert_same_tensors(cut / "model.safetensors", full / "model.safetensors")
+    history = json.loads((cut / "training.json").read_text())["history"]
+    assert [{k: v for k, v in r.items() if k not in TIMING} for r in history] == records(full / "log.jsonl")
     assert not lock_path(cut).exists()
 
 
@@ -155,8 +207,7 @@ def test_a_second_pretrain_on_the_same_out_is_refused_and_a_crashed_runs_lock_is
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     assert lock_path(out).exists(), "the crashed holder left its lock"
-    proc = cli(plte_args(bench, out, "--set", "epochs=1"))
-    assert proc.returncode == 0, proc.stderr
+    in_process(plte_args(bench, out, "--set", "epochs=1"))  # the stale lock is taken over
     assert (out / "model.safetensors").is_file() and not lock_path(out).exists()
 
 
@@ -207,8 +258,7 @@ def test_pretrain_on_a_full_disk_fails_in_one_line_and_leaves_no_complete_lookin
     leftovers = [p.name for p in out.rglob("*") if "tmp" in p.name]
     assert not leftovers, leftovers
     # Space again: the rerun trains from scratch to a loadable explainer.
-    proc = cli(plte_args(bench, out, "--set", "epochs=1"))
-    assert proc.returncode == 0, proc.stderr
+    in_process(plte_args(bench, out, "--set", "epochs=1"))
     LTEExplainer.read_metadata(out)
 
 

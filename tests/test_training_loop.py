@@ -59,7 +59,7 @@ def test_leta_uses_the_same_checks():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
 def test_cuda_without_cuda_is_one_line():
-    with pytest.raises(ExplainersError, match="no usable CUDA"):
+    with pytest.raises(ExplainersError, match="cannot use CUDA"):
         LTEConfig(device="cuda")
 
 

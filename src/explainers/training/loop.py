@@ -401,8 +401,9 @@ class TrainingLoop:
                 remove_training_state(self.out)
                 self.log_path.unlink(missing_ok=True)
         if folder is None:
-            if self.main and self.log_path.exists() and not self.resume:
-                self.log_path.unlink()
+            # A fresh start: lines of a run that never saved a state belong to no state; drop them.
+            if self.main:
+                self.log_path.unlink(missing_ok=True)
             self.runtime.barrier()
             return
         payload = torch.load(folder / STATE_NAME, map_location="cpu", weights_only=True)

@@ -105,9 +105,10 @@ class PretrainConfig:
             raise ExplainersError(f"target_dtype must be float32 or bfloat16, got {self.target_dtype!r}")
         if self.lr <= 0:
             raise ExplainersError(f"lr must be positive, got {self.lr}")
-        from explainers.training.loop import PRECISIONS, validate_device
+        from explainers.devices import resolve_device
+        from explainers.training.loop import PRECISIONS
 
-        validate_device(self.device)
+        resolve_device(self.device)  # the one device check (one line when unusable)
         if self.precision not in PRECISIONS:
             raise ExplainersError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.workers is not None and self.workers < 0:
