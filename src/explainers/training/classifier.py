@@ -86,6 +86,7 @@ class ClassifierTrainConfig:
     select: str = "best"  # keep the epoch with the best validation accuracy ("best") or the last ("last")
     device: str = "auto"
     precision: str = "fp32"
+    grad_accum: int = 1  # micro-batches per optimiser step (one batch in that many parts)
     workers: int | None = None  # image-decoding processes (non-synthetic data; None: the loader's default)
 
     def __post_init__(self) -> None:
@@ -97,8 +98,8 @@ class ClassifierTrainConfig:
             raise ExplainersError(
                 f"hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})"
             )
-        if min(self.epochs, self.batch_size, self.num_layers, self.patch_size) < 1:
-            raise ExplainersError("epochs, batch_size, num_layers and patch_size must be >= 1")
+        if min(self.epochs, self.batch_size, self.num_layers, self.patch_size, self.grad_accum) < 1:
+            raise ExplainersError("epochs, batch_size, num_layers, patch_size and grad_accum must be >= 1")
         from explainers.devices import resolve_device
         from explainers.training.loop import check_precision
 
@@ -351,9 +352,12 @@ class _ClassifierLearner(Learner):
             loss = F.cross_entropy(logits.float(), targets, label_smoothing=config.label_smoothing)
             correct = (logits.argmax(-1) == targets).sum()
             figures = [loss.detach() * len(targets), correct.to(loss.dtype), loss.new_tensor(len(targets))]
-            return loss, torch.stack(figures)
+            share = len(targets) / len(y)  # micro-batch means, weighted to the mean over the batch
+            return (loss * share if share != 1 else loss), torch.stack(figures)
 
-        figures = loop.gradient_step(self.model, [(x, y)], loss_of).cpu()
+        parts = [p for p in torch.arange(len(y)).tensor_split(config.grad_accum) if len(p)]
+        micro = [(x[p], y[p]) for p in parts] if len(parts) > 1 else [(x, y)]
+        figures = loop.gradient_step(self.model, micro, loss_of).cpu()
         loop.optimizer_step(float(figures[0] / figures[2]), list(self.model.parameters()), config.grad_clip)
         self.sums += figures
         self.generator_state = self.generator.get_state()

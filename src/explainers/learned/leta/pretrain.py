@@ -393,12 +393,15 @@ class _LETALearner(Learner):
             with loop.autocast():
                 psi_pos, psi_neg = self.train_net(x)
             loss, loss_pos, loss_neg = leta_loss(psi_pos.float(), psi_neg.float(), c, t_pos, t_neg)
-            return loss, torch.stack([loss.detach(), loss_pos.detach(), loss_neg.detach()])
+            share = len(x) / len(images)  # micro-batch means, weighted to the mean over the whole share
+            return loss * share, torch.stack([loss.detach(), loss_pos.detach(), loss_neg.detach()]) * share
 
         lr = lr_at(step, self.total, cfg.lr, cfg.warmup)  # from the step alone: no scheduler state
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        values = loop.gradient_step(self.train_net, [(images, centres)], loss_of).cpu()
+        parts = [p for p in torch.arange(len(images)).tensor_split(cfg.grad_accum) if len(p)]
+        micro = [(images[p], centres[p]) for p in parts] if len(parts) > 1 else [(images, centres)]
+        values = loop.gradient_step(self.train_net, micro, loss_of).cpu()
         loop.optimizer_step(float(values[0]), list(self.model.parameters()), cfg.grad_clip)
         self.sums += values
         self.count += 1
