@@ -149,7 +149,10 @@ def load_training_state(folder: Path, state_format: str, model: torch.nn.Module)
 
     payload = torch.load(folder / STATE_NAME, map_location="cpu", weights_only=True)
     if payload.get("format") != state_format:
-        raise ModelError(f"{folder} holds a {payload.get('format')!r} training state, not {state_format!r}")
+        raise ModelError(
+            f"{folder} holds a {payload.get('format')!r} training state, not {state_format!r} (another trainer's, "
+            "or one from an older version); pick another --out, or delete that folder to start over"
+        )
     load_model(model, str(folder / STATE_WEIGHTS), strict=True, device=str(next(model.parameters()).device))
     return payload
 
