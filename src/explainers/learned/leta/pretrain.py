@@ -232,7 +232,7 @@ def pretrain(
 ) -> Path:
     """Pre-train a LETA explainer for ``encoder`` on the images of ``data`` and save it to ``out``.
 
-    resume: continue from ``out/training`` when it holds a run with the same configuration (an
+    resume: continue from ``out/train_state`` when it holds a run with the same configuration (an
         interrupted run ends with the same weights as an uninterrupted one); ``False`` starts over.
     stop_after: stop (resumably) after this many steps in this call — for time-sliced jobs and tests.
     Runs under ``torchrun`` / ``accelerate launch`` as DDP (gloo on CPU, NCCL on GPU) when

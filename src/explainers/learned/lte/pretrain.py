@@ -11,9 +11,10 @@ Output directory layout::
     OUT/training.png                         loss and validation AUC per epoch
     OUT/subsets.json                         the ids of the training and validation images
 
-Rerunning with the same arguments continues an interrupted run from its last saved state (end of an epoch,
-or every ``checkpoint_every`` steps) and ends with the same weights as an uninterrupted run: the data order
-of an epoch and the RNG of a step are functions of (seed, epoch, step), not of the run's history.
+Runs on the shared :class:`~explainers.training.loop.TrainingLoop`: rerunning with the same arguments
+continues an interrupted run from its last saved state (end of an epoch, or every ``checkpoint_every``
+steps) and ends with the same weights and log as an uninterrupted run: the data order of an epoch and the
+RNG of a step are functions of (seed, epoch, step), not of the run's history.
 
 Runs as one process or under ``torchrun`` / ``accelerate launch`` with several (DDP through
 ``accelerate.Accelerator``; gloo on CPU). ``batch_size`` is the global batch: each process takes every
