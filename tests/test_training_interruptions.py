@@ -75,19 +75,22 @@ def log_lines(path: Path) -> int:
         return 0
 
 
-def kill_when(args: list[str], ready, timeout: float = 120.0) -> bool:
-    """Start the command, SIGKILL it as soon as ``ready()`` holds; True when it was killed (False: it
-    finished first)."""
+def kill_when(args: list[str], ready, timeout: float = 120.0, sig: int = signal.SIGKILL) -> bool:
+    """Start the command, send it ``sig`` as soon as ``ready()`` holds; True when it was stopped (False:
+    it finished first). SIGINT (Ctrl-C) must end it with status 130 and one line."""
     proc = cli(args, wait=False)
     deadline = time.monotonic() + timeout
     killed = False
     while proc.poll() is None and time.monotonic() < deadline:
         if ready():
-            proc.send_signal(signal.SIGKILL)
+            proc.send_signal(sig)
             killed = True
             break
         time.sleep(0.005)
     _, err = proc.communicate()
+    if killed and sig == signal.SIGINT and proc.returncode != 0:
+        lines = [ln for ln in err.splitlines() if ln.strip() and "Loading weights" not in ln]
+        assert proc.returncode == 130 and len(lines) == 1 and lines[0].startswith("explainers: interrupted"), err
     assert killed or proc.returncode == 0, err
     return killed
 
@@ -110,9 +113,10 @@ def test_pretrain_lte_killed_at_several_points_ends_as_an_uninterrupted_run(benc
     full, cut = tmp_path / "full", tmp_path / "cut"
     in_process(plte_args(bench, full))
     kills = 0
-    # Mid-epoch, after the first step's checkpoint; then after the first epoch's log record.
+    # SIGKILL mid-epoch, after the first step's checkpoint; then Ctrl-C after the first epoch's record
+    # (the step ends, its state is saved, exit 130).
     kills += kill_when(plte_args(bench, cut), lambda: (cut / "train_state").is_dir())
-    kills += kill_when(plte_args(bench, cut), lambda: log_lines(cut / "log.jsonl") >= 3)
+    kills += kill_when(plte_args(bench, cut), lambda: log_lines(cut / "log.jsonl") >= 3, sig=signal.SIGINT)
     assert kills >= 1, "the runs were too fast to be killed"
     proc = cli(plte_args(bench, cut))
     assert proc.returncode == 0, proc.stderr
