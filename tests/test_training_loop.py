@@ -3,6 +3,7 @@ one training loop (exact resume, gradient accumulation)."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -284,3 +285,46 @@ def test_leta_gradient_accumulation_equals_the_whole_batch(tmp_path):
 
     initial = LETAExplainer.build(load_explainee(enc), build_run_config(settings).model, seed=0).network.state_dict()
     assert any(not torch.equal(split[k], initial[k]) for k in split), "it trained"
+
+
+@pytest.mark.slow
+@pytest.mark.trainer
+def test_classifier_on_two_cpu_processes_matches_one(tmp_path):
+    """torchrun with 2 processes (DDP, gloo): each takes half of every batch; the averaged gradients are
+    the whole batch's, so the trained weights match a single process's (up to float rounding)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from explainers.data.synthetic import generate_synthetic
+    from explainers.training.classifier import build_vit, train_classifier
+    from test_train_classifier import TINY_DATA, TINY_MODEL
+
+    data = generate_synthetic(tmp_path / "data", TINY_DATA, progress=False)
+    settings = {**TINY_MODEL.to_dict(), "epochs": 1, "threads": 1}
+    sets = [f"--set={k}={json.dumps(v)}" for k, v in settings.items() if v is not None]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "explainers", "train-classifier", "--data", f"synthetic:{data}", "--out", str(tmp_path / "ddp"),
+           "--no-progress", *sets]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=200)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, stderr[-3000:]
+    cfg = TINY_MODEL.from_dict(settings)
+    train_classifier(data, tmp_path / "one", cfg, progress=False)
+    a, b = load_file(tmp_path / "ddp" / "model.safetensors"), load_file(tmp_path / "one" / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=2e-4)  # AdamW amplifies rounding
+    logs = [[json.loads(x) for x in (tmp_path / d / "log.jsonl").read_text().splitlines()] for d in ("ddp", "one")]
+    assert logs[0][0]["loss"] == pytest.approx(logs[1][0]["loss"], rel=1e-5)
+    initial = build_vit(cfg, 32, ["a", "b", "c", "d"], [0.5] * 3, [0.5] * 3).state_dict()
+    assert any(not torch.equal(a[k], initial[k]) for k in a if k in initial), "it trained"

@@ -86,6 +86,8 @@ def train_classifier_cmd(
     cfg = ClassifierTrainConfig.from_dict(settings)
     command = shlex.join(["explainers", *sys.argv[1:]]) if sys.argv else None
     record = train_classifier(data, out, cfg, progress=progress, overwrite=overwrite, command=command)
+    if record.get("main_process") is False:
+        return
     typer.echo(
         f"saved {out}: test accuracy {record['test_accuracy']:.2%} "
         f"(val {record['val_accuracy']:.2%}, epoch {record['selected_epoch']}) "

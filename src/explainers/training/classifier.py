@@ -9,8 +9,8 @@ The output is an ordinary Hugging Face image-classification directory::
     OUT/training.json               config, seed, command, per-epoch history, accuracies, time, versions
     OUT/log.jsonl                   one JSON record per epoch, written as each epoch ends
 
-It runs through the shared :class:`~explainers.training.loop.Runtime` (device, precision, non-finite
-loss guard), on one process.
+It runs on the shared :class:`~explainers.training.loop.TrainingLoop` (device, precision, gradient
+accumulation, DDP under ``torchrun``, non-finite loss guard, exact resume from ``OUT/train_state/``).
 
 Speed matters (two CPU cores): the whole split is held in memory as one normalised tensor, batches are
 index slices of it, and augmentation is one dihedral transform (rotation by k·90° and an optional flip)
@@ -41,7 +41,7 @@ from explainers._compat import patch_torchvision
 from explainers.data.base import ImageDataset, iter_batches
 from explainers.data.synthetic import SyntheticDataset
 from explainers.errors import ExplainersError
-from explainers.training.loop import Learner, TrainingLoop
+from explainers.training.loop import Learner, Runtime, TrainingLoop
 
 AUGMENTATIONS = ("auto", "dihedral", "none")
 # Settings that do not change the trained weights: a resumed run may differ in these.
@@ -308,10 +308,13 @@ class _ClassifierLearner(Learner):
         train: tuple[torch.Tensor, torch.Tensor],
         val: tuple[torch.Tensor, torch.Tensor],
         augment: bool,
+        runtime: Runtime,
     ) -> None:
         from explainers.training.checkpoint import pixel_digest
 
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.runtime = runtime
+        self.forward_model = runtime.prepare(model)  # DDP-wrapped with several processes
         self.config, self.augment = config, augment
         self.x_train, self.y_train = train
         self.x_val, self.y_val = val
@@ -343,12 +346,16 @@ class _ClassifierLearner(Learner):
             x = _dihedral(x, k, flip)
             if config.task == "quadrant":
                 y = _quadrant_permutation(k, flip)[y]
+        # Several processes (DDP): each takes every world-size-th image of the batch; DDP averages the
+        # per-process mean gradients, which is the whole batch's mean (the shares are equal).
+        rank, world = self.runtime.rank, self.runtime.world
+        x, y = x[rank::world], y[rank::world]
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
         def loss_of(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
             images, targets = batch
             with loop.autocast():
-                logits = self.model(pixel_values=images).logits
+                logits = self.forward_model(pixel_values=images).logits
             loss = F.cross_entropy(logits.float(), targets, label_smoothing=config.label_smoothing)
             correct = (logits.argmax(-1) == targets).sum()
             figures = [loss.detach() * len(targets), correct.to(loss.dtype), loss.new_tensor(len(targets))]
@@ -357,7 +364,7 @@ class _ClassifierLearner(Learner):
 
         parts = [p for p in torch.arange(len(y)).tensor_split(config.grad_accum) if len(p)]
         micro = [(x[p], y[p]) for p in parts] if len(parts) > 1 else [(x, y)]
-        figures = loop.gradient_step(self.model, micro, loss_of).cpu()
+        figures = loop.gradient_step(self.forward_model, micro, loss_of).cpu()
         loop.optimizer_step(float(figures[0] / figures[2]), list(self.model.parameters()), config.grad_clip)
         self.sums += figures
         self.generator_state = self.generator.get_state()
@@ -366,7 +373,8 @@ class _ClassifierLearner(Learner):
 
     def end_of_epoch(self, loop: TrainingLoop, epoch: int, step: int) -> None:
         config = self.config
-        seen = int(self.sums[2])
+        sums = self.runtime.reduce_sum(self.sums)  # over the processes
+        seen = int(sums[2])
         train_s = time.time() - self.epoch_started
         has_val = len(self.x_val) > 0
         val_acc = float("nan")
@@ -375,8 +383,8 @@ class _ClassifierLearner(Learner):
             val_acc = _accuracy(self.model, x_val, y_val, config.eval_batch_size)
         record = {
             "epoch": epoch,
-            "loss": round(float(self.sums[0]) / max(1, seen), 5),
-            "train_acc": round(float(self.sums[1]) / max(1, seen), 5),
+            "loss": round(float(sums[0]) / max(1, seen), 5),
+            "train_acc": round(float(sums[1]) / max(1, seen), 5),
             "val_acc": round(val_acc, 5),
             "seconds": round(time.time() - self.epoch_started, 2),
             "train_img_per_s": round(seen / max(train_s, 1e-9), 1),
@@ -393,6 +401,9 @@ class _ClassifierLearner(Learner):
             self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
 
     def state_dict(self) -> dict[str, Any]:
+        # The epoch's running sums, summed over the processes (the main process keeps them).
+        total = self.runtime.reduce_sum(self.sums)
+        self.sums = total if self.runtime.main else torch.zeros_like(total)
         return {
             **self.identity,
             "generator": self.generator_state,
@@ -407,7 +418,8 @@ class _ClassifierLearner(Learner):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
         self.generator_state = state["generator"]
-        self.order, self.sums = state["order"], state["sums"].clone()
+        self.order = state["order"]
+        self.sums = state["sums"].clone() if self.runtime.main else torch.zeros_like(state["sums"])
         self.history = list(state["history"])
         self.best_acc, self.best_epoch, self.best_state = state["best_acc"], state["best_epoch"], state["best_state"]
         self.epoch_started = time.time()
@@ -443,7 +455,7 @@ def train_classifier(
 
     config = config or ClassifierTrainConfig()
     out = Path(out).expanduser().resolve()
-    with output_lock(out):
+    with output_lock(out, int(os.environ.get("RANK", "0")) == 0):
         return _train_classifier(data, out, config, progress, overwrite, command)
 
 
@@ -459,7 +471,6 @@ def _train_classifier(
 
     # A training state in OUT: resume it (an interrupted run), unless --overwrite starts over.
     from explainers.training.checkpoint import find_training_state
-    from explainers.training.loop import Runtime, TrainingLoop
 
     resumable = out.is_dir() and find_training_state(out) is not None
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite and not resumable:
@@ -470,8 +481,10 @@ def _train_classifier(
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     runtime = Runtime(config.device, config.precision)
-    if runtime.world > 1:
-        raise ExplainersError("train-classifier runs on one process; start it without torchrun")
+    if config.batch_size % runtime.world:
+        raise ExplainersError(
+            f"batch_size {config.batch_size} must be divisible by the number of processes ({runtime.world})"
+        )
 
     text = str(data)
     kind, path = parse_dataset_spec(text) if ":" in text and not Path(text).exists() else ("synthetic", text)
@@ -518,6 +531,7 @@ def _train_classifier(
     learner = _ClassifierLearner(
         model, optimizer, scheduler, config, splits, (x_train, y_train), (x_val, y_val),
         augment=augment_mode == "dihedral",
+        runtime=runtime,
     )
     train_started = time.time()
     loop = TrainingLoop(
@@ -531,6 +545,9 @@ def _train_classifier(
         resume=not overwrite,
     )
     loop.run(learner)
+    if not runtime.main:  # the main process evaluates and writes the model
+        runtime.barrier()
+        return {"main_process": False}
     history, best_acc, best_epoch = learner.history, learner.best_acc, learner.best_epoch
     best_state = learner.best_state
     train_wall = loop.elapsed_s if loop.resumed else time.time() - train_started
@@ -579,6 +596,7 @@ def _train_classifier(
         "processor": _cpu_name(),
     }
     _save(model, out, image_size, mean, std, record, overwrite=True)
+    runtime.barrier()
     return record
 
 
