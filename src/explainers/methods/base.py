@@ -201,6 +201,9 @@ class Method:
     #: The maps do not depend on the class (pLTE): the short form ``method(images)`` then skips the
     #: forward that finding the predicted class would cost (:meth:`explain` still reports the class).
     class_blind: ClassVar[bool] = False
+    #: The same images give the same maps, in any batch and on any call (False: the method draws new
+    #: random numbers per call, so a resumed or re-batched run differs).
+    deterministic: ClassVar[bool] = True
 
     def __init__(self, adapter: ExplaineeAdapter, *, normalize: bool = True) -> None:
         if self.needs & {Need.VIT, Need.ATTENTION} and not adapter.supports_attention:

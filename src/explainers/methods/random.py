@@ -15,6 +15,7 @@ class RandomAttribution(Method):
     summary = "uniform noise, the floor every method must beat"
     cost = Cost.FORWARD  # none of its own: the one forward finds the class the mask file records
     reference = "baseline"
+    deterministic = False  # one generator for the method's life: each call draws new noise
 
     def __init__(self, adapter: ExplaineeAdapter, *, seed: int = 0, normalize: bool = True) -> None:
         super().__init__(adapter, normalize=normalize)
