@@ -79,13 +79,14 @@ def main() -> None:
         "--quick", action="store_true", help="fewer repeats (a smoke run, not for the record)"
     )
     parser.add_argument("--methods", help="comma-separated subset of the methods (default: all)")
+    parser.add_argument("--repeats", type=int, help="timed rounds per explainee (default: 7 small, 5 ViT-B)")
     parser.add_argument("--configs", help="comma-separated subset of the explainees: small, vit-b (default: both)")
     args = parser.parse_args()
     methods_run = METHODS if not args.methods else [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods_run) - set(METHODS))
     if unknown:
         parser.error(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
-    subset = bool(args.methods or args.configs)
+    subset = bool(args.methods or args.configs or args.repeats)
     if subset and "--out" not in sys.argv:
         # A partial run must not replace the full record by accident: it prints, and writes only to --out.
         args.out = None
@@ -100,6 +101,8 @@ def main() -> None:
         if set(keys) - {c[0] for c in configs}:
             parser.error(f"--configs takes small and/or vit-b, got {args.configs!r}")
         configs = [c for c in configs if c[0] in keys]
+    if args.repeats is not None:
+        configs = [(*c[:-1], args.repeats) for c in configs]
     load_before = os.getloadavg()
     sections = []
     for _key, label, cfg, batch, masks, steps, repeats in configs:

@@ -112,3 +112,51 @@ def test_cli_explain_runs_one_forward_per_batch(name, vit_dir, tmp_path_factory,
     assert (exc.value.code or 0) == 0, capsys.readouterr().err
     assert counter.batches == [2, 2, 1]
     assert Path(tmp_path / "m.h5").is_file()
+
+
+def test_short_form_skips_the_clean_forward_when_nothing_needs_it(adapter, monkeypatch):
+    counter = ForwardCounter(monkeypatch, type(adapter))
+    images = torch.rand(3, 3, 16, 16)
+    random = get_method("random", adapter)
+    random(images, targets=[0, 1, 2])  # the classes are given and the noise needs no forward
+    assert counter.batches == []
+    random(images)  # the predicted class needs the forward
+    assert counter.batches == [3]
+    explanation = random.explain(images, targets=1)  # explain() always reports the clean logits
+    assert counter.batches == [3, 3] and explanation.classes.tolist() == [1, 1, 1]
+    get_method("gae", adapter)(images, targets=2)  # gae's own forward is the one
+    assert counter.batches == [3, 3, 3]
+
+
+def test_class_blind_plte_needs_no_forward_in_the_short_form(monkeypatch):
+    embedded = load_explainee("embedded")
+    counter = ForwardCounter(monkeypatch, type(embedded))
+    plte = get_method("plte", embedded)
+    images = torch.rand(2, 3, 64, 64)
+    maps = plte(images)
+    assert counter.batches == []
+    explanation = plte.explain(images)
+    assert counter.batches == [2]
+    torch.testing.assert_close(explanation.maps, maps)
+    with torch.no_grad():
+        torch.testing.assert_close(explanation.classes, embedded.predict(images).argmax(1))
+
+
+def test_explanation_is_a_checked_read_only_record(adapter):
+    from dataclasses import FrozenInstanceError
+
+    from explainers import ExplainersError
+    from explainers.methods import Explanation
+
+    maps, logits = torch.rand(2, 16, 16), torch.tensor([[0.0, 1.0], [2.0, 1.0]])
+    e = Explanation(maps=maps, classes=torch.tensor([1, 1]), logits=logits, extras={"step": torch.tensor([3, 4])})
+    assert e.predicted.tolist() == [1, 0] and e.extras["step"].tolist() == [3, 4]
+    assert isinstance(e.extras["step"], np.ndarray)
+    with pytest.raises(FrozenInstanceError):
+        e.maps = maps  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        e.extras["other"] = np.zeros(2)  # type: ignore[index]
+    with pytest.raises(ExplainersError, match="one row per image"):
+        Explanation(maps=maps, classes=torch.tensor([1, 1]), logits=logits, extras={"step": np.zeros(3)})
+    with pytest.raises(ExplainersError, match="classes of shape"):
+        Explanation(maps=maps, classes=torch.tensor([1]), logits=logits)
