@@ -16,7 +16,7 @@ import torch
 from conftest import build_hf_model
 from explainers import load_explainee
 from explainers.methods import available_methods, get_method
-from explainers.methods.base import _REGISTRY
+from explainers.methods.base import METHODS
 from fakedevice import EMULATED, DeviceMixError, emulated_device, on_device, values
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -30,7 +30,7 @@ FAST_OPTIONS = {
 
 
 #: The library's methods (test modules register their own, e.g. evalkit's ``test-center``).
-LIBRARY_METHODS = [name for name in available_methods() if _REGISTRY[name].__module__.startswith("explainers.")]
+LIBRARY_METHODS = [name for name in available_methods() if METHODS[name].__module__.startswith("explainers.")]
 
 # ------------------------------------------------------------------------------------------ the harness
 
