@@ -9,6 +9,8 @@ their numerics, and speed.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -189,7 +191,8 @@ def test_an_injected_cpu_tensor_fails_the_test(monkeypatch, images):
     original = rollout.AttentionRollout.attribute
 
     def leaky(self, imgs, targets):
-        return original(self, imgs, targets) + torch.zeros(1)  # a CPU tensor in a device op
+        result = original(self, imgs, targets)
+        return dataclasses.replace(result, maps=result.maps + torch.zeros(1))  # a CPU tensor in a device op
 
     monkeypatch.setattr(rollout.AttentionRollout, "attribute", leaky)
     m(images)  # fine on the CPU
