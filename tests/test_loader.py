@@ -400,3 +400,18 @@ def test_spawned_workers_work_too(folder, monkeypatch):
     reference = batches_of(BatchLoader(ds, batches, (16, 16), workers=0))
     monkeypatch.setattr(loader_module, "worker_context", lambda: multiprocessing.get_context("spawn"))
     assert_same_batches(batches_of(BatchLoader(ds, batches, (16, 16), workers=1)), reference)
+
+
+def test_a_worker_is_silent_only_when_the_main_process_went_away_mid_hand_over(capsys):
+    import threading
+
+    from explainers.data.loader import _quiet_when_main_process_is_gone
+
+    def args(error: BaseException) -> threading.ExceptHookArgs:
+        return threading.ExceptHookArgs([type(error), error, None, None])
+
+    _quiet_when_main_process_is_gone(args(ConnectionResetError("peer gone")))
+    _quiet_when_main_process_is_gone(args(BrokenPipeError("pipe gone")))
+    assert capsys.readouterr().err == ""
+    _quiet_when_main_process_is_gone(args(ValueError("a real bug")))
+    assert "ValueError: a real bug" in capsys.readouterr().err

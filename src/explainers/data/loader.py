@@ -19,6 +19,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -76,8 +77,21 @@ def worker_context() -> multiprocessing.context.BaseContext | None:
 
 def worker_init(worker_id: int) -> None:
     """Set up a worker process: one torch thread (torch's own worker loop does so too; set here so that it
-    does not depend on that), as the workers of a 2-core machine already share the cores with the model."""
+    does not depend on that), as the workers of a 2-core machine already share the cores with the model;
+    and no traceback from the hand-over thread when the main process is gone (see below)."""
     torch.set_num_threads(1)
+    threading.excepthook = _quiet_when_main_process_is_gone
+
+
+def _quiet_when_main_process_is_gone(args: threading.ExceptHookArgs) -> None:
+    """A worker hands each batch's tensors to the main process through a helper thread
+    (multiprocessing's resource sharer). When the main process stops mid hand-over (Ctrl-C), that thread
+    dies with a connection error and Python prints its traceback under the main process's one-line
+    "interrupted" message. Nothing is lost (the main process reports the interruption and the output is
+    resumable), so only that case is silenced; every other thread error is printed as usual."""
+    if issubclass(args.exc_type, (ConnectionResetError, BrokenPipeError)):
+        return
+    threading.__excepthook__(args)
 
 
 class LoadFailure:
