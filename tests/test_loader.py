@@ -403,15 +403,10 @@ def test_spawned_workers_work_too(folder, monkeypatch):
 
 
 def test_a_worker_is_silent_only_when_the_main_process_went_away_mid_hand_over(capsys):
-    import threading
-
     from explainers.data.loader import _quiet_when_main_process_is_gone
 
-    def args(error: BaseException) -> threading.ExceptHookArgs:
-        return threading.ExceptHookArgs([type(error), error, None, None])
-
-    _quiet_when_main_process_is_gone(args(ConnectionResetError("peer gone")))
-    _quiet_when_main_process_is_gone(args(BrokenPipeError("pipe gone")))
+    for error in (ConnectionResetError("peer gone"), BrokenPipeError("pipe gone"), EOFError()):
+        _quiet_when_main_process_is_gone(type(error), error, None)
     assert capsys.readouterr().err == ""
-    _quiet_when_main_process_is_gone(args(ValueError("a real bug")))
+    _quiet_when_main_process_is_gone(ValueError, ValueError("a real bug"), None)
     assert "ValueError: a real bug" in capsys.readouterr().err

@@ -19,8 +19,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
-import threading
 from collections.abc import Iterable, Iterator, Sequence
+from types import TracebackType
 from typing import Any
 
 import torch
@@ -80,18 +80,21 @@ def worker_init(worker_id: int) -> None:
     does not depend on that), as the workers of a 2-core machine already share the cores with the model;
     and no traceback from the hand-over thread when the main process is gone (see below)."""
     torch.set_num_threads(1)
-    threading.excepthook = _quiet_when_main_process_is_gone
+    sys.excepthook = _quiet_when_main_process_is_gone
 
 
-def _quiet_when_main_process_is_gone(args: threading.ExceptHookArgs) -> None:
+def _quiet_when_main_process_is_gone(
+    exc_type: type[BaseException], exc: BaseException, traceback: TracebackType | None
+) -> None:
     """A worker hands each batch's tensors to the main process through a helper thread
-    (multiprocessing's resource sharer). When the main process stops mid hand-over (Ctrl-C), that thread
-    dies with a connection error and Python prints its traceback under the main process's one-line
-    "interrupted" message. Nothing is lost (the main process reports the interruption and the output is
-    resumable), so only that case is silenced; every other thread error is printed as usual."""
-    if issubclass(args.exc_type, (ConnectionResetError, BrokenPipeError)):
+    (multiprocessing's resource sharer), which reports its errors through ``sys.excepthook``. When the
+    main process stops mid hand-over (Ctrl-C), that thread fails with a connection error and Python
+    prints its traceback under the main process's one-line "interrupted" message. Nothing is lost (the
+    main process reports the interruption and the output is resumable), so only that case is silenced;
+    every other error is printed as usual."""
+    if issubclass(exc_type, (ConnectionResetError, BrokenPipeError, EOFError)):
         return
-    threading.__excepthook__(args)
+    sys.__excepthook__(exc_type, exc, traceback)
 
 
 class LoadFailure:
