@@ -20,7 +20,8 @@ PREDICTION_LOSSES = ("ce", "logit", "ce-neg")
 MASK_LOSSES = ("softplus", "l1", "entropy")
 CLASS_MODES = ("target", "predicted")
 SCHEDULES = ("linear", "reference", "constant")
-SELECTIONS = ("pos", "neg")
+SELECTIONS = ("pos", "neg", "pos+deletion")
+HEADS = ("patch", "decoder")
 
 
 class LTEConfigError(ExplainersError):
@@ -36,6 +37,12 @@ class LTEConfig:
             ``none`` (raw scores; the upsampled mask is clamped to [0, 1], as it is for ``relu``).
         freeze_blocks: freeze the first k encoder blocks too (the embeddings are always frozen).
         head_init_std: std of the normal init of the head's weights (biases start at zero).
+        head: ``patch`` (the reference: a per-patch MLP, mask = bilinear upsampling of the patch grid) or
+            ``decoder`` (beyond the reference: a light upsampling decoder that also sees the image and
+            draws a pixel-level mask; see ``PixelDecoder``).
+        class_conditioned: condition the explainer on the explained class (a learned per-class embedding
+            added to the patch tokens), so that it can draw a different mask per class of one image. The
+            reference explainer is class-agnostic.
     Loss (SPEC §3.3):
         class_mode: ``target`` (ground-truth label) or ``predicted`` (the explainee's clean argmax).
         prediction_loss: ``ce`` (published), ``logit`` (−logit of c), ``ce-neg`` ((CE(pos) − CE(neg))/2).
@@ -61,8 +68,11 @@ class LTEConfig:
         optimiser step), workers (image-decoding processes).
     Refinement (LTE, SPEC §3.5):
         refine_steps (scored masks per image, the first being the pLTE mask), refine_lr,
-        refine_weight_decay, refine_select (``pos``: lowest POS-AUC wins, or ``neg``: highest NEG-AUC),
-        refine_stop_below (pos: stop once the best is below), refine_stop_above (neg: stop once above),
+        refine_weight_decay, refine_select (``pos``: lowest POS-AUC wins; ``neg``: highest NEG-AUC;
+        ``pos+deletion``: lowest mean of POS-AUC and deletion AUC, read off the same curve: the probability
+        breaks the ties of the per-image accuracy AUC, which moves in steps of 5),
+        refine_stop_below (pos, pos+deletion: stop once the best is below), refine_stop_above (neg: stop
+        once above),
         memory_budget (bytes, or e.g. ``"4GiB"``, that refinement may use for the images it refines at
         once; None = a fraction of what the device has free; see ``learned/lte/refine.py``).
     """
@@ -70,6 +80,8 @@ class LTEConfig:
     activation: str = "sigmoid"
     freeze_blocks: int = 0
     head_init_std: float = 0.02
+    head: str = "patch"
+    class_conditioned: bool = False
 
     class_mode: str = "target"
     prediction_loss: str = "ce"
@@ -118,6 +130,7 @@ class LTEConfig:
             "class_mode": CLASS_MODES,
             "schedule": SCHEDULES,
             "refine_select": SELECTIONS,
+            "head": HEADS,
         }
         for key, valid in choices.items():
             if getattr(self, key) not in valid:

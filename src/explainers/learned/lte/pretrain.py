@@ -223,7 +223,7 @@ def validation_scores(
     try:
         for i in range(0, len(images), chunk):
             x = images[i : i + chunk].to(explainer.device)
-            mask = explainer.masks(x)[1]
+            mask = explainer.masks(x, classes[i : i + chunk].to(x.device))[1]
             stats = collapse_stats(mask.float())
             counts += torch.tensor([stats[k] * len(x) for k in _COLLAPSE_KEYS], dtype=torch.float64)
             out.append(
@@ -450,7 +450,7 @@ def pretrain_lte(
                     x, c = train_x[idx].to(device), train_c[idx].to(device)
                     with runtime.accumulate(ddp_net, last=j == len(micro) - 1):
                         with runtime.autocast():
-                            patch, mask = ddp_net(adapter.normalize(x))
+                            patch, mask = ddp_net(adapter.normalize(x), *explained_classes(explainer, c))
                             terms = lte_loss(adapter, x, patch, mask, c, config)
                         runtime.backward(terms.total.float().sum() * (world / len(chunk)))
                     # Summed on the training device (the image count too): no CPU tensor meets the
@@ -548,6 +548,11 @@ def pretrain_lte(
         main_process=main,
         collapse=None if best_record is None else best_record.get("collapse"),
     )
+
+
+def explained_classes(explainer: LTEExplainer, classes: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The extra forward argument of a class-conditioned explainer network (the classes), else none."""
+    return (classes,) if explainer.class_conditioned else ()
 
 
 def _finite_everywhere(runtime: Runtime, step_sums: torch.Tensor) -> float:
