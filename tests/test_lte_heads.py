@@ -141,3 +141,19 @@ def test_pretraining_trains_the_new_parts(tmp_path, adapter, options):
     new_part = "decoder." if "head" in options else "class_embedding"
     changed = [k for k in trained if k.startswith(new_part) and not torch.equal(trained[k], initial[k])]
     assert changed, f"{new_part} did not train"
+
+
+def test_plte_method_explains_the_requested_class_with_a_conditioned_explainer(tmp_path, adapter):
+    from explainers.methods.base import get_method
+
+    torch.manual_seed(0)
+    ex = LTEExplainer(adapter, LTEConfig(class_conditioned=True))
+    with torch.no_grad():
+        ex.net.class_embedding.normal_(std=1.0)
+    ex.save_pretrained(tmp_path / "e")
+    method = get_method("plte", adapter, explainer=str(tmp_path / "e"), normalize=False)
+    x = _images(2)
+    with torch.no_grad():
+        torch.testing.assert_close(method(x, torch.tensor([2, 0])), ex(x, torch.tensor([2, 0])))
+        torch.testing.assert_close(method(x), ex(x))  # None: the predicted class
+        assert not torch.allclose(method(x, 0), method(x, 1))

@@ -37,8 +37,9 @@ def resolve_explainer_dir(adapter: ExplaineeAdapter, explainer: str | Path | Non
 @register_method("plte")
 class PLTE(Method):
     """Masks from a pre-trained LTE explainer (``explainer=DIR``; the shipped one for the embedded
-    explainee). The masks do not depend on the requested class: the explainer was trained for one class
-    convention (its ``class_mode``)."""
+    explainee). The masks of the reference explainer do not depend on the requested class: it was trained
+    for one class convention (its ``class_mode``). One pre-trained with ``class_conditioned`` draws the
+    requested class's mask."""
 
     def __init__(
         self,
@@ -70,11 +71,16 @@ class PLTE(Method):
     def predict_targets(self, images: torch.Tensor, targets: Targets) -> torch.Tensor:
         # The masks do not depend on the class: skip the explainee forward that resolving None would cost
         # (it would halve pLTE's throughput). The placeholder −1 is never read.
-        if targets is None:
+        if targets is None and not self.explainer.class_conditioned:
             return torch.full((images.shape[0],), -1, dtype=torch.long, device=images.device)
         return super().predict_targets(images, targets)
 
     def attribute(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        # A class-conditioned explainer draws the requested class's mask; the reference one ignores it.
+        classes = targets if self.explainer.class_conditioned else None
         return torch.cat(
-            [self.explainer(images[i : i + self.batch]) for i in range(0, len(images), self.batch)]
+            [
+                self.explainer(images[i : i + self.batch], None if classes is None else classes[i : i + self.batch])
+                for i in range(0, len(images), self.batch)
+            ]
         )
