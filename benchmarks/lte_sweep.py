@@ -129,6 +129,10 @@ def cmd_train(args: argparse.Namespace) -> None:
             f"POS/epoch {curve}"
         )
         emit(row(f"{name} {settings}", values, extra), args.out)
+        if result.last is not None and result.best_epoch != result.epochs_done:
+            last = result.last
+            values = score(adapter, batches, lambda b, c, ex=last: ex(b.images, c))
+            emit(row(f"{name} {settings}, last epoch {result.epochs_done}", values), args.out)
 
 
 def cmd_refine(args: argparse.Namespace) -> None:

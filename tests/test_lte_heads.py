@@ -157,3 +157,26 @@ def test_plte_method_explains_the_requested_class_with_a_conditioned_explainer(t
         torch.testing.assert_close(method(x, torch.tensor([2, 0])), ex(x, torch.tensor([2, 0])))
         torch.testing.assert_close(method(x), ex(x))  # None: the predicted class
         assert not torch.allclose(method(x, 0), method(x, 1))
+
+
+def test_mask_weight_warms_up_linearly_then_stays():
+    from explainers.learned.lte.loss import mask_weight
+
+    config = LTEConfig(lambda_mask=10.0, lambda_mask_warmup=0.5)
+    assert [mask_weight(config, s, 100) for s in (0, 25, 50, 80)] == [0.0, 5.0, 10.0, 10.0]
+    assert mask_weight(LTEConfig(lambda_mask=10.0), 0, 100) == 10.0  # the reference: full weight at once
+    with pytest.raises(ExplainersError, match="lambda_mask_warmup"):
+        LTEConfig(lambda_mask_warmup=1.5)
+
+
+def test_loss_uses_the_given_mask_weight(adapter):
+    from explainers.learned.lte.loss import lte_loss
+
+    ex = LTEExplainer(adapter, LTEConfig(lambda_mask=10.0))
+    x = _images(2)
+    with torch.no_grad():
+        scores, mask = ex.masks(x)
+        full = lte_loss(adapter, x, scores, mask, torch.tensor([0, 1]), ex.config)
+        none = lte_loss(adapter, x, scores, mask, torch.tensor([0, 1]), ex.config, 0.0)
+    torch.testing.assert_close(none.total, full.prediction)
+    torch.testing.assert_close(full.total, full.prediction + 10.0 * full.mask)

@@ -49,6 +49,8 @@ class LTEConfig:
         mask_loss: ``softplus`` = mean softplus(s), what the reference calls "bce" (the faithful default);
             ``l1`` = mean |s|; ``entropy`` = entropy of the patch distribution (softmax activation only).
         lambda_pred, lambda_mask: loss weights (published λ_mask: 50 for ViT-B, 30 for ViT-S).
+        lambda_mask_warmup: fraction of pre-training over which λ_mask ramps linearly from 0 (0: full
+            weight from the first step, the reference).
     Data:
         split: dataset split the subsets are drawn from (None: ``train`` for synthetic data, else the
             dataset's default); train_per_class / val_per_class: class-uniform, disjoint subset sizes
@@ -88,6 +90,7 @@ class LTEConfig:
     mask_loss: str = "softplus"
     lambda_pred: float = 1.0
     lambda_mask: float = 50.0
+    lambda_mask_warmup: float = 0.0
 
     split: str | None = None
     train_per_class: int | None = None
@@ -179,6 +182,8 @@ class LTEConfig:
         ):
             if float(getattr(self, key)) < 0:
                 raise LTEConfigError(f"{key} must not be negative, got {getattr(self, key)}")
+        if not 0.0 <= self.lambda_mask_warmup <= 1.0:
+            raise LTEConfigError(f"lambda_mask_warmup must be in [0, 1], got {self.lambda_mask_warmup}")
         if not 0.0 <= self.warmup_fraction < 1.0:
             raise LTEConfigError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         if self.memory_budget is not None:

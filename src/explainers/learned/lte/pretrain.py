@@ -44,7 +44,7 @@ from explainers.learned.lte.explainer import (
     LTEExplainer,
     check_compatible,
 )
-from explainers.learned.lte.loss import loss_classes, lte_loss
+from explainers.learned.lte.loss import loss_classes, lte_loss, mask_weight
 from explainers.learned.lte.scoring import perturbation_auc
 from explainers.models import ExplaineeAdapter, load_explainee
 from explainers.training.checkpoint import find_training_state, load_training_state, save_training_state
@@ -276,7 +276,8 @@ def _save_state(out: Path, net: torch.nn.Module, payload: dict[str, Any]) -> Non
 def _check_resume(
     payload: dict[str, Any], config: LTEConfig, adapter: ExplaineeAdapter, subsets: dict[str, Any], out: Path
 ) -> None:
-    saved = payload["config"]
+    # A key the saved run does not know (added to LTEConfig since) had its default value there.
+    saved = {**LTEConfig().to_dict(), **payload["config"]}
     now = config.to_dict()
     diffs = sorted(k for k in now if k not in _FREE_KEYS and saved.get(k) != now[k])
     if diffs:
@@ -444,6 +445,7 @@ def pretrain_lte(
                 # over the global batch.
                 micro = [local[i :: config.grad_accum] for i in range(config.grad_accum)]
                 micro = [m for m in micro if m]
+                weight_now = mask_weight(config, global_step, config.epochs * steps_per_epoch)
                 step_sums = torch.zeros(4, dtype=torch.float64, device=device)
                 for j, part in enumerate(micro):
                     idx = torch.tensor(part)
@@ -451,7 +453,7 @@ def pretrain_lte(
                     with runtime.accumulate(ddp_net, last=j == len(micro) - 1):
                         with runtime.autocast():
                             patch, mask = ddp_net(adapter.normalize(x), *explained_classes(explainer, c))
-                            terms = lte_loss(adapter, x, patch, mask, c, config)
+                            terms = lte_loss(adapter, x, patch, mask, c, config, weight_now)
                         runtime.backward(terms.total.float().sum() * (world / len(chunk)))
                     # Summed on the training device (the image count too): no CPU tensor meets the
                     # CUDA loss terms.
