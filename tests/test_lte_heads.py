@@ -180,3 +180,12 @@ def test_loss_uses_the_given_mask_weight(adapter):
         none = lte_loss(adapter, x, scores, mask, torch.tensor([0, 1]), ex.config, 0.0)
     torch.testing.assert_close(none.total, full.prediction)
     torch.testing.assert_close(full.total, full.prediction + 10.0 * full.mask)
+
+
+@pytest.mark.parametrize("head", ["patch", "decoder"])
+def test_head_init_bias_starts_the_mask_near_sigmoid_of_it(adapter, head):
+    ex = LTEExplainer(adapter, LTEConfig(head=head, head_init_bias=3.0))
+    with torch.no_grad():
+        mask = ex(_images(2))
+    # the head's weights are small (std 0.02): the logits are 3 ± a little
+    assert torch.allclose(mask, torch.full_like(mask, 1 / (1 + torch.exp(torch.tensor(-3.0)).item())), atol=0.02)

@@ -37,6 +37,11 @@ class LTEConfig:
             ``none`` (raw scores; the upsampled mask is clamped to [0, 1], as it is for ``relu``).
         freeze_blocks: freeze the first k encoder blocks too (the embeddings are always frozen).
         head_init_std: std of the normal init of the head's weights (biases start at zero).
+        head_init_bias: initial bias of the head's output logit (0: the reference's mask ≈ 0.5 everywhere).
+            A positive value starts from a mask near 1, the whole image kept, so that training learns what
+            can be removed. It matters when the explainee's evidence only counts at full strength: a cue
+            colour that a half-dimmed image no longer shows gives the prediction term no gradient at a mask
+            of 0.5, and the mask term then drives that class's masks to zero.
         head: ``patch`` (the reference: a per-patch MLP, mask = bilinear upsampling of the patch grid) or
             ``decoder`` (beyond the reference: a light upsampling decoder that also sees the image and
             draws a pixel-level mask; see ``PixelDecoder``).
@@ -82,6 +87,7 @@ class LTEConfig:
     activation: str = "sigmoid"
     freeze_blocks: int = 0
     head_init_std: float = 0.02
+    head_init_bias: float = 0.0
     head: str = "patch"
     class_conditioned: bool = False
 

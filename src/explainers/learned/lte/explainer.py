@@ -52,7 +52,7 @@ class CheckpointMismatchError(ModelError):
 class PatchHead(nn.Module):
     """``w2 · tanh(W1 t + b1) + b2`` per token (the activation is applied by the caller)."""
 
-    def __init__(self, dim: int, init_std: float = 0.02) -> None:
+    def __init__(self, dim: int, init_std: float = 0.02, init_bias: float = 0.0) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, dim)
         self.fc2 = nn.Linear(dim, 1)
@@ -60,6 +60,8 @@ class PatchHead(nn.Module):
         for layer in (self.fc1, self.fc2):
             nn.init.normal_(layer.weight, std=init_std)
             nn.init.zeros_(layer.bias)
+        # A positive output bias starts the mask near 1 (the whole image kept; see LTEConfig.head_init_bias).
+        nn.init.constant_(self.fc2.bias, init_bias)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.fc2(torch.tanh(self.fc1(tokens))).squeeze(-1)
@@ -125,10 +127,11 @@ class ExplainerNet(nn.Module):
         head_init_std: float = 0.02,
         head: str = "patch",
         num_classes: int = 0,
+        head_init_bias: float = 0.0,
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.head = PatchHead(embed_dim, head_init_std)
+        self.head = PatchHead(embed_dim, head_init_std, head_init_bias)
         self.decoder = PixelDecoder(embed_dim, init_std=head_init_std) if head == "decoder" else None
         # Zero at the start: a conditioned explainer starts as the unconditioned one.
         self.class_embedding = nn.Parameter(torch.zeros(num_classes, embed_dim)) if num_classes > 0 else None
@@ -239,6 +242,7 @@ class LTEExplainer:
             freeze_blocks=self.config.freeze_blocks,
             head_init_std=self.config.head_init_std,
             head=self.config.head,
+            head_init_bias=self.config.head_init_bias,
             num_classes=explainee.num_classes if self.config.class_conditioned else 0,
         ).to(explainee.device)
         self.net.eval()
