@@ -66,9 +66,10 @@ def test_class_conditioned_masks_depend_on_the_class_and_need_it(adapter):
     ex = LTEExplainer(adapter, LTEConfig(class_conditioned=True))
     x = _images(2)
     with torch.no_grad():
-        # zero embeddings at the start: the conditioned explainer starts as the class-agnostic one
+        # the same read-out for every class: the same mask
+        ex.net.head.fc2.weight.copy_(ex.net.head.fc2.weight[:1].expand_as(ex.net.head.fc2.weight))
         torch.testing.assert_close(ex(x, 0), ex(x, 1))
-        ex.net.class_embedding.normal_(std=1.0)
+        ex.net.head.fc2.weight.normal_(std=1.0)
         assert not torch.allclose(ex(x, 0), ex(x, 1))
         # None explains the predicted class
         predicted = adapter.predict(x).argmax(1)
@@ -84,7 +85,7 @@ def test_options_survive_save_and_load_and_cannot_be_overridden(tmp_path, adapte
     torch.manual_seed(0)
     ex = LTEExplainer(adapter, LTEConfig(head="decoder", class_conditioned=True))
     with torch.no_grad():
-        ex.net.class_embedding.normal_(std=1.0)
+        ex.net.head.fc2.weight.normal_(std=1.0)
         ex.net.decoder.out.weight.normal_(std=1.0)
     ex.save_pretrained(tmp_path / "e")
     back = LTEExplainer.from_pretrained(tmp_path / "e", explainee=adapter)
@@ -138,7 +139,7 @@ def test_pretraining_trains_the_new_parts(tmp_path, adapter, options):
     losses = [r["loss"] for r in result.log if r["epoch"] > 0]
     assert losses[-1] < losses[0] - 0.01, losses
     trained = LTEExplainer.from_pretrained(tmp_path / "p", explainee=adapter).net.state_dict()
-    new_part = "decoder." if "head" in options else "class_embedding"
+    new_part = "decoder." if "head" in options else "head.fc2"
     changed = [k for k in trained if k.startswith(new_part) and not torch.equal(trained[k], initial[k])]
     assert changed, f"{new_part} did not train"
 
@@ -149,7 +150,7 @@ def test_plte_method_explains_the_requested_class_with_a_conditioned_explainer(t
     torch.manual_seed(0)
     ex = LTEExplainer(adapter, LTEConfig(class_conditioned=True))
     with torch.no_grad():
-        ex.net.class_embedding.normal_(std=1.0)
+        ex.net.head.fc2.weight.normal_(std=1.0)
     ex.save_pretrained(tmp_path / "e")
     method = get_method("plte", adapter, explainer=str(tmp_path / "e"), normalize=False)
     x = _images(2)

@@ -45,9 +45,9 @@ class LTEConfig:
         head: ``patch`` (the reference: a per-patch MLP, mask = bilinear upsampling of the patch grid) or
             ``decoder`` (beyond the reference: a light upsampling decoder that also sees the image and
             draws a pixel-level mask; see ``PixelDecoder``).
-        class_conditioned: condition the explainer on the explained class (a learned per-class embedding
-            added to the patch tokens), so that it can draw a different mask per class of one image. The
-            reference explainer is class-agnostic.
+        class_conditioned: condition the explainer on the explained class (one read-out of the patch head
+            per class), so that it can draw a different mask per class of one image. The reference
+            explainer is class-agnostic.
     Loss (SPEC §3.3):
         class_mode: ``target`` (ground-truth label) or ``predicted`` (the explainee's clean argmax).
         prediction_loss: ``ce`` (published), ``logit`` (−logit of c), ``ce-neg`` ((CE(pos) − CE(neg))/2).

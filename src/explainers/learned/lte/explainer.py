@@ -50,12 +50,17 @@ class CheckpointMismatchError(ModelError):
 
 
 class PatchHead(nn.Module):
-    """``w2 · tanh(W1 t + b1) + b2`` per token (the activation is applied by the caller)."""
+    """``w2 · tanh(W1 t + b1) + b2`` per token (the activation is applied by the caller).
 
-    def __init__(self, dim: int, init_std: float = 0.02, init_bias: float = 0.0) -> None:
+    With ``outputs`` > 1 (a class-conditioned explainer) there is one read-out ``w2_c, b2_c`` per class over
+    the shared hidden features, and ``forward`` picks the explained class's: "is this token evidence for
+    class c?" is a different linear question for each class.
+    """
+
+    def __init__(self, dim: int, init_std: float = 0.02, init_bias: float = 0.0, outputs: int = 1) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, dim)
-        self.fc2 = nn.Linear(dim, 1)
+        self.fc2 = nn.Linear(dim, outputs)
         # Small weights and zero biases: the initial sigmoid mask is ≈ 0.5 everywhere (SPEC §3.1).
         for layer in (self.fc1, self.fc2):
             nn.init.normal_(layer.weight, std=init_std)
@@ -63,8 +68,11 @@ class PatchHead(nn.Module):
         # A positive output bias starts the mask near 1 (the whole image kept; see LTEConfig.head_init_bias).
         nn.init.constant_(self.fc2.bias, init_bias)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.fc2(torch.tanh(self.fc1(tokens))).squeeze(-1)
+    def forward(self, tokens: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.fc2(torch.tanh(self.fc1(tokens)))  # B×P×outputs
+        if classes is None:
+            return out[..., 0]
+        return out.gather(-1, classes.long().reshape(-1, 1, 1).expand(-1, out.shape[1], 1))[..., 0]
 
 
 class PixelDecoder(nn.Module):
@@ -109,9 +117,9 @@ class ExplainerNet(nn.Module):
     ``head="patch"`` (the reference): the scores are the activated patch scores B×gh×gw and the mask their
     bilinear upsampling. ``head="decoder"``: a :class:`PixelDecoder` turns the patch logits into pixel
     logits; the scores are then the activated pixel scores, which are the mask (the mask term reads them).
-    ``num_classes`` > 0 conditions the head on the explained class: a learned per-class embedding (zero at
-    the start) is added to every patch token before the head, so one network draws a different mask for
-    each class it is asked about; ``forward`` then needs the classes.
+    ``num_classes`` > 0 conditions the head on the explained class: one read-out of the head per class,
+    so one network draws a different mask for each class it is asked about; ``forward`` then needs the
+    classes.
     """
 
     def __init__(
@@ -131,10 +139,9 @@ class ExplainerNet(nn.Module):
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.head = PatchHead(embed_dim, head_init_std, head_init_bias)
+        self.head = PatchHead(embed_dim, head_init_std, head_init_bias, outputs=max(1, num_classes))
         self.decoder = PixelDecoder(embed_dim, init_std=head_init_std) if head == "decoder" else None
-        # Zero at the start: a conditioned explainer starts as the unconditioned one.
-        self.class_embedding = nn.Parameter(torch.zeros(num_classes, embed_dim)) if num_classes > 0 else None
+        self.class_conditioned = num_classes > 0
         self.num_prefix_tokens = int(num_prefix_tokens)
         self.grid = (int(grid[0]), int(grid[1]))
         self.image_size = (int(image_size[0]), int(image_size[1]))
@@ -168,11 +175,9 @@ class ExplainerNet(nn.Module):
         self, pixel_values: torch.Tensor, classes: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = self.backbone(pixel_values)[:, self.num_prefix_tokens :]  # B×P, row-major patches
-        if self.class_embedding is not None:
-            if classes is None:
-                raise ExplainersError("this LTE explainer is class-conditioned: pass the classes to explain")
-            tokens = tokens + self.class_embedding[classes.long()][:, None, :]
-        logits = self.head(tokens)
+        if self.class_conditioned and classes is None:
+            raise ExplainersError("this LTE explainer is class-conditioned: pass the classes to explain")
+        logits = self.head(tokens, classes if self.class_conditioned else None)
         if self.decoder is not None:
             pixel_logits = self.decoder(tokens, logits.reshape(-1, *self.grid), pixel_values)
             if tuple(pixel_logits.shape[-2:]) != self.image_size:
@@ -266,7 +271,7 @@ class LTEExplainer:
     @property
     def class_conditioned(self) -> bool:
         """Whether the masks depend on the class asked about (``config.class_conditioned``)."""
-        return self.net.class_embedding is not None
+        return self.net.class_conditioned
 
     def masks(
         self, images: torch.Tensor, classes: torch.Tensor | None = None
