@@ -190,3 +190,22 @@ def test_head_init_bias_starts_the_mask_near_sigmoid_of_it(adapter, head):
         mask = ex(_images(2))
     # the head's weights are small (std 0.02): the logits are 3 ± a little
     assert torch.allclose(mask, torch.full_like(mask, 1 / (1 + torch.exp(torch.tensor(-3.0)).item())), atol=0.02)
+
+
+@pytest.mark.trainer
+def test_a_run_saved_before_the_new_keys_resumes_with_their_defaults(tmp_path, adapter):
+    from explainers.training.checkpoint import find_training_state
+    from test_lte_pretrain import TINY, Interrupt, TinyImages, _stop_at
+
+    config = LTEConfig(**TINY)
+    with pytest.raises(Interrupt):
+        pretrain_lte(adapter, TinyImages(), tmp_path / "run", config, progress=False, on_step=_stop_at(4))
+    state = find_training_state(tmp_path / "run") / "state.pt"
+    payload = torch.load(state, weights_only=True)
+    for key in ("head", "head_init_bias", "lambda_mask_warmup", "class_conditioned"):
+        del payload["config"][key]  # as written before these keys existed
+    torch.save(payload, state)
+    with pytest.raises(ExplainersError, match="lambda_mask_warmup"):
+        pretrain_lte(adapter, TinyImages(), tmp_path / "run", config.replace(lambda_mask_warmup=0.5), progress=False)
+    result = pretrain_lte(adapter, TinyImages(), tmp_path / "run", config, progress=False)
+    assert result.resumed and result.epochs_done == TINY["epochs"]
