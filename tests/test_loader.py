@@ -282,7 +282,7 @@ def test_a_shard_decodes_only_its_own_images(adapter, tmp_path, monkeypatch):
     monkeypatch.setattr(explain_module, "barrier", lambda shard: None)
     method = get_method("raw-attention", adapter)
     assert explain_dataset(method, ds, tmp_path / "m.h5", batch_size=2, progress=False, workers=2) is None
-    assert [p["ids"] if p else None for p in sent] == [ds.ids[2:4], ds.ids[6:7]]
+    assert [p.ids if p else None for p in sent] == [ds.ids[2:4], ds.ids[6:7]]
     assert not (tmp_path / "m.h5").exists()  # only the main process writes
 
 

@@ -202,8 +202,9 @@ def test_a_run_saved_before_the_new_keys_resumes_with_their_defaults(tmp_path, a
         pretrain_lte(adapter, TinyImages(), tmp_path / "run", config, progress=False, on_step=_stop_at(4))
     state = find_training_state(tmp_path / "run") / "state.pt"
     payload = torch.load(state, weights_only=True)
+    saved = payload["learner"]["config"]
     for key in ("head", "head_init_bias", "lambda_mask_warmup", "class_conditioned"):
-        del payload["config"][key]  # as written before these keys existed
+        del saved[key]  # as written before these keys existed
     torch.save(payload, state)
     with pytest.raises(ExplainersError, match="lambda_mask_warmup"):
         pretrain_lte(adapter, TinyImages(), tmp_path / "run", config.replace(lambda_mask_warmup=0.5), progress=False)

@@ -78,11 +78,11 @@ def randomization_test(
         if randomized:
             import inspect
 
-            from explainers.methods.base import _REGISTRY
+            from explainers.methods.base import METHODS
 
             # A learned explainer (pLTE/LTE) stays the one trained for the original weights: the check
             # asks whether its maps follow the model, so the fingerprint mismatch is intended here.
-            if "allow_other_weights" in inspect.signature(_REGISTRY[method]).parameters:
+            if "allow_other_weights" in inspect.signature(METHODS[method]).parameters:
                 opts.setdefault("allow_other_weights", True)
         return get_method(method, model, **opts)
 

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 
 from explainers.errors import ExplainersError
-from explainers.methods.base import Method, register_method
-from explainers.models.base import ExplaineeAdapter, Targets
+from explainers.methods.base import Cost, Method, Need, register_method
+from explainers.models.base import ExplaineeAdapter
 
 
 def resolve_explainer_dir(adapter: ExplaineeAdapter, explainer: str | Path | None) -> Path:
@@ -41,6 +41,12 @@ class PLTE(Method):
     for one class convention (its ``class_mode``). One pre-trained with ``class_conditioned`` draws the
     requested class's mask."""
 
+    summary = "pre-trained LTE explainer, one forward (`--explainer DIR`; shipped for `embedded`)"
+    needs = frozenset({Need.VIT, Need.CHECKPOINT})
+    cost = Cost.FORWARD
+    reference = "Learning To Explain (LTE, later LTX): the pre-trained explainer"
+    class_blind = True
+
     def __init__(
         self,
         adapter: ExplaineeAdapter,
@@ -68,16 +74,10 @@ class PLTE(Method):
             "class_mode": self.explainer.config.class_mode,
         }
 
-    def predict_targets(self, images: torch.Tensor, targets: Targets) -> torch.Tensor:
-        # The masks do not depend on the class: skip the explainee forward that resolving None would cost
-        # (it would halve pLTE's throughput). The placeholder −1 is never read.
-        if targets is None and not self.explainer.class_conditioned:
-            return torch.full((images.shape[0],), -1, dtype=torch.long, device=images.device)
-        return super().predict_targets(images, targets)
-
-    def attribute(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def attribute(self, images: torch.Tensor, classes: torch.Tensor | None) -> torch.Tensor:
         # A class-conditioned explainer draws the requested class's mask; the reference one ignores it.
-        classes = targets if self.explainer.class_conditioned else None
+        if not self.explainer.class_conditioned:
+            classes = None
         return torch.cat(
             [
                 self.explainer(images[i : i + self.batch], None if classes is None else classes[i : i + self.batch])

@@ -148,14 +148,15 @@ class LTEConfig:
             raise LTEConfigError(
                 "mask_loss 'entropy' needs activation 'softmax' (scores must sum to 1 per image)"
             )
-        from explainers.training.loop import PRECISIONS, validate_device
+        from explainers.devices import resolve_device
+        from explainers.training.loop import PRECISIONS
 
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise LTEConfigError(f"{f.name} must be a finite number, got {value}")
 
-        validate_device(self.device)
+        resolve_device(self.device)  # the one device check (one line when unusable)
         if self.precision not in PRECISIONS:
             raise LTEConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
         if self.train_per_class is not None and self.train_per_class < 1:
