@@ -192,7 +192,6 @@ def test_head_init_bias_starts_the_mask_near_sigmoid_of_it(adapter, head):
     assert torch.allclose(mask, torch.full_like(mask, 1 / (1 + torch.exp(torch.tensor(-3.0)).item())), atol=0.02)
 
 
-@pytest.mark.trainer
 def test_a_run_saved_before_the_new_keys_resumes_with_their_defaults(tmp_path, adapter):
     from explainers.training.checkpoint import find_training_state
     from test_lte_pretrain import TINY, Interrupt, TinyImages, _stop_at
