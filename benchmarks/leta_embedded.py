@@ -34,8 +34,7 @@ from explainers.data import open_dataset
 from explainers.data.base import iter_batches
 from explainers.methods import get_method
 from explainers.metrics.base import BatchContext, MetricInputs, get_metric
-from explainers.models import load_explainee
-from explainers.training.probe import probe_explainee
+from explainers.models import load_explainee, probe_explainee
 
 ASSETS = Path(explainers.__file__).parent / "assets"
 BASELINES = [

@@ -97,7 +97,7 @@ def naive_four(adapter, images, maps):
 def sklearn_ap(maps, gt):
     from sklearn.metrics import average_precision_score
 
-    from explainers.methods.base import minmax_normalize
+    from explainers.maps import minmax_normalize
 
     r = minmax_normalize(maps).flatten(1).numpy()
     g = gt.flatten(1).numpy()

@@ -161,7 +161,7 @@ def test_timm_explainee(images):
 
 
 def test_a_checkpoint_for_other_weights_is_refused_unless_allowed(tmp_path):
-    from explainers.training.checkpoint import WeightsMismatchError
+    from explainers.models.signature import WeightsMismatchError
 
     adapter = load_explainee(build_hf_model())
     LTEExplainer(adapter).save_pretrained(tmp_path / "plte")

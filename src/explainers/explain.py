@@ -30,11 +30,11 @@ import torch
 
 from explainers.data.base import Batch, ImageDataset
 from explainers.data.loader import BatchLoader, resolve_workers
+from explainers.distributed import barrier, broadcast_from_main, current_shard, gather_to_main
 from explainers.errors import ExplainersError, OutputError, describe_os_error
 from explainers.io.atomic import atomic_path
 from explainers.io.maskfile import MaskFileWriter
 from explainers.methods.base import Method, check_images
-from explainers.metrics.sharding import barrier, broadcast_from_main, current_shard, gather_to_main
 from explainers.provenance import maskfile_provenance
 
 log = logging.getLogger(__name__)

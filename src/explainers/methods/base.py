@@ -8,17 +8,8 @@ from typing import Any, ClassVar
 import torch
 
 from explainers.errors import ExplainersError, InputError
+from explainers.maps import minmax_normalize
 from explainers.models.base import ExplaineeAdapter, Targets, resolve_targets
-
-
-def minmax_normalize(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Per-image min–max to [0, 1] over all but the first dimension; a constant map becomes all zeros."""
-    flat = maps.flatten(1)
-    lo = flat.min(dim=1, keepdim=True).values
-    hi = flat.max(dim=1, keepdim=True).values
-    out = (flat - lo) / (hi - lo).clamp_min(eps)
-    return out.view_as(maps)
-
 
 #: How far pixel values may stray outside [0, 1] (rounding in resizing or colour conversion) before a
 #: batch is refused as being on another scale.
@@ -137,8 +128,7 @@ def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
 
 
 def available_methods() -> list[str]:
-    from explainers import methods  # noqa: F401  (importing the package registers the built-ins)
-
+    # (This module is only importable through explainers.methods, whose import registers the built-ins.)
     return sorted(_REGISTRY)
 
 

@@ -15,10 +15,10 @@ from typing import Any
 import torch
 
 from explainers.errors import ExplainersError
-from explainers.learned.leta.encoder import require_vit
 from explainers.learned.leta.explainer import HeadLike, LETAExplainer
 from explainers.methods.base import Method, register_method
 from explainers.models.base import ExplaineeAdapter, Targets, resolve_targets
+from explainers.models.signature import require_vit
 
 
 def shipped_explainer_dir() -> Path:

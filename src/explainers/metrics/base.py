@@ -177,13 +177,9 @@ def register_metric(cls: type[Metric]) -> type[Metric]:
     return cls
 
 
-def _load_builtins() -> None:
-    from explainers.metrics import adp_pic, deletion, localization, perturbation, segmentation  # noqa: F401
-
-
 def available_metrics() -> list[str]:
-    """Names of every registered metric."""
-    _load_builtins()
+    """Names of every registered metric (this module is only importable through explainers.metrics, whose
+    import registers the built-ins)."""
     return list(_REGISTRY)
 
 

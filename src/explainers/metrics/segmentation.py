@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from explainers.errors import ExplainersError
-from explainers.methods.base import minmax_normalize
+from explainers.maps import minmax_normalize
 from explainers.metrics.base import BatchContext, Metric, MetricBatch, register_metric
 
 # Columns of the per-image counts.

@@ -19,7 +19,9 @@ from torch import nn
 
 from explainers.errors import ModelError
 from explainers.learned.leta.config import LETAConfig
+from explainers.models import load_explainee
 from explainers.models.base import ExplaineeAdapter
+from explainers.models.signature import embed_dim
 
 # ---------------------------------------------------------------------------------------------------------
 # Token-mixing head
@@ -272,8 +274,6 @@ def build_backbone(config: LETAConfig, encoder: ExplaineeAdapter, seed: int = 0)
     if spec == "encoder":
         adapter = encoder
     else:
-        from explainers.models import load_explainee
-
         adapter = load_explainee(spec)
     if not adapter.supports_attention:
         raise ModelError(f"LETA backbone {spec!r} is not a ViT-like model ({type(adapter.model).__name__})")
@@ -305,8 +305,6 @@ def rebuild_backbone(arch: dict[str, Any], encoder: ExplaineeAdapter) -> TokenBa
         if arch.get("spec", "encoder") == "encoder":
             module = encoder.trainable_backbone()
         else:
-            from explainers.models import load_explainee
-
             module = load_explainee(arch["spec"]).trainable_backbone()
         return TokenBackbone(module, arch)
     raise ModelError(f"unknown LETA backbone kind {kind!r} in the checkpoint; upgrade explainers")
@@ -353,8 +351,6 @@ def build_network(
     config: LETAConfig, encoder: ExplaineeAdapter, *, seed: int = 0, arch: dict[str, Any] | None = None
 ) -> LETANetwork:
     """A LETA network for ``encoder``: new (``arch`` None) or the skeleton of a saved one."""
-    from explainers.learned.leta.encoder import embed_dim
-
     dim = embed_dim(encoder)
     if arch is None:
         with torch.random.fork_rng(devices=[]):

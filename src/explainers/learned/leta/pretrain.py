@@ -32,10 +32,10 @@ import torch
 from explainers.data.resize import InputGeometry
 from explainers.errors import ExplainersError
 from explainers.learned.leta.config import RunConfig
-from explainers.learned.leta.encoder import check_same_encoder, encoder_signature, require_vit
 from explainers.learned.leta.explainer import LETAExplainer
 from explainers.learned.leta.objective import compute_targets, leta_loss, sample_centres
 from explainers.models.base import ExplaineeAdapter
+from explainers.models.signature import check_same_encoder, encoder_signature, require_vit
 from explainers.training.checkpoint import (
     STATE_NAME,
     find_training_state,

@@ -12,8 +12,10 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from explainers.devices import ByteSize
+from explainers.devices import ByteSize, parse_bytes
 from explainers.errors import ExplainersError
+from explainers.training.config import ConfigError, build, read_config_file
+from explainers.training.loop import PRECISIONS, validate_device
 
 ACTIVATIONS = ("sigmoid", "relu", "softmax", "none")
 PREDICTION_LOSSES = ("ce", "logit", "ce-neg")
@@ -126,8 +128,6 @@ class LTEConfig:
             raise LTEConfigError(
                 "mask_loss 'entropy' needs activation 'softmax' (scores must sum to 1 per image)"
             )
-        from explainers.training.loop import PRECISIONS, validate_device
-
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
@@ -169,8 +169,6 @@ class LTEConfig:
         if not 0.0 <= self.warmup_fraction < 1.0:
             raise LTEConfigError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         if self.memory_budget is not None:
-            from explainers.devices import parse_bytes
-
             try:
                 parse_bytes(self.memory_budget)
             except ExplainersError as exc:
@@ -187,8 +185,6 @@ class LTEConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LTEConfig:
         """Build from a mapping; unknown keys are an error naming the valid ones, values are coerced."""
-        from explainers.training.config import ConfigError, build
-
         try:
             return build(cls, data, "LTE")
         except ConfigError as exc:
@@ -197,8 +193,6 @@ class LTEConfig:
     @classmethod
     def from_file(cls, path: str | Path) -> LTEConfig:
         """From a JSON or TOML file of settings."""
-        from explainers.training.config import ConfigError, read_config_file
-
         try:
             data = read_config_file(path)
         except ConfigError as exc:

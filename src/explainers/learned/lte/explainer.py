@@ -17,12 +17,18 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 
+from explainers._version import __version__
 from explainers.errors import ExplainersError, ModelError
 from explainers.io.atomic import atomic_path, write_text_atomic
 from explainers.learned.lte.config import LTEConfig
+from explainers.learned.lte.refine import refine_images
+from explainers.models import load_explainee
 from explainers.models.base import ExplaineeAdapter, Targets, TrainableBackbone
+from explainers.models.signature import check_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -234,8 +240,6 @@ class LTEExplainer:
         once when ``batch_size`` would not fit (same results). Returns the maps, or with ``return_details`` a
         :class:`~explainers.learned.lte.refine.RefineResult` (maps, selected_step, selected_score).
         """
-        from explainers.learned.lte.refine import refine_images
-
         result = refine_images(
             self,
             images,
@@ -254,8 +258,6 @@ class LTEExplainer:
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, path: str | Path, *, extra: dict[str, Any] | None = None) -> Path:
         """Write ``config.json`` (config, explainee description) and ``model.safetensors`` into ``path``."""
-        from safetensors.torch import save_file
-
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
@@ -269,8 +271,6 @@ class LTEExplainer:
             "explainee_weights_fingerprint": self.adapter.weights_fingerprint(),
             "training": {**self.training_info, **(extra or {})},
         }
-        from explainers import __version__
-
         meta["library_version"] = __version__
         # config.json last: a directory with a config.json always has matching weights.
         write_text_atomic(path / CONFIG_NAME, json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -315,17 +315,10 @@ class LTEExplainer:
         and so is one made for other weights of the same architecture unless ``allow_other_weights``.
         ``config_overrides`` change settings that do not affect the weights (e.g. ``refine_lr``).
         """
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        from explainers.models import load_explainee
-
         path = Path(path).expanduser()
         meta = cls.read_metadata(path)
         adapter = load_explainee(explainee, device=None if device is None else str(device))
         check_compatible(meta.get("explainee", {}), adapter, str(path))
-        from explainers.training.checkpoint import check_fingerprint
-
         check_fingerprint(
             meta.get("explainee_weights_fingerprint"),
             adapter.weights_fingerprint(),

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from explainers.errors import ExplainersError
 from explainers.learned.lte.config import LTEConfig
 from explainers.models.base import ExplaineeAdapter
 
@@ -90,8 +91,6 @@ def loss_classes(
     """The class each image is explained for: its label (``target``) or the clean argmax (``predicted``)."""
     if mode == "target":
         if (labels < 0).any():
-            from explainers.errors import ExplainersError
-
             raise ExplainersError("class mode 'target' needs ground-truth labels; use --class predicted")
         return labels
     return adapter.predict(adapter.resize(images)).argmax(dim=-1)
