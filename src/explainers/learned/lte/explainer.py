@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -26,6 +25,7 @@ from explainers.errors import ExplainersError, ModelError
 from explainers.io.atomic import atomic_path, write_text_atomic
 from explainers.learned.lte.config import LTEConfig
 from explainers.learned.lte.refine import refine_images
+from explainers.maps import resize_maps
 from explainers.models import load_explainee
 from explainers.models.base import ExplaineeAdapter, Targets, TrainableBackbone
 from explainers.models.signature import check_fingerprint
@@ -122,7 +122,7 @@ class ExplainerNet(nn.Module):
         tokens = self.backbone(pixel_values)
         scores = self.activate(self.head(tokens[:, self.num_prefix_tokens :]))  # B×P, row-major patches
         patch = scores.reshape(-1, *self.grid)
-        mask = F.interpolate(patch[:, None], size=self.image_size, mode="bilinear", align_corners=False)[:, 0]
+        mask = resize_maps(patch, self.image_size)
         if self.activation in ("relu", "none"):
             mask = mask.clamp(0.0, 1.0)  # unbounded scores: the reference clamps the mask to [0, 1]
         return patch, mask
