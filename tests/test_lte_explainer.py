@@ -1,4 +1,4 @@
-"""LTE explainer (SPEC §3.1): mask shapes and ranges, frozen parts, checkpoints and their explainee check."""
+"""LTE explainer: mask shapes and ranges, frozen parts, checkpoints and their explainee check."""
 
 from __future__ import annotations
 

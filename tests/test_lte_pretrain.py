@@ -1,4 +1,4 @@
-"""pLTE pre-training (SPEC §3.4): schedule, subsets, outputs, model selection, resumption, CLI."""
+"""pLTE pre-training (docs/learned-explainers.md): schedule, subsets, outputs, model selection, resumption, CLI."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def adapter():
 
 
 def test_reference_schedule_reproduces_the_published_bug():
-    # 1,000 training images, batch 32, 52 epochs, warm-up computed from the 50k folder (SPEC §3.4)
+    # 1,000 training images, batch 32, 52 epochs, warm-up computed from the 50k folder, as the reference did
     cfg = LTEConfig(epochs=52, batch_size=32, schedule="reference", reference_folder_size=50_000)
     real_steps = 52 * 32  # ceil(1000 / 32) = 32 steps per epoch
     warmup, total = schedule_lengths(cfg, steps_per_epoch=32)

@@ -236,7 +236,7 @@ def test_average_precision_equals_sklearn():
 
 
 def naive_curve(model_logits, image, vmap, cls, *, descending: bool):
-    """The §6.1 curve one image and one point at a time, written plainly."""
+    """The POS/NEG curve (docs/metrics.md) one image and one point at a time, written plainly."""
     h, w = vmap.shape
     flat = vmap.flatten().tolist()
     # Stable: sort (−v, index) or (v, index).

@@ -1,4 +1,4 @@
-"""Import-time workarounds for the environment (see SPEC §9)."""
+"""Import-time workarounds for the environment (a CPU-only torch next to a CUDA-built torchvision)."""
 
 from __future__ import annotations
 

@@ -63,7 +63,8 @@ DEMO_BENCHMARK_IMAGES = 16
 DEMO_SANITY_IMAGES = 8
 
 
-# Downstream tasks (SPEC §4): linear probes on the shipped explainee's frozen encoder, explained by LETA.
+# Downstream tasks: linear probes on the shipped explainee's frozen encoder, explained by LETA
+# (docs/learned-explainers.md).
 DEMO_DOWNSTREAM_TASKS: tuple[str, ...] = ("color", "size")
 DEMO_DOWNSTREAM_METHODS: tuple[DemoMethod, ...] = (
     DemoMethod("random", {}),

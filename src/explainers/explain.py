@@ -1,4 +1,4 @@
-"""Explain a dataset with any registered method and write a mask file (SPEC §7), resumably.
+"""Explain a dataset with any registered method and write a mask file (docs/file-formats.md), resumably.
 
 Images are taken in dataset order (the first ``limit`` of them), resized with :func:`data.base.collate`
 to the explainee's size, explained in batches and appended to ``OUT.partial``; the file is renamed to

@@ -1,4 +1,4 @@
-"""Heatmap overlays (the LETA demo, §4.3) for any registered method.
+"""Heatmap overlays (as in the LETA demo, docs/learned-explainers.md) for any registered method.
 
 For each input image ``NAME.ext``: ``OUT/image/NAME.png`` is the image resized to the explainee's input
 size, and ``OUT/explanation/heatmap-NAME.png`` the same image under the map in the jet colormap (opacity

@@ -1,4 +1,4 @@
-"""Procedural scenes with exact ground-truth masks: the embedded, offline benchmark (SPEC §8).
+"""Procedural scenes with exact ground-truth masks: the embedded, offline benchmark (docs/benchmark.md).
 
 Every scene holds exactly one *class object* (a filled shape: the class) with a random colour, size,
 rotation and position, drawn last on top of thin clutter (lines, arcs, specks: never a filled shape) and a

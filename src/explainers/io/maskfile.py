@@ -1,4 +1,4 @@
-"""Mask files (SPEC §7): one HDF5 file of attribution maps per method × dataset run.
+"""Mask files (docs/file-formats.md): one HDF5 file of attribution maps per method × dataset run.
 
 Layout (all datasets share the first axis, one row per image, in the order the images were explained)::
 

@@ -1,4 +1,4 @@
-"""LETA as a registered method: a pre-trained generic explainer + the transfer rule (SPEC §4.3).
+"""LETA as a registered method: a pre-trained generic explainer + the transfer rule (docs/learned-explainers.md).
 
 ``get_method("leta", adapter, explainer=DIR, head=PROBE_DIR)``; on the command line
 ``--method leta --option explainer=DIR --option head=PROBE_DIR``. Without ``explainer`` the explainer

@@ -1,4 +1,4 @@
-"""LTE: per-image refinement of a pre-trained LTE explainer, selected on POS-AUC (SPEC §3.5).
+"""LTE: per-image refinement of a pre-trained LTE explainer, selected on POS-AUC (docs/learned-explainers.md).
 
 Classes, as in the reference: each image is refined towards the class its pLTE checkpoint was trained
 for (``class_mode`` in the checkpoint's config: ``target`` → the ground-truth label, ``predicted`` → the

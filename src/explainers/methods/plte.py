@@ -1,4 +1,4 @@
-"""pLTE: one forward pass of a pre-trained LTE explainer (SPEC §3.1, §3.4)."""
+"""pLTE: one forward pass of a pre-trained LTE explainer (docs/learned-explainers.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Evaluation metrics (SPEC §6), one file per family, registered by name (``get_metric("pos")``).
+"""Evaluation metrics, one file per family, registered by name (``get_metric("pos")``); the definitions
+and their sources are in docs/metrics.md.
 
 ==================  ============  ======  =================================================  ==========
 metric              family        better  curve / value                                      range

@@ -1,4 +1,4 @@
-"""ADP / PIC (SPEC §6.3): the image multiplied by the map, against the clean image.
+"""ADP / PIC (docs/metrics.md): the image multiplied by the map, against the clean image.
 
 p_full = softmax(f(norm(x)))_c and p_mask = softmax(f(norm(x ⊙ v)))_c with v the map in [0,1]
 (broadcast over channels). Per image: ADP = 100 · max(0, p_full − p_mask) / p_full (lower is better),

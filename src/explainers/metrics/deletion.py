@@ -1,6 +1,6 @@
-"""Deletion / insertion — probability AUC (SPEC §6.2), pixel and patch level.
+"""Deletion / insertion — probability AUC (docs/metrics.md), pixel and patch level.
 
-All read the softmax probability of the class c along a perturbation curve built with the §6.1 machinery
+All read the softmax probability of the class c along a perturbation curve built with the POS/NEG machinery
 (:mod:`explainers.metrics.perturbation`: one stable sort per image, ties → lower row-major index first,
 removed pixels black = 0 in the [0,1] image; the patch variants fill with the explainee's mean colour by
 default, ``fill=black`` for black), ×100 trapezoid area.

@@ -1,4 +1,4 @@
-"""Perturbation tests (SPEC §6.1): POS / NEG accuracy AUC, and the batched curve machinery they share with
+"""Perturbation tests (docs/metrics.md): POS / NEG accuracy AUC, and the batched curve machinery they share with
 deletion / insertion (:mod:`explainers.metrics.deletion`).
 
 Protocol. Raw image x in [0,1] at the explainee's size, map v at the same size, class c. Points at
@@ -218,7 +218,7 @@ def perturbation_curves(
     max_batch: int = 64,
     clean_logits: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The §6.1 curves for a batch: (correct B×10 bool, probability of the class B×10).
+    """The POS/NEG curves for a batch: (correct B×10 bool, probability of the class B×10).
 
     ``images``: B×3×H×W in [0,1] at the explainee's size; ``maps``: B×H×W; ``targets``: None (the
     predicted class), an int or one class per image; ``order``: ``pos`` (most relevant removed first) or
@@ -259,7 +259,7 @@ def perturbation_auc(
     max_batch: int = 64,
     clean_logits: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """POS (``order="pos"``) or NEG accuracy AUC per image (float64, 0–90), as in §6.1."""
+    """POS (``order="pos"``) or NEG accuracy AUC per image (float64, 0–90), as defined in docs/metrics.md."""
     correct, _ = perturbation_curves(
         adapter, images, maps, targets, order=order, max_batch=max_batch, clean_logits=clean_logits
     )

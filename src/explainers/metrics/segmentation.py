@@ -1,4 +1,4 @@
-"""Segmentation tests (SPEC §6.4): the map as a foreground detector against ground-truth masks.
+"""Segmentation tests (docs/metrics.md): the map as a foreground detector against ground-truth masks.
 
 Per image: R = (v − min v) / (max v − min v) (a constant map gives R = 0), threshold t = mean(R),
 foreground prediction R > t. Normalisation and threshold use the whole map (the explanation's own

@@ -117,7 +117,7 @@ class ClassifierTrainConfig:
 
 
 def _vit_classes() -> tuple[Any, Any, Any]:
-    patch_torchvision()  # transformers imports torchvision when present (SPEC §9)
+    patch_torchvision()  # transformers imports torchvision when present (see explainers._compat)
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
     return ViTConfig, ViTForImageClassification, ViTImageProcessor

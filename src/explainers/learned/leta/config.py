@@ -1,4 +1,4 @@
-"""LETA configuration: the explainer's architecture and its pre-training run (SPEC §4)."""
+"""LETA configuration: the explainer's architecture and its pre-training run (docs/learned-explainers.md)."""
 
 from __future__ import annotations
 

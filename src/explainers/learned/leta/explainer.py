@@ -1,4 +1,5 @@
-"""The LETA explainer: a pre-trained network bound to its target encoder, and the transfer rule (§4.3)."""
+"""The LETA explainer: a pre-trained network bound to its target encoder, and the transfer rule
+(docs/learned-explainers.md)."""
 
 from __future__ import annotations
 

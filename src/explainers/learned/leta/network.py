@@ -1,4 +1,5 @@
-"""LETA's network: a ViT backbone and token-mixing heads that predict ψ⁺ and ψ⁻ for every patch (§4.2).
+"""LETA's network: a ViT backbone and token-mixing heads that predict ψ⁺ and ψ⁻ for every patch
+(docs/learned-explainers.md).
 
 Backbones are described by an ``arch`` dict stored in the checkpoint's config.json, so that
 ``from_pretrained`` can rebuild the exact module offline (Hugging Face configs are stored whole; other

@@ -1,4 +1,4 @@
-"""LETA pre-training (§4.2): task-agnostic, on unlabelled images, one process or many (DDP).
+"""LETA pre-training (docs/learned-explainers.md): task-agnostic, on unlabelled images, one process or many (DDP).
 
 Each step draws a global batch of images and K window centres per image, computes the frozen encoder's
 targets for all 2·B·K masked copies under ``no_grad`` and regresses ψ⁺_c, ψ⁻_c on them.

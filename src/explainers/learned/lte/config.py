@@ -1,8 +1,9 @@
 """LTE configuration: one flat, JSON-serialisable record of every knob (explainer, loss, training,
 refinement).
 
-Defaults are the published method's (SPEC §3), including its quirks, except where SPEC says to fix them
-(the learning-rate schedule: correct by default, the reference's bug as ``schedule="reference"``).
+Defaults are the published method's (docs/learned-explainers.md), including its quirks, except where the
+reference code has a bug (the learning-rate schedule: correct by default, the reference's bug as
+``schedule="reference"``).
 """
 
 from __future__ import annotations
@@ -33,12 +34,12 @@ class LTEConfigError(ExplainersError):
 class LTEConfig:
     """Every LTE setting. Unknown keys are refused (:meth:`from_dict`) with the list of valid ones.
 
-    Explainer (SPEC §3.1):
+    Explainer:
         activation: patch-score activation: ``sigmoid`` (published), ``relu``, ``softmax`` over patches,
             ``none`` (raw scores; the upsampled mask is clamped to [0, 1], as it is for ``relu``).
         freeze_blocks: freeze the first k encoder blocks too (the embeddings are always frozen).
         head_init_std: std of the normal init of the head's weights (biases start at zero).
-    Loss (SPEC §3.3):
+    Loss:
         class_mode: ``target`` (ground-truth label) or ``predicted`` (the explainee's clean argmax).
         prediction_loss: ``ce`` (published), ``logit`` (−logit of c), ``ce-neg`` ((CE(pos) − CE(neg))/2).
         mask_loss: ``softplus`` = mean softplus(s), what the reference calls "bce" (the faithful default);
@@ -48,7 +49,7 @@ class LTEConfig:
         split: dataset split the subsets are drawn from (None: ``train`` for synthetic data, else the
             dataset's default); train_per_class / val_per_class: class-uniform, disjoint subset sizes
             (train_per_class None: every labelled image of a class not drawn for validation).
-    Pre-training (SPEC §3.4):
+    Pre-training:
         epochs, batch_size (global, over all processes), lr, weight_decay (AdamW), warmup_fraction,
         schedule: ``linear`` (warm-up over ``warmup_fraction`` of the real steps, then linear decay to 0),
             ``reference`` (the published code's bug: warm-up length computed from a folder of
@@ -61,7 +62,7 @@ class LTEConfig:
         device (``auto``: CUDA when available, else CPU; ``cpu``; ``cuda``), precision (``fp32``,
         ``bf16``, ``fp16``: autocast with float32 master weights), grad_accum (micro-batches per
         optimiser step), workers (image-decoding processes).
-    Refinement (LTE, SPEC §3.5):
+    Refinement (LTE):
         refine_steps (scored masks per image, the first being the pLTE mask), refine_lr,
         refine_weight_decay, refine_select (``pos``: lowest POS-AUC wins, or ``neg``: highest NEG-AUC),
         refine_stop_below (pos: stop once the best is below), refine_stop_above (neg: stop once above),

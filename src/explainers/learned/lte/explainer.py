@@ -1,4 +1,4 @@
-"""The LTE explainer (SPEC §3.1): the explainee's own ViT encoder, re-trained to output a patch mask.
+"""The LTE explainer (docs/learned-explainers.md): the explainee's own ViT encoder, re-trained to output a patch mask.
 
 ``ExplainerNet`` is the trainable module (pixel values → patch scores and upsampled mask);
 ``LTEExplainer`` bundles it with its explainee and configuration and is the user-facing object:
@@ -62,7 +62,7 @@ class PatchHead(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(dim, dim)
         self.fc2 = nn.Linear(dim, 1)
-        # Small weights and zero biases: the initial sigmoid mask is ≈ 0.5 everywhere (SPEC §3.1).
+        # Small weights and zero biases: the initial sigmoid mask is ≈ 0.5 everywhere, as published.
         for layer in (self.fc1, self.fc2):
             nn.init.normal_(layer.weight, std=init_std)
             nn.init.zeros_(layer.bias)
@@ -231,7 +231,7 @@ class LTEExplainer:
         return_details: bool = False,
         memory_budget: str | int | None = None,
     ) -> Any:
-        """LTE masks: each image refined from these weights with a fresh AdamW (SPEC §3.5).
+        """LTE masks: each image refined from these weights with a fresh AdamW.
 
         Unset options come from ``config`` (``refine_*``). ``targets`` None explains the predicted class.
         ``batch_size`` images are refined together (``parallel``: per-image weights through ``torch.func``);

@@ -1,4 +1,4 @@
-"""The LTE objective (SPEC §3.2–3.3): masked input in the published order, prediction and mask terms."""
+"""The LTE objective (docs/learned-explainers.md): masked input in the published order, prediction and mask terms."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from explainers.models.base import ExplaineeAdapter
 def masked_input(adapter: ExplaineeAdapter, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Pixel values of ``images ⊙ mask`` for the explainee.
 
-    Order matters (SPEC §3.2): resize to the explainee's size, keep [0, 1], multiply by the mask (removed
+    Order matters: resize to the explainee's size, keep [0, 1], multiply by the mask (removed
     pixels become black, 0 in [0,1] space), and only then normalise with the explainee's mean/std. Masking
     after normalising would replace removed pixels by the dataset mean colour instead of black.
     """

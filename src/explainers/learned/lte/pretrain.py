@@ -1,4 +1,5 @@
-"""pLTE pre-training (SPEC §3.4): train the explainer on a class-uniform subset, select on validation POS-AUC.
+"""pLTE pre-training: train the explainer on a class-uniform subset, select on validation POS-AUC
+(docs/learned-explainers.md).
 
 Output directory layout::
 

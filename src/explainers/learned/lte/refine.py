@@ -1,4 +1,4 @@
-"""LTE per-instance refinement (SPEC §3.5), many images at once.
+"""LTE per-instance refinement (docs/learned-explainers.md), many images at once.
 
 Every image starts from the pre-trained weights with a fresh AdamW. The loss pulls the mask towards the
 image's refinement class (``targets``); before each step the current mask is scored (POS accuracy-AUC, or

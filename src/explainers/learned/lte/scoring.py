@@ -1,4 +1,4 @@
-"""How LTE scores masks: the POS/NEG accuracy AUC of SPEC §6.1, from the shared metrics.
+"""How LTE scores masks: the POS/NEG accuracy AUC of docs/metrics.md, from the shared metrics.
 
 pLTE model selection and LTE step selection use exactly the evaluation suite's metric
 (:func:`explainers.metrics.perturbation.perturbation_auc`), so the score a mask is selected on is the score
