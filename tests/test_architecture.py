@@ -311,3 +311,26 @@ def test_layers_name_existing_components_only_once():
     modules = set(module_names(SRC))
     unknown = [c for c in seen if c not in modules]
     assert not unknown, f"LAYERS names modules that do not exist: {unknown}"
+
+
+# ------------------------------------------------------------------------------------------------- start-up
+#: Slow or optional imports that ``import explainers`` and ``explainers --help`` must not pay for.
+HEAVY = ("transformers", "accelerate", "scipy", "matplotlib", "timm", "pycocotools", "h5py", "sklearn")
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import explainers",
+        "import sys; from explainers.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass",
+    ],
+    ids=["import", "help"],
+)
+def test_start_up_loads_no_heavy_package(code):
+    import subprocess
+    import sys
+
+    report = f"\nimport sys\nprint('LOADED', *sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))"
+    run = subprocess.run([sys.executable, "-c", code + report], capture_output=True, text=True, check=True)
+    loaded = [line for line in run.stdout.splitlines() if line.startswith("LOADED")][-1].split()[1:]
+    assert not loaded, f"start-up imported {loaded}"
