@@ -27,11 +27,13 @@ from urllib.parse import quote
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from explainers.data.base import Batch, ImageDataset
 from explainers.data.loader import BatchLoader, resolve_workers
 from explainers.distributed import barrier, broadcast_from_main, current_shard, gather_to_main
 from explainers.errors import ExplainersError, OutputError, describe_os_error
+from explainers.heatmap import _class_name, overlay
 from explainers.io.atomic import atomic_path
 from explainers.io.maskfile import MaskFileWriter
 from explainers.methods.base import Method, check_images
@@ -144,7 +146,6 @@ def explain_dataset(
     done = set(status[1])
     pending = [i for i in order if ids[i] not in done]
 
-    from tqdm.auto import tqdm
 
     bar = tqdm(
         total=len(order),
@@ -233,8 +234,6 @@ def _explain_batch(method: Method, batch: Batch, *, targets: str, png: Path | No
     maps_np = maps.detach().float().cpu().numpy()
     extras = _extras(method, len(batch.ids))
     if png is not None:
-        from explainers.heatmap import _class_name, overlay
-
         for k, image_id in enumerate(batch.ids):
             label = _class_name(adapter.class_names, int(explained[k]))
             _save_png(overlay(batch.images[k], maps[k], label=label), png / png_name(image_id))

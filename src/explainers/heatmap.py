@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from explainers.data.base import load_image
 from explainers.errors import DatasetError
 from explainers.maps import overlay, to_pil
 from explainers.methods.base import Method
@@ -66,8 +67,6 @@ def render_heatmaps(
 
     Images go through :func:`explainers.data.load_image` (grayscale, RGBA and palette become RGB).
     """
-    from explainers.data.base import load_image
-
     files = images if isinstance(images, list) else list_images(images)
     adapter = method.adapter
     out = Path(out).expanduser()

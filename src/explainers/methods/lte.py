@@ -17,7 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from explainers.devices import parse_bytes
 from explainers.errors import ExplainersError
+from explainers.learned.lte.explainer import LTEExplainer
+from explainers.learned.lte.refine import _options, refine_images
 from explainers.methods.base import Method, register_method
 from explainers.methods.plte import resolve_explainer_dir
 from explainers.models.base import ExplaineeAdapter, Targets
@@ -57,9 +60,6 @@ class LTE(Method):
         allow_other_weights: bool = False,
     ) -> None:
         super().__init__(adapter, normalize=normalize)
-        from explainers.learned.lte.explainer import LTEExplainer
-        from explainers.learned.lte.refine import _options
-
         self.explainer_dir = resolve_explainer_dir(adapter, explainer)
         self.explainer = LTEExplainer.from_pretrained(
             self.explainer_dir, explainee=adapter, allow_other_weights=allow_other_weights
@@ -71,8 +71,6 @@ class LTE(Method):
             raise ExplainersError(f"batch must be at least 1, got {batch}")
         self.parallel = bool(parallel)
         if memory_budget is not None:
-            from explainers.devices import parse_bytes
-
             parse_bytes(memory_budget)  # a bad value fails before the first batch
         self.memory_budget = memory_budget
         mode = self.explainer.config.class_mode
@@ -157,8 +155,6 @@ class LTE(Method):
         return torch.where(labels >= 0, labels, predicted)
 
     def attribute(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        from explainers.learned.lte.refine import refine_images
-
         o = self.options
         select = self._selection_classes(images)
         result = refine_images(

@@ -36,11 +36,17 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from explainers._compat import patch_torchvision
+from explainers.data import open_dataset, parse_dataset_spec
 from explainers.data.base import ImageDataset, iter_batches
 from explainers.data.synthetic import SyntheticDataset
-from explainers.errors import ExplainersError
+from explainers.errors import DatasetError, ExplainersError
+from explainers.io.atomic import write_text_atomic
+from explainers.models import ExplaineeAdapter, load_explainee
+from explainers.training.config import build
+from explainers.training.loop import PRECISIONS, Runtime, check_finite, load_images, validate_device
 
 AUGMENTATIONS = ("auto", "dihedral", "none")
 LOG_NAME = "log.jsonl"
@@ -96,7 +102,6 @@ class ClassifierTrainConfig:
             )
         if min(self.epochs, self.batch_size, self.num_layers, self.patch_size) < 1:
             raise ExplainersError("epochs, batch_size, num_layers and patch_size must be >= 1")
-        from explainers.training.loop import PRECISIONS, validate_device
 
         validate_device(self.device)
         if self.precision not in PRECISIONS:
@@ -111,8 +116,6 @@ class ClassifierTrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ClassifierTrainConfig:
-        from explainers.training.config import build
-
         return build(cls, data, "classifier training")
 
 
@@ -235,10 +238,6 @@ def _synthetic_splits(data_dir: Path, config: ClassifierTrainConfig) -> _Splits:
 
 def _labelled_splits(spec: str, config: ClassifierTrainConfig) -> _Splits:
     """Any labelled dataset kind: the train split, and the val/test splits when the dataset has them."""
-    from explainers.data import open_dataset
-    from explainers.errors import DatasetError
-    from explainers.training.loop import load_images
-
     size = config.image_size or 224
     try:
         train = open_dataset(spec, split="train")
@@ -301,12 +300,6 @@ def train_classifier(
     files are written under a temporary name and renamed at the end; a non-empty ``out`` is refused
     unless ``overwrite=True``.
     """
-    from tqdm.auto import tqdm
-
-    from explainers.data import parse_dataset_spec
-    from explainers.io.atomic import write_text_atomic
-    from explainers.training.loop import Runtime, check_finite
-
     config = config or ClassifierTrainConfig()
     out = Path(out).expanduser().resolve()
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
@@ -535,8 +528,6 @@ def evaluate_accuracy(explainee: Any, dataset: ImageDataset, batch_size: int = 2
     ``explainee`` is anything :func:`explainers.models.load_explainee` accepts (a model directory, a
     built model, ``"embedded"``) or an adapter, so resizing and normalisation are the adapter's own.
     """
-    from explainers.models import ExplaineeAdapter, load_explainee
-
     adapter = explainee if isinstance(explainee, ExplaineeAdapter) else load_explainee(explainee)
     was_training = adapter.model.training
     adapter.model.eval()

@@ -22,7 +22,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
+from explainers.data.base import as_geometry
+from explainers.data.loader import BatchLoader
 from explainers.errors import ExplainersError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -145,8 +148,6 @@ class Runtime:
     # ------------------------------------------------------------------ reporting
     def progress(self, total: int, initial: int, desc: str, enabled: bool = True) -> Any:
         """A tqdm bar shown on the main process only."""
-        from tqdm.auto import tqdm
-
         return tqdm(total=total, initial=initial, desc=desc, unit="step", disable=not (enabled and self.main))
 
 
@@ -157,9 +158,6 @@ def load_images(
     the shared :class:`~explainers.data.loader.BatchLoader` with ``workers`` decoding processes (None: the
     loader's default; 0: in this process). ``size``: a (height, width) or the model's
     ``adapter.input_geometry`` (its own resize and crop)."""
-    from explainers.data.base import as_geometry
-    from explainers.data.loader import BatchLoader
-
     if not indices:
         return torch.empty(0, 3, *as_geometry(size).size), torch.empty(0, dtype=torch.long), []
     batches = [list(indices[i : i + batch_size]) for i in range(0, len(indices), batch_size)]

@@ -17,13 +17,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
+from explainers.data import open_dataset
 from explainers.data.base import ImageDataset, iter_batches
 from explainers.errors import ExplainersError
 from explainers.models.base import ExplaineeAdapter
 from explainers.models.loading import load_probe_explainee, probe_explainee  # noqa: F401  (re-exported)
 from explainers.models.probe import FORMAT_NAME, FORMAT_VERSION, LinearProbe, load_probe  # noqa: F401
 from explainers.models.signature import encoder_signature, require_vit
+from explainers.training.loop import validate_device
 
 DEFAULT_WEIGHT_DECAYS: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2)
 
@@ -43,8 +46,6 @@ def extract_features(
     desc: str = "features",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(embeddings N×D float32, labels N int64) of the CLS embedding for ``dataset`` (or ``indices``)."""
-    from tqdm.auto import tqdm
-
     order = list(range(len(dataset))) if indices is None else list(indices)
     feats, labels = [], []
     device = encoder.device
@@ -126,8 +127,6 @@ class ProbeConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        from explainers.training.loop import validate_device
-
         validate_device(self.device)
         for key in ("batch_size", "max_iter"):
             if getattr(self, key) < 1:
@@ -161,8 +160,6 @@ def train_probe(
 
     ``max_images`` caps each split (the first images, which are an i.i.d. sample for synthetic data).
     """
-    from explainers.data import open_dataset
-
     require_vit(encoder, "a linear probe on the CLS embedding")
     kind = data.partition(":")[0]
     task_opt = {"task": task} if kind == "synthetic" else {}

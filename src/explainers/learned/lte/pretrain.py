@@ -48,7 +48,12 @@ from explainers.learned.lte.explainer import (
 from explainers.learned.lte.loss import loss_classes, lte_loss
 from explainers.learned.lte.scoring import perturbation_auc
 from explainers.models import ExplaineeAdapter, load_explainee
-from explainers.training.checkpoint import find_training_state, load_training_state, save_training_state
+from explainers.training.checkpoint import (
+    check_fingerprint,
+    find_training_state,
+    load_training_state,
+    save_training_state,
+)
 from explainers.training.loop import Runtime, check_finite, load_images
 
 log = logging.getLogger(__name__)
@@ -287,7 +292,6 @@ def _check_resume(
             "settings to resume it, or pick another --out"
         )
     check_compatible(payload["explainee"], adapter, str(out))
-    from explainers.training.checkpoint import check_fingerprint
 
     check_fingerprint(
         payload.get("explainee_weights_fingerprint"),
