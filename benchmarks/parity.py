@@ -217,7 +217,7 @@ def main() -> None:
             run[f"ours attnlrp {attention}"] = method(images, targets)
         for pool in ("cls", "mean"):
             method = get_method("legrad", adapter, normalize=False, pool=pool)
-            run[f"ours legrad {pool}"] = method.attribute(images, targets)
+            run[f"ours legrad {pool}"] = method.attribute(images, targets).maps
             run[f"theirs legrad {pool}"] = torchcam_legrad(tv, pixels, targets, pool)
         runs[label] = run
         print(f"{label}: ours + torchcam done", flush=True)

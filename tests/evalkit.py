@@ -14,7 +14,7 @@ from torch import nn
 
 import explainers
 from explainers.data.base import ImageDataset, Sample
-from explainers.methods.base import Method, register_method
+from explainers.methods.base import Attribution, Method, register_method
 from explainers.models.base import ExplaineeAdapter
 
 # ---------------------------------------------------------------------------------------------- hand model
@@ -214,7 +214,7 @@ class CenterMethod(Method):
         self.fail_after = fail_after
         self.calls = 0
 
-    def attribute(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def attribute(self, images: torch.Tensor, targets: torch.Tensor) -> Attribution:
         self.calls += 1
         if self.fail_after is not None and self.calls > self.fail_after:
             raise KeyboardInterrupt("simulated interruption")
@@ -223,8 +223,8 @@ class CenterMethod(Method):
         base = -((yy - h / 2) ** 2 + (xx - w / 2) ** 2).float()
         texture = torch.sin(xx * 1.3 + yy * 0.7).float().to(images)
         maps = base[None] + images.mean(dim=(1, 2, 3))[:, None, None] * 50 * texture[None]
-        self.last_extras = {"selected_step": targets * 2, "selected_score": images.mean(dim=(1, 2, 3))}
-        return maps
+        extras = {"selected_step": targets * 2, "selected_score": images.mean(dim=(1, 2, 3))}
+        return Attribution(maps=maps, extras=extras)
 
 
 def save_tiny_vit(path: Path, image_size: int = 32, patch_size: int = 8, seed: int = 0) -> Path:

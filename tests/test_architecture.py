@@ -26,7 +26,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
 #: layer may not import each other. docs/architecture.md explains each layer.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("explainers._version", "explainers._compat", "explainers.errors"),
-    ("explainers.devices", "explainers.maps", "explainers.distributed", "explainers.io"),
+    ("explainers._registry", "explainers.devices", "explainers.maps", "explainers.distributed", "explainers.io"),
     ("explainers.data",),
     ("explainers.models",),
     ("explainers.provenance",),

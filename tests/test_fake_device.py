@@ -9,6 +9,8 @@ their numerics, and speed.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -16,7 +18,7 @@ import torch
 from conftest import build_hf_model
 from explainers import load_explainee
 from explainers.methods import available_methods, get_method
-from explainers.methods.base import _REGISTRY
+from explainers.methods.base import METHODS
 from fakedevice import EMULATED, DeviceMixError, emulated_device, on_device, values
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -30,7 +32,7 @@ FAST_OPTIONS = {
 
 
 #: The library's methods (test modules register their own, e.g. evalkit's ``test-center``).
-LIBRARY_METHODS = [name for name in available_methods() if _REGISTRY[name].__module__.startswith("explainers.")]
+LIBRARY_METHODS = [name for name in available_methods() if METHODS[name].__module__.startswith("explainers.")]
 
 # ------------------------------------------------------------------------------------------ the harness
 
@@ -189,7 +191,8 @@ def test_an_injected_cpu_tensor_fails_the_test(monkeypatch, images):
     original = rollout.AttentionRollout.attribute
 
     def leaky(self, imgs, targets):
-        return original(self, imgs, targets) + torch.zeros(1)  # a CPU tensor in a device op
+        result = original(self, imgs, targets)
+        return dataclasses.replace(result, maps=result.maps + torch.zeros(1))  # a CPU tensor in a device op
 
     monkeypatch.setattr(rollout.AttentionRollout, "attribute", leaky)
     m(images)  # fine on the CPU

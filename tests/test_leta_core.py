@@ -283,3 +283,26 @@ def test_timm_backbone_copy_has_no_classifier_head(layout, tmp_path):
     from safetensors.torch import load_file
 
     assert not [k for k in load_file(str(tmp_path / "leta" / "model.safetensors")) if ".head." in k]
+
+
+def test_leta_explains_its_own_head_from_one_forward(tmp_path, encoder, explainer):
+    """The explained class, the logits and the class names are the given head's (7 classes on a 4-class
+    explainee here), and they come from the encoder forward the transfer rule runs anyway."""
+    from explainers.methods import get_method
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(32, 7)  # the encoder's width
+    method = get_method("leta", encoder, explainer=explainer, head=head)
+    images = torch.rand(3, 3, 32, 32)
+    explanation = method.explain(images)
+    with torch.no_grad():
+        logits = head(encoder.cls_embedding(encoder.normalize(images)))
+    torch.testing.assert_close(explanation.logits, logits)
+    assert explanation.classes.tolist() == logits.argmax(1).tolist() and method.num_classes == 7
+    direct = explainer.attribute(images, head, targets=logits.argmax(1)).maps
+    up = encoder.patch_map_to_image(direct)
+    lo, hi = up.flatten(1).min(1).values, up.flatten(1).max(1).values
+    torch.testing.assert_close(explanation.maps, (up - lo[:, None, None]) / (hi - lo)[:, None, None])
+    assert method.explain(images, 6).classes.tolist() == [6, 6, 6]  # a class only the head has
+    with pytest.raises(ExplainersError, match="out of range"):
+        method.explain(images, 7)

@@ -282,7 +282,7 @@ def test_a_shard_decodes_only_its_own_images(adapter, tmp_path, monkeypatch):
     monkeypatch.setattr(explain_module, "barrier", lambda shard: None)
     method = get_method("raw-attention", adapter)
     assert explain_dataset(method, ds, tmp_path / "m.h5", batch_size=2, progress=False, workers=2) is None
-    assert [p["ids"] if p else None for p in sent] == [ds.ids[2:4], ds.ids[6:7]]
+    assert [p.ids if p else None for p in sent] == [ds.ids[2:4], ds.ids[6:7]]
     assert not (tmp_path / "m.h5").exists()  # only the main process writes
 
 
@@ -400,3 +400,13 @@ def test_spawned_workers_work_too(folder, monkeypatch):
     reference = batches_of(BatchLoader(ds, batches, (16, 16), workers=0))
     monkeypatch.setattr(loader_module, "worker_context", lambda: multiprocessing.get_context("spawn"))
     assert_same_batches(batches_of(BatchLoader(ds, batches, (16, 16), workers=1)), reference)
+
+
+def test_a_worker_is_silent_only_when_the_main_process_went_away_mid_hand_over(capsys):
+    from explainers.data.loader import _quiet_when_main_process_is_gone
+
+    for error in (ConnectionResetError("peer gone"), BrokenPipeError("pipe gone"), EOFError()):
+        _quiet_when_main_process_is_gone(type(error), error, None)
+    assert capsys.readouterr().err == ""
+    _quiet_when_main_process_is_gone(ValueError, ValueError("a real bug"), None)
+    assert "ValueError: a real bug" in capsys.readouterr().err

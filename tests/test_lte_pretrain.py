@@ -169,17 +169,18 @@ class _EpochWeights:
     """Records the explainer's weights at the end of every epoch (when the training state is saved)."""
 
     def __init__(self, monkeypatch) -> None:
-        import explainers.learned.lte.pretrain as module
+        import explainers.training.checkpoint as module
 
         self.by_epoch: dict[int, dict[str, torch.Tensor]] = {}
-        real = module._save_state
+        real = module.save_training_state
 
         def spy(out, net, payload):
-            if payload["step_in_epoch"] == 0:
-                self.by_epoch[payload["epoch"]] = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            state = payload["learner"]
+            if state["step_in_epoch"] == 0:
+                self.by_epoch[state["epoch"]] = {k: v.detach().clone() for k, v in net.state_dict().items()}
             real(out, net, payload)
 
-        monkeypatch.setattr(module, "_save_state", spy)
+        monkeypatch.setattr(module, "save_training_state", spy)
 
 
 @pytest.mark.trainer

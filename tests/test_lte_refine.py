@@ -175,9 +175,10 @@ def test_lte_and_plte_methods(tmp_path, explainer):
     maps = plte(images)
     assert maps.shape == (3, 32, 32) and maps.min() == 0 and maps.max() == 1
     lte = get_method("lte", explainer.adapter, explainer=str(tmp_path / "ckpt"), steps=3, lr=1e-2, batch=2)
-    maps = lte(images, targets=[0, 1, 2])
-    assert maps.shape == (3, 32, 32)
-    extras = lte.last_extras
+    explanation = lte.explain(images, targets=[0, 1, 2])
+    assert explanation.maps.shape == (3, 32, 32) and explanation.classes.tolist() == [0, 1, 2]
+    torch.testing.assert_close(explanation.maps, lte(images, targets=[0, 1, 2]))  # the short form
+    extras = explanation.extras
     assert extras["selected_step"].shape == (3,) and extras["selected_step"].dtype == np.int32
     assert ((extras["selected_step"] >= 0) & (extras["selected_step"] < 3)).all()
     assert lte.config()["steps"] == 3 and lte.config()["select"] == "pos"

@@ -215,7 +215,7 @@ def test_batched_attnlrp_equals_the_explicit_rules_per_image(name, attention, im
     pixels = adapter.normalize(images.double())
     targets = torch.tensor([0, 3, 1])
     method = get_method("attnlrp", adapter, normalize=False, attention=attention)
-    batched = method.attribute(images.double(), targets)
+    batched = method.attribute(images.double(), targets).maps
     for i in range(3):
         expected = explicit_attnlrp(adapter, pixels[i : i + 1], int(targets[i]), attention)
         torch.testing.assert_close(batched[i], expected, rtol=1e-7, atol=1e-10)

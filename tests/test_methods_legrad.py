@@ -68,7 +68,7 @@ def test_legrad_equals_per_layer_autograd_on_the_models_own_forward(kind, pool, 
     targets = torch.tensor([2, 0, 4])
     for start_layer in (0, 2):
         method = get_method("legrad", adapter, normalize=False, pool=pool, start_layer=start_layer)
-        batched = method.attribute(images, targets)  # B×P patch scores
+        batched = method.attribute(images, targets).maps  # B×P patch scores
         for i in range(3):
             pixels = adapter.normalize(images[i : i + 1]).requires_grad_(True)
             expected = _reference(model, pixels, int(targets[i]), pool, start_layer, adapter.num_prefix_tokens)
@@ -86,7 +86,7 @@ def test_last_layer_only_is_relu_of_the_logit_gradient(name, images):
     _, _, grads, _ = adapter.attention_gradients(adapter.normalize(images), targets)
     expected = grads[-1].clamp(min=0).mean(dim=(1, 2))[:, adapter.num_prefix_tokens :]
     method = get_method("legrad", adapter, normalize=False, start_layer=adapter.num_blocks - 1)
-    torch.testing.assert_close(method.attribute(images, targets), expected)
+    torch.testing.assert_close(method.attribute(images, targets).maps, expected)
 
 
 def test_batch_equals_per_image_and_options(images):

@@ -51,13 +51,14 @@ def test_rollout_start_layer_on_hand_set_two_blocks(images, monkeypatch):
     expected = torch.zeros(3, 16)
     expected[:, 0] = 0.25
     for start in (0, 1):
-        torch.testing.assert_close(get_method("rollout", adapter, start_layer=start).attribute(images, None), expected)
+        rollout = get_method("rollout", adapter, start_layer=start)
+        torch.testing.assert_close(rollout.attribute(images, None).maps, expected)
     # swap the blocks: from block 0 the product is Â2' Â1' with Â1' = the mixing one; from block 1 only I
     monkeypatch.setattr(adapter, "forward_attentions", lambda x: AttentionOutput(real(x).logits, fake[::-1]))
     # joint row 0 = e0ᵀ (I) · Â1' … = [.75, .25, 0…] from 0; the identity alone from 1
-    torch.testing.assert_close(get_method("rollout", adapter, start_layer=0).attribute(images, None), expected)
+    torch.testing.assert_close(get_method("rollout", adapter, start_layer=0).attribute(images, None).maps, expected)
     torch.testing.assert_close(
-        get_method("rollout", adapter, start_layer=1).attribute(images, None), torch.zeros(3, 16)
+        get_method("rollout", adapter, start_layer=1).attribute(images, None).maps, torch.zeros(3, 16)
     )
 
 
@@ -79,11 +80,11 @@ def test_transformer_attribution_start_layer_on_hand_set_two_blocks(images, monk
 
     monkeypatch.setattr(ta_module, "propagate", fake_propagate)
     # (I + Ā2)(I + Ā1), CLS row: e0 + 3 e1 + 3·2 e2 → patches [3, 6, 0, …]; from block 1: e0 + 3 e1
-    full = get_method("transformer-attribution", adapter).attribute(images, torch.zeros(3, dtype=torch.long))
+    full = get_method("transformer-attribution", adapter).attribute(images, torch.zeros(3, dtype=torch.long)).maps
     expected = torch.zeros(3, 16)
     expected[:, 0], expected[:, 1] = 3.0, 6.0
     torch.testing.assert_close(full, expected)
-    late = get_method("transformer-attribution", adapter, start_layer=1).attribute(images, torch.zeros(3).long())
+    late = get_method("transformer-attribution", adapter, start_layer=1).attribute(images, torch.zeros(3).long()).maps
     expected[:, 1] = 0.0
     torch.testing.assert_close(late, expected)
     assert seen["first_block"] == 1  # the propagation stops at the start block
@@ -221,15 +222,16 @@ def test_benchmark_rules_equal_the_explicit_propagation(images):
     pixels = adapter.normalize(images.double())
     targets = torch.tensor([1, 4, 2])
     result = propagate(adapter, pixels, targets, depth="input", rules=Rules("benchmark"))
-    lrp = get_method("lrp", adapter, rules="benchmark", normalize=False).attribute(images.double(), targets)
-    partial = get_method("partial-lrp", adapter, rules="benchmark", normalize=False).attribute(images.double(), targets)
+    lrp = get_method("lrp", adapter, rules="benchmark", normalize=False).attribute(images.double(), targets).maps
+    partial_lrp = get_method("partial-lrp", adapter, rules="benchmark", normalize=False)
+    partial = partial_lrp.attribute(images.double(), targets).maps
     for i in range(3):
         expected, _, r_tokens = explicit_benchmark_lrp(adapter, pixels[i : i + 1], int(targets[i]))
         torch.testing.assert_close(result.token_relevance[i], r_tokens, rtol=1e-6, atol=1e-9)
         torch.testing.assert_close(result.pixel_relevance[i], expected, rtol=1e-6, atol=1e-9)
         torch.testing.assert_close(lrp[i], expected.sum(0), rtol=1e-6, atol=1e-9)
     # partial LRP reads the last block's attention relevance, which the benchmark rules change too
-    transformer = get_method("partial-lrp", adapter, normalize=False).attribute(images.double(), targets)
+    transformer = get_method("partial-lrp", adapter, normalize=False).attribute(images.double(), targets).maps
     assert not torch.allclose(partial, transformer)
     # not conservative (sign pairs each get the full relevance, additions are not rescaled): the total at
     # the embedding is far from the 1 the published rules keep

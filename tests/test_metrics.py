@@ -285,23 +285,12 @@ def test_batched_equals_naive_loop_on_a_vit():
 
 def test_registry():
     names = available_metrics()
-    for n in (
-        "pos",
-        "neg",
-        "deletion",
-        "neg-deletion",
-        "insertion",
-        "patch-insertion",
-        "patch-deletion",
-        "adp",
-        "pic",
-        "pixel-accuracy",
-        "miou",
-        "map",
-    ):
-        assert n in names
+    published = {"pos", "neg", "deletion", "neg-deletion", "insertion", "patch-insertion", "patch-deletion"}
+    assert published | {"adp", "pic", "pixel-accuracy", "miou", "map"} <= set(names)
+    for n in names:  # every registered metric, so that a new one is held to the same contract
         m = get_metric(n)
-        assert m.direction in ("lower", "higher") and m.category and m.unit
+        assert m.name == n and m.direction in ("lower", "higher") and m.category and m.unit
+        assert set(m.classes) <= {"target", "predicted"} and m.aggregation in ("mean", "pooled")
     with pytest.raises(ExplainersError, match=r"valid metrics: .*pos"):
         get_metric("pos-auc")
     with pytest.raises(ExplainersError, match="no option"):

@@ -6,9 +6,10 @@ to the explainee's size, explained in batches and appended to ``OUT.partial``; t
 committed and ends with the same file as an uninterrupted run (for deterministic methods — a method that
 draws random numbers continues from a different generator state).
 
-Per-method extras: a method object may set ``last_extras`` (``{name: array with one row per image}``)
-during each call; those rows are stored in datasets of the same name (LTE: ``selected_step``,
-``selected_score``).
+Each batch is explained with :meth:`Method.explain`, which runs one explainee forward per batch and
+returns the maps, the explained classes, the clean logits (the file's ``predicted`` column) and the
+method's per-image extras, stored in datasets of the same name (LTE: ``selected_step``,
+``selected_score``, ``selected_class``).
 
 Sharding: under ``torchrun`` / ``accelerate launch`` with several processes, each process explains its
 slice of every round of ``batch_size × processes`` images and the main process gathers and writes them in
@@ -26,7 +27,6 @@ from typing import Any
 from urllib.parse import quote
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from explainers.data.base import Batch, ImageDataset
@@ -36,7 +36,7 @@ from explainers.errors import ExplainersError, OutputError, describe_os_error
 from explainers.heatmap import _class_name, overlay
 from explainers.io.atomic import atomic_path
 from explainers.io.maskfile import MaskFileWriter
-from explainers.methods.base import Method, check_images
+from explainers.methods.base import Method
 from explainers.provenance import maskfile_provenance
 
 log = logging.getLogger(__name__)
@@ -170,11 +170,8 @@ def explain_dataset(
                 for p in parts:
                     if p is None:
                         continue
-                    writer.append(
-                        p["ids"], p["maps"], p["labels"], p["predicted"], p["explained"], p["extras"]
-                    )
-                    bad = ~np.isfinite(p["maps"].reshape(len(p["ids"]), -1)).all(axis=1)
-                    nonfinite.extend(i for i, b in zip(p["ids"], bad, strict=True) if b)
+                    p.write(writer)
+                    nonfinite.extend(p.nonfinite_ids())
             bar.update(len(rnd))
         bar.close()
         path = Path(out)
@@ -203,14 +200,34 @@ def explain_dataset(
     )
 
 
-def _explain_batch(method: Method, batch: Batch, *, targets: str, png: Path | None) -> dict[str, Any]:
-    """Explain one batch (already on the explainee's device)."""
-    adapter = method.adapter
-    images = batch.images
-    check_images(images, batch.ids, who=method.name)  # here, where the image ids are known
-    # The method's own notion of "predicted": LETA explains its head's argmax, which need not be the
-    # adapter's classifier. (no_grad inside, not inference_mode: the classes go on into gradient methods.)
-    predicted = method.predicted_classes(adapter.resize(images))
+@dataclass(frozen=True)
+class ExplainedRows:
+    """One explained batch as rows of the mask file (NumPy, on the CPU: it may travel between processes)."""
+
+    ids: list[str]
+    maps: np.ndarray  # B×H×W float
+    labels: np.ndarray  # B, -1 = unknown
+    predicted: np.ndarray  # B, argmax of the explained head on the clean image
+    explained: np.ndarray  # B, the class each map explains
+    extras: Mapping[str, np.ndarray]
+
+    def write(self, writer: MaskFileWriter) -> None:
+        writer.append(
+            ids=self.ids,
+            maps=self.maps,
+            labels=self.labels,
+            predicted=self.predicted,
+            explained=self.explained,
+            extras=dict(self.extras),
+        )
+
+    def nonfinite_ids(self) -> list[str]:
+        bad = ~np.isfinite(self.maps.reshape(len(self.ids), -1)).all(axis=1)
+        return [i for i, b in zip(self.ids, bad, strict=True) if b]
+
+
+def _explain_batch(method: Method, batch: Batch, *, targets: str, png: Path | None) -> ExplainedRows:
+    """Explain one batch (already at the explainee's size and on its device)."""
     if targets == "target":
         unknown = (batch.labels < 0).nonzero().flatten()
         if len(unknown):
@@ -218,63 +235,34 @@ def _explain_batch(method: Method, batch: Batch, *, targets: str, png: Path | No
                 f"--class target needs labels but image {batch.ids[int(unknown[0])]} has none; "
                 "use --class predicted"
             )
-        explained = batch.labels
-    else:
-        explained = predicted
-    if getattr(method, "reads_labels", False):
-        # LTE selects its refinement step on the ground truth where the image has one.
-        maps = method(images, explained, labels=batch.labels)
-    else:
-        maps = method(images, explained)
-    if tuple(maps.shape) != (len(batch.ids), *adapter.image_size):
-        raise ExplainersError(
-            f"method {method.name} returned maps of shape {tuple(maps.shape)}, expected "
-            f"{(len(batch.ids), *adapter.image_size)}"
-        )
-    maps_np = maps.detach().float().cpu().numpy()
-    extras = _extras(method, len(batch.ids))
+    requested = batch.labels if targets == "target" else None
+    explanation = method.explain(batch.images, requested, labels=batch.labels, ids=batch.ids)
     if png is not None:
         for k, image_id in enumerate(batch.ids):
-            label = _class_name(adapter.class_names, int(explained[k]))
-            _save_png(overlay(batch.images[k], maps[k], label=label), png / png_name(image_id))
-    return {
-        "ids": batch.ids,
-        "maps": maps_np,
-        "labels": batch.labels.cpu().numpy(),
-        "predicted": predicted.cpu().numpy(),
-        "explained": explained.cpu().numpy(),
-        "extras": extras,
-    }
+            label = _class_name(method.class_names, int(explanation.classes[k]))
+            _save_png(overlay(batch.images[k], explanation.maps[k], label=label), png / png_name(image_id))
+    return ExplainedRows(
+        ids=list(batch.ids),
+        maps=explanation.maps.cpu().numpy(),
+        labels=batch.labels.cpu().numpy(),
+        predicted=explanation.predicted.cpu().numpy(),
+        explained=explanation.classes.cpu().numpy(),
+        extras=dict(explanation.extras),
+    )
 
 
 def _class_convention(method: Method, targets: str | None) -> str:
     """The class convention of the run: as asked, else the method's own (``class_convention``), else
     ``predicted``. A method bound to one convention (LTE refines towards its checkpoint's class) refuses
     another, so that the file never claims a class its maps were not made for."""
-    own: str | None = getattr(method, "class_convention", None)
+    own = method.class_convention
     if targets is None:
         return own or "predicted"
     if targets not in ("predicted", "target"):
         raise ExplainersError(f"--class must be predicted or target, got {targets!r}")
     if own is not None and own != targets:
-        hint = getattr(method, "class_convention_hint", "")
+        hint = method.class_convention_hint
         raise ExplainersError(
             f"method {method.name} explains the {own} class{hint}; pass --class {own} (or leave --class out)"
         )
     return targets
-
-
-def _extras(method: Method, n: int) -> dict[str, np.ndarray]:
-    raw: Mapping[str, Any] | None = getattr(method, "last_extras", None)
-    if not raw:
-        return {}
-    out = {}
-    for name, values in raw.items():
-        arr = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
-        if arr.ndim == 0 or arr.shape[0] != n:
-            raise ExplainersError(
-                f"method {method.name}: last_extras[{name!r}] must have one row per image ({n}), "
-                f"got {arr.shape}"
-            )
-        out[name] = arr
-    return out

@@ -18,7 +18,6 @@ from explainers.data.base import load_image
 from explainers.errors import DatasetError
 from explainers.maps import overlay, to_pil
 from explainers.methods.base import Method
-from explainers.models.base import resolve_targets
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 
@@ -40,16 +39,6 @@ def _class_name(names: list[str] | None, index: int) -> str:
     if names and 0 <= index < len(names):
         return str(names[index])
     return f"class {index}"
-
-
-@torch.no_grad()
-def _explained_classes(method: Method, images: torch.Tensor, target: int | None) -> torch.Tensor:
-    """The class each map explains, resolved here so that it can be printed on the overlay (some methods
-    resolve "predicted" lazily inside their own forward). A method explaining another head than the
-    adapter's (LETA with a probe) says so through ``head_logits``."""
-    head_logits = getattr(method, "head_logits", None)
-    logits = head_logits(images) if head_logits is not None else method.adapter.predict(images)
-    return resolve_targets(target, logits)
 
 
 def render_heatmaps(
@@ -74,15 +63,16 @@ def render_heatmaps(
     (out / "explanation").mkdir(parents=True, exist_ok=True)
     if scale is None:
         scale = max(1, math.ceil(224 / max(adapter.image_size)))
-    # A method may explain another head than the adapter's own (LETA with a probe): prefer its names.
-    names = getattr(method, "class_names", None) or adapter.class_names
+    # The method's class names: LETA with a probe explains another head than the adapter's own.
+    names = method.class_names
     written = []
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
+        # Each file to the explainee's size first (they may differ in size), so that they stack.
         batch = torch.cat([adapter.resize(load_image(f)[None]) for f in chunk])
-        targets = _explained_classes(method, batch.to(adapter.device), target)
-        maps = method(batch, targets)
-        for file, img, heat, t in zip(chunk, batch, maps, targets.tolist(), strict=True):
+        explanation = method.explain(batch, target, ids=[f.name for f in chunk])
+        classes = explanation.classes.tolist()
+        for file, img, heat, t in zip(chunk, batch, explanation.maps, classes, strict=True):
             to_pil(img, scale).save(out / "image" / f"{file.stem}.png")
             path = out / "explanation" / f"heatmap-{file.stem}.png"
             overlay(img, heat, label=_class_name(names, t), alpha=alpha, scale=scale).save(path)

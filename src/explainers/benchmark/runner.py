@@ -36,7 +36,7 @@ from explainers.errors import ExplainersError
 from explainers.explain import explain_dataset
 from explainers.io.atomic import write_text_atomic
 from explainers.io.maskfile import MaskFile, MaskFileError
-from explainers.methods import available_methods, get_method
+from explainers.methods import METHODS, Need, get_method
 from explainers.metrics.evaluate import EvaluationResult, evaluate_maskfiles
 from explainers.metrics.report import write_report
 from explainers.models import load_explainee
@@ -45,7 +45,7 @@ from explainers.models import load_explainee
 BENCHMARK_METRICS = "pos,neg,deletion,insertion,miou,pointing-game,energy-in-gt"
 #: Lighter settings for the two costliest baselines (recorded in every mask file's method config).
 METHOD_OPTIONS: dict[str, dict[str, Any]] = {"integrated-gradients": {"steps": 20}, "rise": {"num_masks": 1000}}
-#: Learned methods and the scenario asset each needs.
+#: The scenario asset each learned method (``Need.CHECKPOINT``) loads: LTE refines the shipped pLTE.
 LEARNED_ASSETS = {"plte": "plte", "lte": "plte", "leta": "leta"}
 #: Images per scenario for the model-parameter randomisation check (0: skip it).
 SANITY_IMAGES = 16
@@ -131,7 +131,7 @@ def run_benchmark(
     unknown = sorted(set(explainees) - set(SCENARIOS))
     if unknown:
         raise ExplainersError(f"--explainee-for names unknown scenario(s) {unknown}; valid: {', '.join(SCENARIOS)}")
-    registered = available_methods()
+    registered = METHODS.names()
     chosen_methods = list(methods) if methods else list(registered)
     bad = [m for m in chosen_methods if m not in registered]
     if bad:
@@ -172,14 +172,16 @@ def run_benchmark(
         sanity_methods: dict[str, dict[str, Any]] = {}
         for name in chosen_methods:
             options = dict(METHOD_OPTIONS.get(name, {}))
-            if name in LEARNED_ASSETS:
+            if Need.CHECKPOINT in METHODS[name].needs:
                 # A learned explainer belongs to one explainee: the shipped one only fits the shipped model.
-                folder = asset(getattr(scenario, LEARNED_ASSETS[name])) if scenario.name not in explainees else None
+                kind = LEARNED_ASSETS.get(name)
+                folder = None
+                if kind is not None and scenario.name not in explainees:
+                    folder = asset(getattr(scenario, kind))
                 if folder is None:
-                    notes.append(
-                        f"{scenario.name}: {name} not run (no {LEARNED_ASSETS[name]} explainer for its explainee)"
-                    )
-                    echo(f"      {name}: skipped, no {LEARNED_ASSETS[name]} explainer ships for this explainee")
+                    what = f"{kind} explainer" if kind else "trained explainer"
+                    notes.append(f"{scenario.name}: {name} not run (no {what} for its explainee)")
+                    echo(f"      {name}: skipped, no {what} ships for this explainee")
                     continue
                 options["explainer"] = str(folder)
             method = get_method(name, adapter, **options)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from explainers.methods import get_method
-from explainers.methods.base import _REGISTRY, Method
+from explainers.methods.base import METHODS, Method
 from explainers.models.base import ExplaineeAdapter
 
 #: Mean rank correlation at or above which a method fails the check (its maps survive randomisation).
@@ -77,7 +77,7 @@ def randomization_test(
         opts = dict(options)
         # A learned explainer (pLTE/LTE) stays the one trained for the original weights: the check asks
         # whether its maps follow the model, so the fingerprint mismatch is intended here.
-        if randomized and "allow_other_weights" in inspect.signature(_REGISTRY[method]).parameters:
+        if randomized and "allow_other_weights" in inspect.signature(METHODS[method]).parameters:
             opts.setdefault("allow_other_weights", True)
         return get_method(method, model, **opts)
 

@@ -39,7 +39,11 @@ def synth(
     config: Path = typer.Option(None, "--config", help="JSON file of SyntheticConfig values."),
     set_: list[str] = typer.Option(None, "--set", help="Override a config value, KEY=VALUE (repeatable)."),
     seed: int = typer.Option(None, "--seed", help="Random seed (default: the config's)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing non-empty folder."),
+    device: str = typer.Option(None, "--device", help="auto (default), cpu, cuda or cuda:N."),
+    workers: int = typer.Option(None, "--workers", help="Image-decoding processes (non-synthetic data)."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an existing non-empty folder (an interrupted run in it starts over)."
+    ),
 ) -> None:
     """Generate the procedural scenes with exact object masks. Defaults = the shipped explainee's data."""
     from explainers.data.synthetic import SyntheticConfig, generate_synthetic
@@ -60,21 +64,30 @@ def train_classifier_cmd(
     config: Path = typer.Option(None, "--config", help="JSON or TOML file of ClassifierTrainConfig values."),
     set_: list[str] = typer.Option(None, "--set", help="Override a config value, KEY=VALUE (repeatable)."),
     seed: int = typer.Option(None, "--seed", help="Random seed (default: the config's)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing non-empty folder."),
+    device: str = typer.Option(None, "--device", help="auto (default), cpu, cuda or cuda:N."),
+    workers: int = typer.Option(None, "--workers", help="Image-decoding processes (non-synthetic data)."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an existing non-empty folder (an interrupted run in it starts over)."
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Train a small ViT classifier from scratch (the embedded explainee on synthetic scenes, or one for
-    any labelled dataset) and save it as a HF model directory; OUT/log.jsonl grows epoch by epoch."""
+    any labelled dataset) and save it as a HF model directory; OUT/log.jsonl grows epoch by epoch.
+    Rerun the same command to resume an interrupted run."""
     import shlex
     import sys
 
     from explainers.training.classifier import ClassifierTrainConfig, train_classifier
     from explainers.training.config import gather_settings
 
-    settings = gather_settings(config, [*(set_ or []), *([f"seed={seed}"] if seed is not None else [])])
+    given = {"seed": seed, "device": device, "workers": workers}
+    extra = [f"{k}={json.dumps(v)}" for k, v in given.items() if v is not None]
+    settings = gather_settings(config, [*(set_ or []), *extra])
     cfg = ClassifierTrainConfig.from_dict(settings)
     command = shlex.join(["explainers", *sys.argv[1:]]) if sys.argv else None
     record = train_classifier(data, out, cfg, progress=progress, overwrite=overwrite, command=command)
+    if record.get("main_process") is False:
+        return
     typer.echo(
         f"saved {out}: test accuracy {record['test_accuracy']:.2%} "
         f"(val {record['val_accuracy']:.2%}, epoch {record['selected_epoch']}) "

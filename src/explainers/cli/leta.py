@@ -155,9 +155,8 @@ def train_probe_cmd(
 
     Settings: the file, then --set, then the options given on the command line.
     """
-    from explainers.models import load_explainee
     from explainers.training.config import build, gather_settings
-    from explainers.training.probe import ProbeConfig, train_probe
+    from explainers.training.probe import ProbeConfig, train_probe_to
 
     settings = gather_settings(config, sets)
     given = {
@@ -169,23 +168,9 @@ def train_probe_cmd(
         if name not in settings or (source is not None and source.name != "DEFAULT"):
             settings[name] = value
     cfg = build(ProbeConfig, settings, "probe")
-    adapter = load_explainee(encoder, device=cfg.torch_device)
-    probe = train_probe(
-        adapter,
-        data,
-        cfg.task,
-        encoder_spec=encoder,
-        split=cfg.split,
-        val_split=cfg.val_split or None,
-        test_split=cfg.test_split or None,
-        max_images=cfg.max_images,
-        batch_size=cfg.batch_size,
-        max_iter=cfg.max_iter,
-        seed=cfg.seed,
-        progress=progress,
-        command=_command_line(ctx),
+    probe = train_probe_to(
+        encoder, data, out, cfg, encoder_spec=encoder, progress=progress, command=_command_line(ctx)
     )
-    probe.save_pretrained(out)
     typer.echo(f"saved probe '{cfg.task}' to {out}: {json.dumps(probe.metadata['metrics'])}")
 
 

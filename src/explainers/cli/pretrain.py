@@ -34,6 +34,8 @@ def pretrain_lte_command(
     sets: list[str] = typer.Option(
         [], "--set", help="Override one setting, KEY=VALUE (JSON value; e.g. device=cuda, precision=bf16); repeatable."
     ),
+    device: str | None = typer.Option(None, "--device", help="auto (default), cpu, cuda or cuda:N."),
+    workers: int | None = typer.Option(None, "--workers", help="Image-decoding processes."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Pre-train a pLTE explainer for an explainee; rerun the same command to resume an interrupted run.
@@ -50,6 +52,10 @@ def pretrain_lte_command(
         settings["class_mode"] = class_mode
     if split is not None:
         settings["split"] = split
+    if device is not None:
+        settings["device"] = device
+    if workers is not None:
+        settings["workers"] = workers
     cfg = LTEConfig.from_dict(settings)
     # Recorded with the checkpoint, so that the shipped weights say how they were made.
     parts = ["explainers", "pretrain", "lte", "--explainee", explainee, "--data", data, "--out", str(out)]
@@ -59,6 +65,10 @@ def pretrain_lte_command(
         parts += ["--class", class_mode]
     if split is not None:
         parts += ["--split", split]
+    if device is not None:
+        parts += ["--device", device]
+    if workers is not None:
+        parts += ["--workers", str(workers)]
     for item in sets:
         parts += ["--set", item]
     command = shlex.join(parts)

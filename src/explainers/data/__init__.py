@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from explainers._registry import Registry
 from explainers.data.base import Batch, ImageDataset, Sample, collate, iter_batches, load_image
 from explainers.data.resize import InputGeometry
 from explainers.errors import DatasetError
 
-# kind -> "module:factory"; factories take (path, **options) and return an ImageDataset.
-# Imported lazily so that e.g. pycocotools is only needed for COCO.
-DATASET_KINDS: dict[str, str] = {
-    "synthetic": "explainers.data.synthetic:SyntheticDataset",
-    "folder": "explainers.data.folder:FolderDataset",
-    "imagenet-val": "explainers.data.imagenet:ImageNetValDataset",
-    "imagenet-seg": "explainers.data.imagenet_seg:ImageNetSegDataset",
-    "coco": "explainers.data.coco:CocoDataset",
-    "voc": "explainers.data.voc:VocDataset",
-    "masks": "explainers.data.masks:MasksDataset",
-}
+#: Dataset kinds: ``KIND`` → a reader taking ``(path, **options)`` and returning an ImageDataset. The
+#: readers are registered lazily (``"module:factory"``, imported on first use) so that e.g. pycocotools
+#: is only needed for COCO.
+DATASETS: Registry[Callable[..., ImageDataset]] = Registry(
+    "dataset kind",
+    unknown="unknown dataset kind {name!r} in {spec!r}; valid kinds: {names}",
+    error=DatasetError,
+)
+for _kind, _factory in (
+    ("synthetic", "explainers.data.synthetic:SyntheticDataset"),
+    ("folder", "explainers.data.folder:FolderDataset"),
+    ("imagenet-val", "explainers.data.imagenet:ImageNetValDataset"),
+    ("imagenet-seg", "explainers.data.imagenet_seg:ImageNetSegDataset"),
+    ("coco", "explainers.data.coco:CocoDataset"),
+    ("voc", "explainers.data.voc:VocDataset"),
+    ("masks", "explainers.data.masks:MasksDataset"),
+):
+    DATASETS.register_lazy(_kind, _factory)
 
 
 def parse_dataset_spec(spec: str) -> tuple[str, Path]:
@@ -29,10 +37,10 @@ def parse_dataset_spec(spec: str) -> tuple[str, Path]:
     kind, sep, path = spec.partition(":")
     if not sep or not path:
         raise DatasetError(
-            f"dataset spec {spec!r} is not KIND:PATH; valid kinds: {', '.join(DATASET_KINDS)} (e.g. synthetic:./scenes)"
+            f"dataset spec {spec!r} is not KIND:PATH; valid kinds: {', '.join(DATASETS)} (e.g. synthetic:./scenes)"
         )
-    if kind not in DATASET_KINDS:
-        raise DatasetError(f"unknown dataset kind {kind!r} in {spec!r}; valid kinds: {', '.join(DATASET_KINDS)}")
+    if kind not in DATASETS:
+        DATASETS.get(kind, spec=spec)  # raises the error that lists the valid kinds
     return kind, Path(path).expanduser()
 
 
@@ -42,8 +50,7 @@ def open_dataset(spec: str, **options: Any) -> ImageDataset:
     kind, path = parse_dataset_spec(spec)
     if not path.exists():
         raise DatasetError(f"{kind} dataset path does not exist: {path}")
-    module_name, _, factory_name = DATASET_KINDS[kind].partition(":")
-    factory = getattr(importlib.import_module(module_name), factory_name)
+    factory = DATASETS.get(kind)
     options = {k: v for k, v in options.items() if v is not None}
     accepted = inspect.signature(factory).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
@@ -57,7 +64,7 @@ def open_dataset(spec: str, **options: Any) -> ImageDataset:
 
 
 __all__ = [
-    "DATASET_KINDS",
+    "DATASETS",
     "Batch",
     "ImageDataset",
     "InputGeometry",

@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
+from types import TracebackType
 from typing import Any
 
 import torch
@@ -76,8 +77,24 @@ def worker_context() -> multiprocessing.context.BaseContext | None:
 
 def worker_init(worker_id: int) -> None:
     """Set up a worker process: one torch thread (torch's own worker loop does so too; set here so that it
-    does not depend on that), as the workers of a 2-core machine already share the cores with the model."""
+    does not depend on that), as the workers of a 2-core machine already share the cores with the model;
+    and no traceback from the hand-over thread when the main process is gone (see below)."""
     torch.set_num_threads(1)
+    sys.excepthook = _quiet_when_main_process_is_gone
+
+
+def _quiet_when_main_process_is_gone(
+    exc_type: type[BaseException], exc: BaseException, traceback: TracebackType | None
+) -> None:
+    """A worker hands each batch's tensors to the main process through a helper thread
+    (multiprocessing's resource sharer), which reports its errors through ``sys.excepthook``. When the
+    main process stops mid hand-over (Ctrl-C), that thread fails with a connection error and Python
+    prints its traceback under the main process's one-line "interrupted" message. Nothing is lost (the
+    main process reports the interruption and the output is resumable), so only that case is silenced;
+    every other error is printed as usual."""
+    if issubclass(exc_type, (ConnectionResetError, BrokenPipeError, EOFError)):
+        return
+    sys.__excepthook__(exc_type, exc, traceback)
 
 
 class LoadFailure:

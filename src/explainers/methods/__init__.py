@@ -18,6 +18,30 @@ from explainers.methods import (  # noqa: F401
     rollout,
     transformer_attribution,
 )
-from explainers.methods.base import Method, available_methods, get_method, minmax_normalize, register_method
+from explainers.methods.base import (
+    METHODS,
+    Attribution,
+    BatchInputs,
+    Cost,
+    Explanation,
+    Method,
+    Need,
+    available_methods,
+    get_method,
+    minmax_normalize,
+    register_method,
+)
 
-__all__ = ["Method", "available_methods", "get_method", "minmax_normalize", "register_method"]
+__all__ = [
+    "METHODS",
+    "Attribution",
+    "BatchInputs",
+    "Cost",
+    "Explanation",
+    "Method",
+    "Need",
+    "available_methods",
+    "get_method",
+    "minmax_normalize",
+    "register_method",
+]

@@ -1,4 +1,4 @@
-"""Shared pieces of the attention-based ViT methods: the deferred target, CLS-row slicing, rollout math."""
+"""Shared pieces of the attention-based ViT methods: the token-layout check, CLS-row slicing, rollout math."""
 
 from __future__ import annotations
 
@@ -8,19 +8,17 @@ from typing import ClassVar
 import torch
 
 from explainers.errors import ExplainersError, ModelError
-from explainers.methods.base import Method
-from explainers.models.base import ExplaineeAdapter, Targets
-
-#: Target placeholder meaning "the predicted class": the method resolves it from its own forward pass,
-#: which saves the extra forward the base class would spend on predicting the class first.
-PREDICTED = -1
+from explainers.methods.base import Method, Need
+from explainers.models.base import ExplaineeAdapter
 
 
 class AttentionMethod(Method):
-    """Base of the methods that read a ViT's attention (or its relevance): checks the token layout and
-    lets :meth:`attribute` take the predicted class from the forward it runs anyway."""
+    """Base of the methods that read a ViT's attention (or its relevance): checks the token layout. They
+    run the explainee on the clean images anyway, so :meth:`attribute` takes the predicted class from that
+    forward (``classes`` None) and returns its logits."""
 
-    needs_attention: ClassVar[bool] = True
+    needs: ClassVar[frozenset[Need]] = frozenset({Need.ATTENTION})
+    forwards_explainee: ClassVar[bool] = True
 
     def __init__(self, adapter: ExplaineeAdapter, *, normalize: bool = True) -> None:
         super().__init__(adapter, normalize=normalize)
@@ -29,16 +27,6 @@ class AttentionMethod(Method):
                 f"method {self.name!r} reads the class token's row, but explainee {adapter.identifier} "
                 "has no class token; use a model-agnostic method (integrated-gradients, rise)"
             )
-
-    def predict_targets(self, images: torch.Tensor, targets: Targets) -> torch.Tensor:
-        if targets is None:  # resolved later from the method's own forward (see PREDICTED)
-            return torch.full((images.shape[0],), PREDICTED, dtype=torch.long, device=images.device)
-        return super().predict_targets(images, targets)
-
-    @staticmethod
-    def targets_or_none(targets: torch.Tensor) -> torch.Tensor | None:
-        """``None`` (explain the predicted class) for the placeholder, else the given classes."""
-        return None if bool((targets == PREDICTED).all()) else targets
 
     def cls_patches(self, matrix: torch.Tensor) -> torch.Tensor:
         """B×T×T (or B×heads×T×T) token matrix → the CLS row's patch columns, B×P (or B×heads×P).

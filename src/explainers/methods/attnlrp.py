@@ -35,7 +35,7 @@ from torch import nn
 
 from explainers.errors import ExplainersError
 from explainers.methods._attention import AttentionMethod
-from explainers.methods.base import register_method
+from explainers.methods.base import Attribution, Cost, Need, register_method
 from explainers.models.base import ExplaineeAdapter, ViTBlockParts, resolve_targets
 
 ATTENTION_RULES = ("attnlrp", "cp")
@@ -116,6 +116,11 @@ def attnlrp_relevance(
 class AttnLRP(AttentionMethod):
     """Pixel relevance of the target logit summed over colour channels (signed before the min–max)."""
 
+    summary = "AttnLRP: softmax and uniform matmul rules, ε elsewhere, input × relevance summed over channels"
+    needs = frozenset({Need.ATTENTION, Need.GRADIENTS})
+    cost = Cost.FEW_PASSES
+    reference = "Achtibat et al., ICML 2024"
+
     def __init__(self, adapter: ExplaineeAdapter, *, attention: str = "attnlrp", normalize: bool = True) -> None:
         super().__init__(adapter, normalize=normalize)
         if attention not in ATTENTION_RULES:
@@ -131,8 +136,8 @@ class AttnLRP(AttentionMethod):
     def config(self) -> dict[str, Any]:
         return {**super().config(), "attention": self.attention}
 
-    def attribute(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        relevance, _, _ = attnlrp_relevance(
-            self.adapter, self.adapter.normalize(images), self.targets_or_none(targets), attention=self.attention
+    def attribute(self, images: torch.Tensor, classes: torch.Tensor | None) -> Attribution:
+        relevance, logits, classes_t = attnlrp_relevance(
+            self.adapter, self.adapter.normalize(images), classes, attention=self.attention
         )
-        return relevance.sum(dim=1)
+        return Attribution(maps=relevance.sum(dim=1), logits=logits, classes=classes_t)

@@ -11,12 +11,18 @@ import torch
 
 from explainers.methods._attention import AttentionMethod, rollout
 from explainers.methods.attention_gradcam import attention_gradients
-from explainers.methods.base import register_method
+from explainers.methods.base import Attribution, Cost, Need, register_method
 
 
 @register_method("gae")
 class GenericAttentionExplainability(AttentionMethod):
-    def attribute(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        attentions, grads = attention_gradients(self, images, targets)
-        cams = [(g * a).clamp_min(0).mean(dim=1) for a, g in zip(attentions, grads, strict=True)]
-        return self.cls_patches(rollout(cams, add_identity=True, normalize_rows=False))
+    summary = "generic attention explainability: R ← R + mean_h(relu(∇A⊙A))·R over blocks, CLS row"
+    needs = frozenset({Need.ATTENTION, Need.GRADIENTS})
+    cost = Cost.FEW_PASSES
+    reference = "Chefer et al., ICCV 2021"
+
+    def attribute(self, images: torch.Tensor, classes: torch.Tensor | None) -> Attribution:
+        result = attention_gradients(self.adapter, images, classes)
+        cams = [(g * a).clamp_min(0).mean(dim=1) for a, g in zip(result.attentions, result.gradients, strict=True)]
+        maps = self.cls_patches(rollout(cams, add_identity=True, normalize_rows=False))
+        return Attribution(maps=maps, logits=result.logits, classes=result.classes)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from explainers.errors import ExplainersError
-from explainers.methods.base import Method, register_method
+from explainers.methods.base import Cost, Method, Need, register_method
 from explainers.models.base import ExplaineeAdapter
 
 Rule = Literal["gauss-legendre", "riemann-right", "riemann-middle", "riemann-trapezoid"]
@@ -108,6 +108,11 @@ class IntegratedGradients(Method):
     "positive"), ``internal_batch_size`` (interpolated images per forward/backward; by default as many
     as fit in ``memory_budget_mb`` of saved activations, at most ``steps`` × batch)."""
 
+    summary = "integrated gradients from a black baseline, 50 steps (Gauss–Legendre), |·| summed over channels"
+    needs = frozenset({Need.GRADIENTS})
+    cost = Cost.MANY_PASSES
+    reference = "Sundararajan et al., ICML 2017"
+
     def __init__(
         self,
         adapter: ExplaineeAdapter,
@@ -147,11 +152,12 @@ class IntegratedGradients(Method):
             self._auto_batch = max(1, int(self.memory_budget_mb * 2**20 // per_image))
         return min(self._auto_batch, images.shape[0] * self.steps)
 
-    def attribute(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def attribute(self, images: torch.Tensor, classes: torch.Tensor | None) -> torch.Tensor:
+        assert classes is not None
         attributions = integrated_gradients(
             self.adapter,
             images,
-            targets,
+            classes,
             steps=self.steps,
             rule=self.rule,
             internal_batch_size=self._chunk(images),

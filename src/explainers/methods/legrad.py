@@ -27,7 +27,7 @@ import torch
 from explainers.errors import ExplainersError
 from explainers.methods._attention import AttentionMethod, check_start_layer
 from explainers.methods._relevance import _forward_block
-from explainers.methods.base import register_method
+from explainers.methods.base import Attribution, Cost, Need, register_method
 from explainers.models.base import ExplaineeAdapter, ViTBlockParts, ViTParts, resolve_targets
 
 POOLS = ("cls", "mean")
@@ -58,8 +58,9 @@ def legrad_layer_maps(
     *,
     start_layer: int = 0,
     pool: str = "cls",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(per-layer maps L'×B×T over all key tokens, targets); L' = blocks from ``start_layer`` on."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(per-layer maps L'×B×T over all key tokens, logits of the forward, targets); L' = blocks from
+    ``start_layer`` on."""
     parts = adapter.parts()
     with torch.no_grad():
         x = adapter.embed(pixel_values)
@@ -80,12 +81,20 @@ def legrad_layer_maps(
             total = total + scores.gather(1, targets_t[:, None]).sum()
             leaves.append(leaf)
         grads = torch.autograd.grad(total, leaves)
-    return torch.stack([g.clamp_min(0).mean(dim=(1, 2)) for g in grads]), targets_t
+    return torch.stack([g.clamp_min(0).mean(dim=(1, 2)) for g in grads]), logits, targets_t
 
 
 @register_method("legrad")
 class LeGrad(AttentionMethod):
     """Options: ``start_layer`` (first block used, 0 = all), ``pool`` (``cls`` or ``mean``)."""
+
+    summary = (
+        "LeGrad: per block relu(∂s^l/∂A^l) through the model's own norm and head, mean over heads, queries "
+        "and blocks"
+    )
+    needs = frozenset({Need.ATTENTION, Need.GRADIENTS})
+    cost = Cost.FEW_PASSES
+    reference = "Bousselham et al., 2024"
 
     def __init__(
         self, adapter: ExplaineeAdapter, *, start_layer: int = 0, pool: str = "cls", normalize: bool = True
@@ -99,12 +108,10 @@ class LeGrad(AttentionMethod):
     def config(self) -> dict[str, Any]:
         return {**super().config(), "start_layer": self.start_layer, "pool": self.pool}
 
-    def attribute(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        maps, _ = legrad_layer_maps(
-            self.adapter,
-            self.adapter.normalize(images),
-            self.targets_or_none(targets),
-            start_layer=self.start_layer,
-            pool=self.pool,
+    def attribute(self, images: torch.Tensor, classes: torch.Tensor | None) -> Attribution:
+        maps, logits, classes_t = legrad_layer_maps(
+            self.adapter, self.adapter.normalize(images), classes, start_layer=self.start_layer, pool=self.pool
         )
-        return maps.mean(dim=0)[:, self.adapter.num_prefix_tokens :]
+        return Attribution(
+            maps=maps.mean(dim=0)[:, self.adapter.num_prefix_tokens :], logits=logits, classes=classes_t
+        )

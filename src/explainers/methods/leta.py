@@ -16,8 +16,8 @@ import torch
 
 from explainers.errors import ExplainersError
 from explainers.learned.leta.explainer import HeadLike, LETAExplainer
-from explainers.methods.base import Method, register_method
-from explainers.models.base import ExplaineeAdapter, Targets, resolve_targets
+from explainers.methods.base import Attribution, Cost, Method, Need, register_method
+from explainers.models.base import ExplaineeAdapter
 from explainers.models.signature import require_vit
 
 
@@ -28,7 +28,16 @@ def shipped_explainer_dir() -> Path:
 
 @register_method("leta")
 class LETAMethod(Method):
-    """LETA attributions a_c = λ⁺·h(ψ⁺_c)[ŷ] − λ⁻·h(ψ⁻_c)[ŷ], pooled, for the head ``head``."""
+    """LETA attributions a_c = λ⁺·h(ψ⁺_c)[ŷ] − λ⁻·h(ψ⁻_c)[ŷ], pooled, for the head ``head``.
+
+    The explained head need not be the adapter's classifier: the predicted class ŷ, the clean logits and
+    the class names are the head's, from the encoder forward the transfer rule runs anyway."""
+
+    summary = "pre-trained LETA explainer + transfer rule for any linear head (`--explainer DIR --head PROBE`)"
+    needs = frozenset({Need.VIT, Need.CHECKPOINT})
+    cost = Cost.FEW_PASSES
+    reference = "Learning Transferable Attribution (LETA, later GRIVE/TVE)"
+    forwards_explainee = True
 
     def __init__(
         self,
@@ -63,7 +72,6 @@ class LETAMethod(Method):
         self.explainer.network.to(adapter.device)
         self.head_spec = head
         self.head = self.explainer.resolve_head(head)
-        self.class_names = self.head.class_names or adapter.class_names
         self.lambda_pos = float(lambda_pos)
         self.lambda_neg = float(lambda_neg)
 
@@ -79,21 +87,17 @@ class LETAMethod(Method):
             "radius": self.explainer.radius,
         }
 
-    @torch.no_grad()
-    def head_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits of the explained head h(f(x)) for images at the explainee's size."""
-        z = self.adapter.cls_embedding(self.adapter.normalize(images))
-        return self.head.linear.to(z.device)(z.float())
+    @property
+    def num_classes(self) -> int:
+        return int(self.head.linear.out_features)
 
-    def predicted_classes(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head_logits(images).argmax(dim=1)
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.head.class_names or self.adapter.class_names
 
-    def predict_targets(self, images: torch.Tensor, targets: Targets) -> torch.Tensor:
-        # ŷ comes from the explained head, which need not be the adapter's own classifier.
-        return resolve_targets(targets, self.head_logits(images))
-
-    def attribute(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def attribute(self, images: torch.Tensor, classes: torch.Tensor | None) -> Attribution:
         result = self.explainer.attribute(
-            images, self.head.linear, targets, lambda_pos=self.lambda_pos, lambda_neg=self.lambda_neg
+            images, self.head.linear, classes, lambda_pos=self.lambda_pos, lambda_neg=self.lambda_neg
         )
-        return result.maps  # B×gh×gw; the base class upsamples to the image size
+        # maps: B×gh×gw; the base upsamples them to the image size
+        return Attribution(maps=result.maps, logits=result.logits, classes=result.targets)

@@ -14,7 +14,7 @@ import torch
 
 from explainers.methods._attention import AttentionMethod
 from explainers.methods._relevance import EPS, make_rules, propagate
-from explainers.methods.base import register_method
+from explainers.methods.base import Attribution, Cost, register_method
 from explainers.models.base import ExplaineeAdapter
 
 
@@ -35,13 +35,11 @@ class RelevanceOptions(AttentionMethod):
 class FullLRP(RelevanceOptions):
     """Pixel-level relevance (B×H×W, signed before the per-image min–max)."""
 
-    def attribute(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        result = propagate(
-            self.adapter,
-            self.adapter.normalize(images),
-            self.targets_or_none(targets),
-            depth="input",
-            rules=self.rules,
-        )
+    summary = "full LRP: α1β0 on linear layers, gradient×input through attention, zβ at the input"
+    cost = Cost.FEW_PASSES
+    reference = "Bach et al., PLOS ONE 2015; ViT rules of Chefer et al., CVPR 2021"
+
+    def attribute(self, images: torch.Tensor, classes: torch.Tensor | None) -> Attribution:
+        result = propagate(self.adapter, self.adapter.normalize(images), classes, depth="input", rules=self.rules)
         assert result.pixel_relevance is not None
-        return result.pixel_relevance.sum(dim=1)
+        return Attribution(maps=result.pixel_relevance.sum(dim=1), logits=result.logits, classes=result.targets)

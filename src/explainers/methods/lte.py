@@ -21,7 +21,7 @@ from explainers.devices import parse_bytes
 from explainers.errors import ExplainersError
 from explainers.learned.lte.explainer import LTEExplainer
 from explainers.learned.lte.refine import _options, refine_images
-from explainers.methods.base import Method, register_method
+from explainers.methods.base import Attribution, BatchInputs, Cost, Method, Need, register_method
 from explainers.methods.plte import resolve_explainer_dir
 from explainers.models.base import ExplaineeAdapter, Targets
 
@@ -33,13 +33,23 @@ class LTE(Method):
     ``batch`` images are refined in parallel (``parallel=false``: the one-by-one loop), fewer at once when they
     would not fit ``memory_budget`` (e.g. ``4GiB``; default: 80 % of the device's free memory). Unset options
     come from the checkpoint's config. Per image, ``selected_step`` (0 = the pLTE mask), ``selected_score`` and
-    ``selected_class`` (the class the step was selected on) go to ``last_extras`` (and so into the mask
-    file). ``refine_class``: ``target`` or ``predicted`` (default: the checkpoint's ``class_mode``);
+    ``selected_class`` (the class the step was selected on) are the explanation's extras (and so go into the
+    mask file). ``refine_class``: ``target`` or ``predicted`` (default: the checkpoint's ``class_mode``);
     ``select_class``: ``target`` (ground truth where known, default) or ``predicted``.
+
+    ``explain(images, targets, labels=...)``: ``labels`` is the ground-truth class per image (-1 = unknown),
+    which steps are selected on (``select_class=target``; without labels, the selection falls back to the
+    prediction) and, when ``targets`` is None and the refinement class is ``target``, refined towards.
+    Otherwise ``targets`` None refines towards the predicted class, like every method.
 
     Note: LTE selects on the very metric it is evaluated with; report NEG, deletion/insertion and
     segmentation next to POS.
     """
+
+    summary = "pLTE refined per image, ≤ 25 steps, the best POS-AUC step kept, batched with `torch.func`"
+    needs = frozenset({Need.VIT, Need.GRADIENTS, Need.CHECKPOINT})
+    cost = Cost.MANY_PASSES
+    reference = "Learning To Explain (LTE, later LTX): per-image refinement"
 
     def __init__(
         self,
@@ -79,11 +89,6 @@ class LTE(Method):
             if value not in ("target", "predicted"):
                 raise ExplainersError(f"lte: {name} must be target or predicted, got {value!r}")
         self.select_class = select_class
-        self.last_extras: dict[str, np.ndarray] = {}
-        self._labels: torch.Tensor | None = None
-
-    #: ``explain`` passes the ground-truth labels (``labels=``) so that steps are selected on them.
-    reads_labels = True
 
     @property
     def class_convention(self) -> str:
@@ -119,49 +124,33 @@ class LTE(Method):
             "stop_above": o.stop_above,
         }
 
-    def __call__(
-        self, images: torch.Tensor, targets: Targets = None, *, labels: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Maps refined towards ``targets``. ``labels``: the ground-truth class per image (-1 = unknown),
-        which steps are selected on (``select_class=target``; without labels, the selection falls back to
-        the prediction) and, when ``targets`` is None and the refinement class is ``target``, refined
-        towards. Otherwise ``targets`` None refines towards the predicted class, like every method."""
-        if labels is not None:
-            labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
-            if labels.shape[0] != images.shape[0]:
-                raise ExplainersError(
-                    f"lte: {labels.shape[0]} labels for {images.shape[0]} images; pass one label per image"
-                )
-            if targets is None and self.refine_class == "target":
-                if bool((labels < 0).any()):
-                    raise ExplainersError(
-                        "lte refines towards the ground-truth class (refine_class=target) but some images "
-                        "have no label; pass targets, or refine_class=predicted"
-                    )
-                targets = labels
-        self._labels = labels
-        try:
-            return super().__call__(images, targets)
-        finally:
-            self._labels = None
+    def default_targets(self, labels: torch.Tensor | None) -> Targets:
+        """Refining towards the ground truth (``refine_class=target``): the labels, which every image needs."""
+        if labels is None or self.refine_class != "target":
+            return None
+        if bool((labels < 0).any()):
+            raise ExplainersError(
+                "lte refines towards the ground-truth class (refine_class=target) but some images "
+                "have no label; pass targets, or refine_class=predicted"
+            )
+        return labels
 
-    def _selection_classes(self, images: torch.Tensor) -> torch.Tensor:
-        """Ground truth where known (``select_class=target``), else the explainee's prediction."""
-        with torch.no_grad():
-            predicted = self.adapter.predict(images).argmax(dim=1)
-        if self.select_class == "predicted" or self._labels is None:
-            return predicted
-        labels = self._labels.to(predicted.device)
-        return torch.where(labels >= 0, labels, predicted)
-
-    def attribute(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def attribute_batch(self, inputs: BatchInputs) -> Attribution:
         o = self.options
-        select = self._selection_classes(images)
+        # The base's clean forward (explain, or no class given); the short form with classes skips it.
+        logits = inputs.logits if inputs.logits is not None else self.clean_logits(inputs.images)
+        predicted = logits.argmax(dim=1)
+        classes = inputs.classes if inputs.classes is not None else predicted
+        # Steps are selected on the ground truth where known (select_class=target), else the prediction.
+        select = predicted
+        if self.select_class == "target" and inputs.labels is not None:
+            select = torch.where(inputs.labels >= 0, inputs.labels, predicted)
         result = refine_images(
             self.explainer,
-            images,
-            targets,
+            inputs.images,
+            classes,
             select_targets=select,
+            clean_logits=logits,
             steps=o.steps,
             lr=o.lr,
             select=o.select,
@@ -171,9 +160,9 @@ class LTE(Method):
             parallel=self.parallel,
             memory_budget=self.memory_budget,
         )
-        self.last_extras = {
+        extras = {
             "selected_step": result.selected_step.numpy().astype(np.int32),
             "selected_score": result.selected_score.numpy().astype(np.float32),
             "selected_class": select.cpu().numpy().astype(np.int64),
         }
-        return result.maps
+        return Attribution(maps=result.maps, extras=extras)

@@ -8,20 +8,21 @@ from __future__ import annotations
 import torch
 
 from explainers.methods._relevance import propagate
-from explainers.methods.base import register_method
+from explainers.methods.base import Attribution, Cost, register_method
 from explainers.methods.lrp import RelevanceOptions
 
 
 @register_method("partial-lrp")
 class PartialLRP(RelevanceOptions):
-    def attribute(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    summary = "LRP relevance at the last block's attention, relu, mean over heads, CLS row"
+    cost = Cost.FORWARD
+    reference = "Voita et al., ACL 2019; ViT rules of Chefer et al., CVPR 2021"
+
+    def attribute(self, images: torch.Tensor, classes: torch.Tensor | None) -> Attribution:
         result = propagate(
-            self.adapter,
-            self.adapter.normalize(images),
-            self.targets_or_none(targets),
-            depth="last-attention",
-            rules=self.rules,
+            self.adapter, self.adapter.normalize(images), classes, depth="last-attention", rules=self.rules
         )
         relevance = result.attention_relevance[-1]
         assert relevance is not None
-        return self.cls_patches(relevance.clamp_min(0).mean(dim=1))
+        maps = self.cls_patches(relevance.clamp_min(0).mean(dim=1))
+        return Attribution(maps=maps, logits=result.logits, classes=result.targets)

@@ -10,8 +10,8 @@ import torch
 
 from explainers.errors import ExplainersError
 from explainers.learned.lte.explainer import LTEExplainer
-from explainers.methods.base import Method, register_method
-from explainers.models.base import ExplaineeAdapter, Targets
+from explainers.methods.base import Cost, Method, Need, register_method
+from explainers.models.base import ExplaineeAdapter
 from explainers.models.loading import EMBEDDED_EXPLAINEE
 
 
@@ -39,6 +39,12 @@ class PLTE(Method):
     explainee). The masks do not depend on the requested class: the explainer was trained for one class
     convention (its ``class_mode``)."""
 
+    summary = "pre-trained LTE explainer, one forward (`--explainer DIR`; shipped for `embedded`)"
+    needs = frozenset({Need.VIT, Need.CHECKPOINT})
+    cost = Cost.FORWARD
+    reference = "Learning To Explain (LTE, later LTX): the pre-trained explainer"
+    class_blind = True
+
     def __init__(
         self,
         adapter: ExplaineeAdapter,
@@ -65,14 +71,7 @@ class PLTE(Method):
             "class_mode": self.explainer.config.class_mode,
         }
 
-    def predict_targets(self, images: torch.Tensor, targets: Targets) -> torch.Tensor:
-        # The masks do not depend on the class: skip the explainee forward that resolving None would cost
-        # (it would halve pLTE's throughput). The placeholder −1 is never read.
-        if targets is None:
-            return torch.full((images.shape[0],), -1, dtype=torch.long, device=images.device)
-        return super().predict_targets(images, targets)
-
-    def attribute(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def attribute(self, images: torch.Tensor, classes: torch.Tensor | None) -> torch.Tensor:
         return torch.cat(
             [self.explainer(images[i : i + self.batch]) for i in range(0, len(images), self.batch)]
         )

@@ -5,14 +5,20 @@ from __future__ import annotations
 import torch
 
 from explainers.methods._attention import AttentionMethod
-from explainers.methods.base import register_method
+from explainers.methods.base import Attribution, Cost, register_method
+from explainers.models.base import resolve_targets
 
 
 @register_method("raw-attention")
 class RawAttention(AttentionMethod):
     """``mean_heads(A_L)[CLS, patches]`` of the last block ``L`` (no gradients, no class dependence)."""
 
-    def attribute(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    summary = "last block's CLS→patch attention, mean over heads"
+    cost = Cost.FORWARD
+    reference = "baseline in Chefer et al., CVPR 2021"
+
+    def attribute(self, images: torch.Tensor, classes: torch.Tensor | None) -> Attribution:
         with torch.no_grad():
-            attentions = self.adapter.forward_attentions(self.adapter.normalize(images)).attentions
-        return self.cls_patches(attentions[-1].mean(dim=1))
+            out = self.adapter.forward_attentions(self.adapter.normalize(images))
+        maps = self.cls_patches(out.attentions[-1].mean(dim=1))
+        return Attribution(maps=maps, logits=out.logits, classes=resolve_targets(classes, out.logits))

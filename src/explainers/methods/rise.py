@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from explainers.errors import ExplainersError
-from explainers.methods.base import Method, register_method
+from explainers.methods.base import Cost, Method, register_method
 from explainers.models.base import ExplaineeAdapter
 
 
@@ -65,6 +65,10 @@ class RISE(Method):
     """Options: ``num_masks`` N (4000), ``grid_size`` s (None = scaled to the explainee, see above),
     ``p`` (0.5), ``seed`` (0), ``batch_size`` (masked images per explainee forward, 64)."""
 
+    summary = "N random masks on an s×s grid with random shifts, weighted by the class probability"
+    cost = Cost.MANY_PASSES
+    reference = "Petsiuk et al., BMVC 2018"
+
     def __init__(
         self,
         adapter: ExplaineeAdapter,
@@ -96,7 +100,8 @@ class RISE(Method):
             "seed": self.seed,
         }
 
-    def attribute(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def attribute(self, images: torch.Tensor, classes: torch.Tensor | None) -> torch.Tensor:
+        assert classes is not None
         b = images.shape[0]
         per_chunk = max(1, self.batch_size // b)  # masks per chunk: b × per_chunk images per forward
         saliency = torch.zeros(b, *self.adapter.image_size, device=images.device)
@@ -110,6 +115,6 @@ class RISE(Method):
                 probs = torch.cat(
                     [self.adapter.predict(part).softmax(-1) for part in masked.split(self.batch_size)]
                 ).view(b, n, -1)
-                scores = probs.gather(2, targets[:, None, None].expand(b, n, 1))[..., 0]  # b×n
+                scores = probs.gather(2, classes[:, None, None].expand(b, n, 1))[..., 0]  # b×n
                 saliency += torch.einsum("bn,nhw->bhw", scores, masks)
         return saliency / (self.num_masks * self.p)

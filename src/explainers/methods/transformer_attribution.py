@@ -14,13 +14,18 @@ import torch
 
 from explainers.methods._attention import check_start_layer, rollout
 from explainers.methods._relevance import EPS, propagate
-from explainers.methods.base import register_method
+from explainers.methods.base import Attribution, Cost, Need, register_method
 from explainers.methods.lrp import RelevanceOptions
 from explainers.models.base import ExplaineeAdapter
 
 
 @register_method("transformer-attribution")
 class TransformerAttribution(RelevanceOptions):
+    summary = "per block mean_h(relu(∇A⊙R_A)) with R_A the LRP relevance, product of (I + Ā), CLS row"
+    needs = frozenset({Need.ATTENTION, Need.GRADIENTS})
+    cost = Cost.FEW_PASSES
+    reference = "Chefer et al., CVPR 2021"
+
     def __init__(
         self,
         adapter: ExplaineeAdapter,
@@ -36,11 +41,11 @@ class TransformerAttribution(RelevanceOptions):
     def config(self) -> dict[str, Any]:
         return {**super().config(), "start_layer": self.start_layer}
 
-    def attribute(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def attribute(self, images: torch.Tensor, classes: torch.Tensor | None) -> Attribution:
         result = propagate(
             self.adapter,
             self.adapter.normalize(images),
-            self.targets_or_none(targets),
+            classes,
             depth="attention",
             with_gradients=True,
             rules=self.rules,
@@ -52,4 +57,5 @@ class TransformerAttribution(RelevanceOptions):
         for grad, relevance in list(pairs)[self.start_layer :]:
             assert relevance is not None
             cams.append((grad * relevance).clamp_min(0).mean(dim=1))
-        return self.cls_patches(rollout(cams, add_identity=True, normalize_rows=False))
+        maps = self.cls_patches(rollout(cams, add_identity=True, normalize_rows=False))
+        return Attribution(maps=maps, logits=result.logits, classes=result.targets)

@@ -38,6 +38,7 @@ evaluation knobs are :func:`evaluate_maskfiles`'s ``batch_size`` (images loaded 
 
 from explainers.metrics import adp_pic, deletion, localization, perturbation, segmentation  # noqa: F401  (registers)
 from explainers.metrics.base import (
+    METRICS,
     BatchContext,
     Metric,
     MetricBatch,
@@ -53,6 +54,7 @@ from explainers.metrics.segmentation import average_precision, segmentation_ap, 
 
 __all__ = [
     "DEFAULT_METRICS",
+    "METRICS",
     "BatchContext",
     "EvaluationResult",
     "Metric",

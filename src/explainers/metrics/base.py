@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from explainers._registry import Registry
 from explainers.errors import ExplainersError
 from explainers.models.base import ExplaineeAdapter
 
@@ -166,28 +167,32 @@ def summary_stats(values: np.ndarray) -> dict[str, Any]:
     return {"mean": mean, "std": std, "n": n, "ci95": [mean - half, mean + half]}
 
 
-_REGISTRY: dict[str, type[Metric]] = {}
+#: Every registered metric, by name, in registration order (the order of ``--metrics all``).
+METRICS: Registry[type[Metric]] = Registry(
+    "metric",
+    builtins=(
+        "explainers.metrics.perturbation",
+        "explainers.metrics.deletion",
+        "explainers.metrics.adp_pic",
+        "explainers.metrics.segmentation",
+        "explainers.metrics.localization",
+    ),
+    unknown="unknown metric {name!r}; valid metrics: {names}",
+)
 
 
 def register_metric(cls: type[Metric]) -> type[Metric]:
     """Class decorator: make a metric available by its ``name``."""
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"metric name {cls.name!r} registered twice")
-    _REGISTRY[cls.name] = cls
-    return cls
+    return METRICS.register(cls.name, cls)
 
 
 def available_metrics() -> list[str]:
-    """Names of every registered metric (this module is only importable through explainers.metrics, whose
-    import registers the built-ins)."""
-    return list(_REGISTRY)
+    """Names of every registered metric."""
+    return METRICS.names()
 
 
 def metric_class(name: str) -> type[Metric]:
-    names = available_metrics()
-    if name not in _REGISTRY:
-        raise ExplainersError(f"unknown metric {name!r}; valid metrics: {', '.join(names)}")
-    return _REGISTRY[name]
+    return METRICS.get(name)
 
 
 def get_metric(name: str, **options: Any) -> Metric:

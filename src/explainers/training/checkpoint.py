@@ -6,18 +6,34 @@ override.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, load_model, save_model
 
-from explainers.errors import ModelError
+from explainers.errors import ModelError, OutputError, describe_os_error
+from explainers.io.atomic import fsync_path
+from explainers.io.lock import OutputLock
 from explainers.models.signature import WeightsMismatchError, check_fingerprint  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
+
+
+def pixel_digest(*images: torch.Tensor) -> str:
+    """SHA-256 of images in [0, 1] quantised to 8 bits: what a resumed run compares to be sure it trains
+    on the pixels of the interrupted one (ids alone do not tell a regenerated dataset apart)."""
+    digest = hashlib.sha256()
+    for x in images:
+        digest.update(str(tuple(x.shape)).encode())
+        digest.update((x.detach().cpu().float() * 255).round().to(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------------------------------------ training state
@@ -31,21 +47,49 @@ def save_training_state(out: Path, model: torch.nn.Module, payload: dict[str, An
     ``state.pt`` (``payload``: optimiser and scheduler state, step, log, RNG…; tensors and plain values
     only, so that it reads back with ``weights_only=True``).
 
-    Written to a fresh folder and swapped in with two renames: a crash leaves the old or the new state
-    (between the renames, the old one as ``train_state.old``, which :func:`find_training_state` reads).
+    Written to a fresh folder, flushed and read back, then swapped in with two renames: a crash leaves
+    the old or the new state (between the renames, the old one as ``train_state.old``, which
+    :func:`find_training_state` reads). A failed write (a full disk) raises :class:`OutputError` and
+    leaves the previous state as it was.
     """
-    from safetensors.torch import save_model
-
     tmp, final, old = out / (STATE_DIR + ".tmp"), out / STATE_DIR, out / (STATE_DIR + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model(model, str(tmp / STATE_WEIGHTS))  # (handles weights that share storage)
-    torch.save(payload, tmp / STATE_NAME)
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_model(model, str(tmp / STATE_WEIGHTS))  # (handles weights that share storage)
+        torch.save(payload, tmp / STATE_NAME)
+        for name in (STATE_WEIGHTS, STATE_NAME):
+            fsync_path(tmp / name)
+        load_file(str(tmp / STATE_WEIGHTS))  # reads back: a cut file fails here, not at the resume
+        torch.load(tmp / STATE_NAME, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OutputError):
+            raise
+        raise OutputError(
+            f"cannot write the training state in {out}: {describe_os_error(exc)}; the previous state "
+            "was kept"
+        ) from exc
+    try:
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+        os.replace(tmp, final)
+    except OSError as exc:
+        raise OutputError(f"cannot write the training state in {out}: {describe_os_error(exc)}") from exc
     shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def output_lock(out: Path, main: bool = True) -> Iterator[None]:
+    """Hold ``out``'s lock (``.NAME.lock`` beside it) on the main process of a run: a second run on the
+    same output is refused in one line; a lock left by a crashed run is recognised and taken over."""
+    if not main:
+        yield
+        return
+
+    with OutputLock(out):
+        yield
 
 
 def find_training_state(out: Path) -> Path | None:
@@ -60,11 +104,12 @@ def find_training_state(out: Path) -> Path | None:
 def load_training_state(folder: Path, state_format: str, model: torch.nn.Module) -> dict[str, Any]:
     """Load the weights of a state written by :func:`save_training_state` into ``model`` and return its
     payload; a payload whose ``format`` is not ``state_format`` (another trainer's state) is refused."""
-    from safetensors.torch import load_model
-
     payload = torch.load(folder / STATE_NAME, map_location="cpu", weights_only=True)
     if payload.get("format") != state_format:
-        raise ModelError(f"{folder} holds a {payload.get('format')!r} training state, not {state_format!r}")
+        raise ModelError(
+            f"{folder} holds a {payload.get('format')!r} training state, not {state_format!r} (another trainer's, "
+            "or one from an older version); pick another --out, or delete that folder to start over"
+        )
     load_model(model, str(folder / STATE_WEIGHTS), strict=True, device=str(next(model.parameters()).device))
     return payload
 

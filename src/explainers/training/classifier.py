@@ -9,8 +9,8 @@ The output is an ordinary Hugging Face image-classification directory::
     OUT/training.json               config, seed, command, per-epoch history, accuracies, time, versions
     OUT/log.jsonl                   one JSON record per epoch, written as each epoch ends
 
-It runs through the shared :class:`~explainers.training.loop.Runtime` (device, precision, non-finite
-loss guard), on one process.
+It runs on the shared :class:`~explainers.training.loop.TrainingLoop` (device, precision, gradient
+accumulation, DDP under ``torchrun``, non-finite loss guard, exact resume from ``OUT/train_state/``).
 
 Speed matters (two CPU cores): the whole split is held in memory as one normalised tensor, batches are
 index slices of it, and augmentation is one dihedral transform (rotation by k·90° and an optional flip)
@@ -36,19 +36,21 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from explainers._compat import patch_torchvision
 from explainers.data import open_dataset, parse_dataset_spec
 from explainers.data.base import ImageDataset, iter_batches
 from explainers.data.synthetic import SyntheticDataset
+from explainers.devices import resolve_device
 from explainers.errors import DatasetError, ExplainersError
-from explainers.io.atomic import write_text_atomic
 from explainers.models import ExplaineeAdapter, load_explainee
+from explainers.training.checkpoint import find_training_state, output_lock, pixel_digest
 from explainers.training.config import build
-from explainers.training.loop import PRECISIONS, Runtime, check_finite, load_images, validate_device
+from explainers.training.loop import Learner, Runtime, TrainingLoop, check_precision, load_images
 
 AUGMENTATIONS = ("auto", "dihedral", "none")
+# Settings that do not change the trained weights: a resumed run may differ in these.
+_RESUME_FREE_KEYS = {"device", "workers", "threads", "eval_batch_size"}
 LOG_NAME = "log.jsonl"
 
 
@@ -89,6 +91,7 @@ class ClassifierTrainConfig:
     select: str = "best"  # keep the epoch with the best validation accuracy ("best") or the last ("last")
     device: str = "auto"
     precision: str = "fp32"
+    grad_accum: int = 1  # micro-batches per optimiser step (one batch in that many parts)
     workers: int | None = None  # image-decoding processes (non-synthetic data; None: the loader's default)
 
     def __post_init__(self) -> None:
@@ -100,12 +103,10 @@ class ClassifierTrainConfig:
             raise ExplainersError(
                 f"hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})"
             )
-        if min(self.epochs, self.batch_size, self.num_layers, self.patch_size) < 1:
-            raise ExplainersError("epochs, batch_size, num_layers and patch_size must be >= 1")
-
-        validate_device(self.device)
-        if self.precision not in PRECISIONS:
-            raise ExplainersError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if min(self.epochs, self.batch_size, self.num_layers, self.patch_size, self.grad_accum) < 1:
+            raise ExplainersError("epochs, batch_size, num_layers, patch_size and grad_accum must be >= 1")
+        resolve_device(self.device)
+        check_precision(self.precision)
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
@@ -284,6 +285,150 @@ def _normalise_u8(images: torch.Tensor, mean: list[float], std: list[float]) -> 
     return images.float().div_(255.0).sub_(m).div_(s).contiguous()
 
 
+class _ClassifierLearner(Learner):
+    """The classifier's own part of the shared loop: a cross-entropy step on an index slice of the
+    in-memory split (with the dihedral augmentation on the scenes), and the validation accuracy that
+    selects the epoch. One generator, seeded once, draws each epoch's order and each batch's transform;
+    its state is part of the training state, so a resumed run draws what an uninterrupted one would."""
+
+    state_format = "explainers-classifier-train-state"
+    name = "classifier training"
+
+    def __init__(
+        self,
+        model: Any,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        config: ClassifierTrainConfig,
+        splits: _Splits,
+        train: tuple[torch.Tensor, torch.Tensor],
+        val: tuple[torch.Tensor, torch.Tensor],
+        augment: bool,
+        runtime: Runtime,
+    ) -> None:
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.runtime = runtime
+        self.forward_model = runtime.prepare(model)  # DDP-wrapped with several processes
+        self.config, self.augment = config, augment
+        self.x_train, self.y_train = train
+        self.x_val, self.y_val = val
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.generator_state = self.generator.get_state()  # as of the last finished step
+        self.order = torch.zeros(0, dtype=torch.long)
+        self.sums = torch.zeros(3, dtype=torch.float64)  # loss × images, correct, images (this epoch)
+        self.history: list[dict[str, Any]] = []
+        self.best_acc, self.best_epoch = -1.0, 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.epoch_started = time.time()
+        self.identity = {
+            "config": {k: v for k, v in config.to_dict().items() if k not in _RESUME_FREE_KEYS},
+            "data": splits.name,
+            "data_digest": pixel_digest(splits.train_u8.float() / 255, splits.val_u8.float() / 255),
+        }
+
+    def train_step(self, loop: TrainingLoop, step: int, epoch: int, index: int) -> None:
+        config, device = self.config, loop.device
+        if index == 0:
+            self.order = torch.randperm(len(self.x_train), generator=self.generator)
+            self.sums.zero_()
+            self.epoch_started = time.time()
+        idx = self.order[index * config.batch_size : (index + 1) * config.batch_size]
+        x, y = self.x_train[idx], self.y_train[idx]
+        if self.augment:
+            k = int(torch.randint(4, (1,), generator=self.generator))
+            flip = bool(torch.randint(2, (1,), generator=self.generator))
+            x = _dihedral(x, k, flip)
+            if config.task == "quadrant":
+                y = _quadrant_permutation(k, flip)[y]
+        # Several processes (DDP): each takes every world-size-th image of the batch; DDP averages the
+        # per-process mean gradients, which is the whole batch's mean (the shares are equal).
+        rank, world = self.runtime.rank, self.runtime.world
+        x, y = x[rank::world], y[rank::world]
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+        def loss_of(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+            images, targets = batch
+            with loop.autocast():
+                logits = self.forward_model(pixel_values=images).logits
+            loss = F.cross_entropy(logits.float(), targets, label_smoothing=config.label_smoothing)
+            correct = (logits.argmax(-1) == targets).sum()
+            figures = [loss.detach() * len(targets), correct.to(loss.dtype), loss.new_tensor(len(targets))]
+            share = len(targets) / len(y)  # micro-batch means, weighted to the mean over the batch
+            return (loss * share if share != 1 else loss), torch.stack(figures)
+
+        parts = [p for p in torch.arange(len(y)).tensor_split(config.grad_accum) if len(p)]
+        micro = [(x[p], y[p]) for p in parts] if len(parts) > 1 else [(x, y)]
+        figures = loop.gradient_step(self.forward_model, micro, loss_of).cpu()
+        loop.optimizer_step(float(figures[0] / figures[2]), list(self.model.parameters()), config.grad_clip)
+        self.sums += figures
+        self.generator_state = self.generator.get_state()
+        if index % 10 == 0:
+            loop.set_postfix(loss=f"{self.sums[0] / self.sums[2]:.3f}", acc=f"{self.sums[1] / self.sums[2]:.3f}")
+
+    def end_of_epoch(self, loop: TrainingLoop, epoch: int, step: int) -> None:
+        config = self.config
+        sums = self.runtime.reduce_sum(self.sums)  # over the processes
+        seen = int(sums[2])
+        train_s = time.time() - self.epoch_started
+        has_val = len(self.x_val) > 0
+        val_acc = float("nan")
+        if has_val:
+            x_val, y_val = self.x_val.to(loop.device), self.y_val.to(loop.device)
+            val_acc = _accuracy(self.model, x_val, y_val, config.eval_batch_size)
+        record = {
+            "epoch": epoch,
+            "loss": round(float(sums[0]) / max(1, seen), 5),
+            "train_acc": round(float(sums[1]) / max(1, seen), 5),
+            "val_acc": round(val_acc, 5),
+            "seconds": round(time.time() - self.epoch_started, 2),
+            "train_img_per_s": round(seen / max(train_s, 1e-9), 1),
+        }
+        self.history.append(record)
+        loop.log(record)
+        loop.write(
+            f"epoch {epoch}: loss {record['loss']:.4f}  train acc {record['train_acc']:.4f}  "
+            f"val acc {record['val_acc']:.4f}  ({record['seconds']:.0f} s)"
+        )
+        # With no validation images, "best" degrades to "last".
+        if config.select == "last" or not has_val or val_acc > self.best_acc:
+            self.best_acc, self.best_epoch = val_acc, epoch
+            self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        # The epoch's running sums, summed over the processes (the main process keeps them).
+        total = self.runtime.reduce_sum(self.sums)
+        self.sums = total if self.runtime.main else torch.zeros_like(total)
+        return {
+            **self.identity,
+            "generator": self.generator_state,
+            "order": self.order,
+            "sums": self.sums.clone(),
+            "history": self.history,
+            "best_acc": self.best_acc,
+            "best_epoch": self.best_epoch,
+            "best_state": self.best_state,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        self.generator_state = state["generator"]
+        self.order = state["order"]
+        self.sums = state["sums"].clone() if self.runtime.main else torch.zeros_like(state["sums"])
+        self.history = list(state["history"])
+        self.best_acc, self.best_epoch, self.best_state = state["best_acc"], state["best_epoch"], state["best_state"]
+        self.epoch_started = time.time()
+
+    def check_resume(self, saved: dict[str, Any]) -> None:
+        diffs = [k for k, v in self.identity["config"].items() if saved.get("config", {}).get(k) != v]
+        if saved.get("data") != self.identity["data"] or saved.get("data_digest") != self.identity["data_digest"]:
+            diffs.append("data")
+        if diffs:
+            raise ExplainersError(
+                f"the interrupted run in its --out differs in: {', '.join(diffs)}; rerun with the same "
+                "settings and data to resume it, or pass --overwrite to start over"
+            )
+
+
 def train_classifier(
     data: Path | str,
     out: Path | str,
@@ -302,7 +447,22 @@ def train_classifier(
     """
     config = config or ClassifierTrainConfig()
     out = Path(out).expanduser().resolve()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+    with output_lock(out, int(os.environ.get("RANK", "0")) == 0):
+        return _train_classifier(data, out, config, progress, overwrite, command)
+
+
+def _train_classifier(
+    data: Path | str,
+    out: Path,
+    config: ClassifierTrainConfig,
+    progress: bool,
+    overwrite: bool,
+    command: str | None,
+) -> dict[str, Any]:
+    # A training state in OUT: resume it (an interrupted run), unless --overwrite starts over.
+
+    resumable = out.is_dir() and find_training_state(out) is not None
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite and not resumable:
         raise ExplainersError(
             f"{out} already exists and is not empty; choose another --out or pass --overwrite"
         )
@@ -310,8 +470,10 @@ def train_classifier(
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     runtime = Runtime(config.device, config.precision)
-    if runtime.world > 1:
-        raise ExplainersError("train-classifier runs on one process; start it without torchrun")
+    if config.batch_size % runtime.world:
+        raise ExplainersError(
+            f"batch_size {config.batch_size} must be divisible by the number of processes ({runtime.world})"
+        )
 
     text = str(data)
     kind, path = parse_dataset_spec(text) if ":" in text and not Path(text).exists() else ("synthetic", text)
@@ -355,69 +517,29 @@ def train_classifier(
     total = steps_per_epoch * config.epochs
     warmup = max(1, round(config.warmup * total))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total, warmup))
-    generator = torch.Generator().manual_seed(config.seed)
-    augment = augment_mode == "dihedral"
-    out.mkdir(parents=True, exist_ok=True)
-    log_lines: list[str] = []
-
-    history: list[dict[str, Any]] = []
-    best_acc, best_state, best_epoch = -1.0, None, 0
+    learner = _ClassifierLearner(
+        model, optimizer, scheduler, config, splits, (x_train, y_train), (x_val, y_val),
+        augment=augment_mode == "dihedral",
+        runtime=runtime,
+    )
     train_started = time.time()
-    global_step = 0
-    for epoch in range(1, config.epochs + 1):
-        epoch_started = time.time()
-        order = torch.randperm(len(x_train), generator=generator)
-        loss_sum, correct, seen = 0.0, 0, 0
-        bar = tqdm(
-            range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", unit="batch", disable=not progress
-        )
-        for step in bar:
-            idx = order[step * config.batch_size : (step + 1) * config.batch_size]
-            x, y = x_train[idx], y_train[idx]
-            if augment:
-                k = int(torch.randint(4, (1,), generator=generator))
-                flip = bool(torch.randint(2, (1,), generator=generator))
-                x = _dihedral(x, k, flip)
-                if config.task == "quadrant":
-                    y = _quadrant_permutation(k, flip)[y]
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with runtime.autocast():
-                logits = model(pixel_values=x).logits
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
-            global_step += 1
-            check_finite(float(loss.detach()), global_step)
-            runtime.backward(loss)
-            runtime.step(optimizer, list(model.parameters()), config.grad_clip)
-            scheduler.step()
-            loss_sum += float(loss.detach()) * len(y)
-            correct += int((logits.argmax(-1) == y).sum())
-            seen += len(y)
-            if step % 10 == 0:
-                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
-        bar.close()
-        train_s = time.time() - epoch_started
-        val_acc = _accuracy(model, x_val, y_val, config.eval_batch_size) if len(x_val) else float("nan")
-        record = {
-            "epoch": epoch,
-            "loss": round(loss_sum / max(1, seen), 5),
-            "train_acc": round(correct / max(1, seen), 5),
-            "val_acc": round(val_acc, 5),
-            "seconds": round(time.time() - epoch_started, 2),
-            "train_img_per_s": round(seen / max(train_s, 1e-9), 1),
-        }
-        history.append(record)
-        log_lines.append(json.dumps(record) + "\n")
-        write_text_atomic(out / LOG_NAME, "".join(log_lines))
-        if progress:
-            tqdm.write(
-                f"epoch {epoch}: loss {record['loss']:.4f}  train acc {record['train_acc']:.4f}  "
-                f"val acc {record['val_acc']:.4f}  ({record['seconds']:.0f} s)"
-            )
-        # With no validation images, "best" degrades to "last".
-        if config.select == "last" or not len(x_val) or val_acc > best_acc:
-            best_acc, best_epoch = val_acc, epoch
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    train_wall = time.time() - train_started
+    loop = TrainingLoop(
+        runtime,
+        out,
+        total_steps=total,
+        steps_per_epoch=steps_per_epoch,
+        log_name=LOG_NAME,
+        progress=progress,
+        unit="batch",
+        resume=not overwrite,
+    )
+    loop.run(learner)
+    if not runtime.main:  # the main process evaluates and writes the model
+        runtime.barrier()
+        return {"main_process": False}
+    history, best_acc, best_epoch = learner.history, learner.best_acc, learner.best_epoch
+    best_state = learner.best_state
+    train_wall = loop.elapsed_s if loop.resumed else time.time() - train_started
 
     assert best_state is not None
     model.load_state_dict(best_state)
@@ -463,6 +585,7 @@ def train_classifier(
         "processor": _cpu_name(),
     }
     _save(model, out, image_size, mean, std, record, overwrite=True)
+    runtime.barrier()
     return record
 
 

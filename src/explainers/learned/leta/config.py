@@ -6,10 +6,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from explainers.devices import resolve_device
 from explainers.errors import ExplainersError
 from explainers.training.config import build
 from explainers.training.config import read_config_file as read_shared_config_file
-from explainers.training.loop import PRECISIONS, validate_device
+from explainers.training.loop import PRECISIONS
 
 LAYOUTS = ("shared", "two-branch")
 
@@ -71,7 +72,8 @@ class PretrainConfig:
     cache_images: decode the training images once and keep them in memory (uint8) when they fit in
         ``cache_limit_mb``.
     device (``auto``, ``cpu``, ``cuda``), precision (``fp32``, ``bf16``, ``fp16``: autocast of the
-        explainer's forward, float32 weights), workers (image-decoding processes).
+        explainer's forward, float32 weights), grad_accum (micro-batches per optimiser step: each
+        process's share of a batch in that many parts), workers (image-decoding processes).
     """
 
     split: str | None = None
@@ -92,12 +94,13 @@ class PretrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "fp32"
+    grad_accum: int = 1
     workers: int | None = None
     cache_images: bool = True
     cache_limit_mb: int = 4096
 
     def validate(self) -> None:
-        for name in ("batch_size", "centres", "epochs", "target_batch", "log_every", "save_every"):
+        for name in ("batch_size", "centres", "epochs", "target_batch", "log_every", "save_every", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ExplainersError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
@@ -108,7 +111,7 @@ class PretrainConfig:
             raise ExplainersError(f"target_dtype must be float32 or bfloat16, got {self.target_dtype!r}")
         if self.lr <= 0:
             raise ExplainersError(f"lr must be positive, got {self.lr}")
-        validate_device(self.device)
+        resolve_device(self.device)  # the one device check (one line when unusable)
         if self.precision not in PRECISIONS:
             raise ExplainersError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.workers is not None and self.workers < 0:

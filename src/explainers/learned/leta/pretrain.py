@@ -42,17 +42,14 @@ from explainers.models import load_explainee
 from explainers.models.base import ExplaineeAdapter
 from explainers.models.signature import check_same_encoder, encoder_signature, require_vit
 from explainers.training.checkpoint import (
-    STATE_NAME,
-    find_training_state,
-    load_training_state,
-    remove_training_state,
-    save_training_state,
+    output_lock,
+    pixel_digest,
 )
-from explainers.training.loop import Runtime, check_finite
+from explainers.training.loop import Learner, Runtime, TrainingLoop
 
 LOG_FILE = "train_log.jsonl"
 PLOT_FILE = "loss.png"
-STATE_FORMAT = "explainers-leta-train-state"
+STATE_FORMAT = "explainers-leta-train-state-2"  # 2: the shared training loop's state
 
 # Training keys that may change between an interrupted run and its resumption without changing results.
 _RESUME_FREE_KEYS = {
@@ -121,20 +118,6 @@ def _open(data: str, split: str | None):
 # Logs and plot
 
 
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines after ``step`` (written after the checkpoint a resumed run restarts from)."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                keep.append(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by the interruption
-    path.write_text("".join(k + "\n" for k in keep))
-
-
 def plot_log(log_path: Path, out_path: Path) -> None:
     """Training loss (per logged step) and validation loss (per epoch) against the step, log scale."""
     import matplotlib
@@ -142,6 +125,8 @@ def plot_log(log_path: Path, out_path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if not log_path.is_file():
+        return  # stopped before the first logged step: nothing to draw
     rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     train = [r for r in rows if r.get("kind") == "train"]
     val = [r for r in rows if r.get("kind") == "val"]
@@ -242,7 +227,7 @@ def pretrain(
 ) -> Path:
     """Pre-train a LETA explainer for ``encoder`` on the images of ``data`` and save it to ``out``.
 
-    resume: continue from ``out/training`` when it holds a run with the same configuration (an
+    resume: continue from ``out/train_state`` when it holds a run with the same configuration (an
         interrupted run ends with the same weights as an uninterrupted one); ``False`` starts over.
     stop_after: stop (resumably) after this many steps in this call — for time-sliced jobs and tests.
     Runs under ``torchrun`` / ``accelerate launch`` as DDP (gloo on CPU, NCCL on GPU) when
@@ -257,11 +242,12 @@ def pretrain(
     runtime = Runtime(cfg.device, cfg.precision)
     if cfg.batch_size % runtime.world:
         raise ExplainersError(f"batch_size {cfg.batch_size} must be divisible by the {runtime.world} processes")
-    with _threads_per_process(runtime):
+    out = Path(out).expanduser()
+    with _threads_per_process(runtime), output_lock(out, runtime.main):
         return _pretrain(
             encoder,
             data,
-            Path(out).expanduser(),
+            out,
             run,
             runtime,
             encoder_spec=encoder_spec,
@@ -294,146 +280,39 @@ def _pretrain(
     if steps_per_epoch == 0:
         raise ExplainersError(f"{data} has {n_images} images, fewer than one batch of {cfg.batch_size}")
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
-    log_path = out / LOG_FILE
     signature = encoder_signature(encoder, encoder_spec)
-    run_record = {"run": run.to_dict(), "data": data, "world_size": runtime.world}
+    run_record = {
+        "run": run.to_dict(),
+        "data": data,
+        "data_images": n_images,
+        "data_digest": _data_digest(dataset, encoder.input_geometry),
+        "world_size": runtime.world,
+    }
 
     encoder.to(device)
     explainer = LETAExplainer.build(encoder, run.model, seed=cfg.seed)
     explainer.encoder_info = signature
     network = explainer.network.to(device)
-    opt = torch.optim.AdamW(network.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-    start_step, elapsed = 0, 0.0
-    ckpt = find_training_state(out) if resume else None
-    if ckpt is not None:
-        saved = torch.load(ckpt / STATE_NAME, map_location="cpu", weights_only=True)
-        if saved.get("format") == STATE_FORMAT:  # the settings first: a clear message, not a shape error
-            _check_resumable(saved, run_record, signature, encoder, out)
-        load_training_state(ckpt, STATE_FORMAT, network)
-        opt.load_state_dict(saved["optimizer"])
-        start_step, elapsed = int(saved["step"]), float(saved["elapsed_s"])
-    elif main:
-        remove_training_state(out)
-        if log_path.exists():
-            log_path.unlink()
-    runtime.barrier()
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        _truncate_log(log_path, start_step)
-
     source = _ImageSource(
         dataset, encoder.input_geometry, cfg.cache_images, cfg.cache_limit_mb, progress and main, cfg.workers
     )
     val = _validation_set(data, cfg, encoder, progress) if main else None
-    windows = explainer.windows()
-    target_dtype = torch.bfloat16 if cfg.target_dtype == "bfloat16" else None
-    train_net = runtime.prepare(network)
-    network.train()
-
-    def checkpoint(step: int) -> None:
-        if main:
-            state = {
-                "format": STATE_FORMAT,
-                "step": step,
-                "elapsed_s": elapsed,
-                "total_steps": total,
-                "encoder": signature,
-                **run_record,
-                "optimizer": opt.state_dict(),
-            }
-            save_training_state(out, network, state)
-        runtime.barrier()
-
-    def log(row: dict) -> None:
-        if main:
-            with log_path.open("a") as fh:
-                fh.write(json.dumps(row) + "\n")
-
-    last_train: dict[str, float] = {}
-    last_val: dict[str, float] = {}
-    sums = torch.zeros(3)
-    count, window_start = 0, time.perf_counter()
-    bar = runtime.progress(total, start_step, "LETA pre-training", progress)
-    step = start_step
-    try:
-        while step < total:
-            if stop_after is not None and step - start_step >= stop_after:
-                break
-            t0 = time.perf_counter()
-            epoch, k = divmod(step, steps_per_epoch)
-            order = torch.randperm(
-                n_images, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-            )
-            batch = order[k * cfg.batch_size : (k + 1) * cfg.batch_size].tolist()
-            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-            centres = sample_centres(cfg.batch_size, cfg.centres, encoder.num_patches, gen)
-            local = slice(runtime.rank, None, runtime.world)
-            images = source.get(batch[local]).to(device)
-            centres = centres[local].to(device)
-            torch.manual_seed(cfg.seed + step)  # dropout, if the backbone has any
-
-            t_pos, t_neg = compute_targets(
-                encoder, encoder.normalize(images), centres, windows, cfg.target_batch, dtype=target_dtype
-            )
-            with runtime.autocast():
-                psi_pos, psi_neg = train_net(images)
-            loss, loss_pos, loss_neg = leta_loss(psi_pos.float(), psi_neg.float(), centres, t_pos, t_neg)
-            values = torch.stack([loss.detach(), loss_pos.detach(), loss_neg.detach()]).cpu()
-            if runtime.world > 1:  # every process stops together on a non-finite loss
-                values = values if torch.isfinite(values).all() else values * float("nan")
-                if not torch.isfinite(runtime.reduce_sum(values)).all():
-                    values = values * float("nan")
-            check_finite(float(values[0]), step + 1)
-            lr = lr_at(step, total, cfg.lr, cfg.warmup)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            runtime.backward(loss)
-            runtime.step(opt, list(network.parameters()), cfg.grad_clip)
-            step += 1
-            elapsed += time.perf_counter() - t0
-            sums += values
-            count += 1
-
-            if step % cfg.log_every == 0 or step == total:
-                mean = runtime.reduce_mean(sums / count)
-                rate = count * cfg.batch_size / (time.perf_counter() - window_start)
-                last_train = {"loss": float(mean[0]), "loss_pos": float(mean[1]), "loss_neg": float(mean[2])}
-                log(
-                    {
-                        "kind": "train",
-                        "step": step,
-                        "epoch": step / steps_per_epoch,
-                        **last_train,
-                        "lr": lr,
-                        "images_per_s": round(rate, 2),
-                        "elapsed_s": round(elapsed, 2),
-                    }
-                )
-                bar.set_postfix(loss=f"{mean[0]:.4f}")
-                sums.zero_()
-                count, window_start = 0, time.perf_counter()
-            bar.update(1)
-            epoch_end = step % steps_per_epoch == 0 or step == total
-            if epoch_end and val is not None:
-                last_val = evaluate(explainer, *val, chunk=cfg.target_batch)
-                network.train()
-                log({"kind": "val", "step": step, "epoch": step / steps_per_epoch, **last_val})
-            if epoch_end or step % cfg.save_every == 0:
-                checkpoint(step)
-    except BaseException:
-        bar.close()
-        # Ctrl-C or a crash: keep the last completed step so a rerun continues from there. With several
-        # processes the others may be gone, so only a single process can still save safely.
-        if runtime.world == 1 and step > start_step:
-            checkpoint(step)
-            plot_log(log_path, out / PLOT_FILE)
-        raise
-    bar.close()
-    if step < total:  # stopped by stop_after: resumable
-        checkpoint(step)
-        if main:
-            plot_log(log_path, out / PLOT_FILE)
+    learner = _LETALearner(
+        explainer, encoder, network, source, val, cfg, run_record, signature, out, runtime, steps_per_epoch, total
+    )
+    loop = TrainingLoop(
+        runtime,
+        out,
+        total_steps=total,
+        steps_per_epoch=steps_per_epoch,
+        log_name=LOG_FILE,
+        checkpoint_every=cfg.save_every,
+        progress=progress,
+        resume=resume,
+        stop_after=stop_after,
+    )
+    loop.run(learner)
+    if loop.step < total:  # stopped by stop_after: resumable
         return out
     if main:
         summary = {
@@ -445,16 +324,139 @@ def _pretrain(
             "masked_targets": total * cfg.batch_size * cfg.centres * 2,
             "world_size": runtime.world,
             "device": str(device),
-            "wall_s": round(elapsed, 1),
+            "wall_s": round(loop.elapsed_s, 1),
             "config": asdict(cfg),
-            "final_train": last_train,
-            "final_val": last_val,
+            "final_train": learner.last_train,
+            "final_val": learner.last_val,
             "command": command,
         }
+        (out / "config.json").unlink(missing_ok=True)  # written last: it marks a complete explainer
         explainer.save_pretrained(out, training=summary)
-        plot_log(log_path, out / PLOT_FILE)
+        plot_log(out / LOG_FILE, out / PLOT_FILE)
     runtime.barrier()
     return out
+
+
+class _LETALearner(Learner):
+    """LETA's part of the shared loop: a step regresses ψ⁺/ψ⁻ on the frozen encoder's targets for a
+    global batch split over the processes; the epoch is validated on fixed images and centres (main
+    process). Every random choice is a function of (seed, epoch) or (seed, step), so the learner's
+    state is only the running loss sums between two log lines."""
+
+    state_format = STATE_FORMAT
+    name = "LETA pre-training"
+
+    def __init__(
+        self, explainer, encoder, network, source, val, cfg, run_record, signature, out, runtime, steps_per_epoch, total
+    ) -> None:
+        self.explainer, self.encoder, self.model, self.source, self.val = explainer, encoder, network, source, val
+        self.cfg, self.run_record, self.signature, self.out = cfg, run_record, signature, out
+        self.runtime, self.steps_per_epoch, self.total = runtime, steps_per_epoch, total
+        self.optimizer = torch.optim.AdamW(network.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.windows = explainer.windows()
+        self.target_dtype = torch.bfloat16 if cfg.target_dtype == "bfloat16" else None
+        self.train_net = runtime.prepare(network)
+        self.sums = torch.zeros(3, dtype=torch.float64)
+        self.count = 0
+        self.window_start = time.perf_counter()
+        self.last_train: dict[str, float] = {}
+        self.last_val: dict[str, float] = {}
+
+    def start(self, loop: TrainingLoop, resumed: bool) -> None:
+        self.model.train()
+        self.window_start = time.perf_counter()
+
+    def train_step(self, loop: TrainingLoop, step: int, epoch: int, index: int) -> None:
+        cfg, runtime, encoder = self.cfg, self.runtime, self.encoder
+        n_images = len(self.source.dataset)
+        order = torch.randperm(n_images, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+        batch = order[index * cfg.batch_size : (index + 1) * cfg.batch_size].tolist()
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        centres = sample_centres(cfg.batch_size, cfg.centres, encoder.num_patches, gen)
+        local = slice(runtime.rank, None, runtime.world)
+        images = self.source.get(batch[local]).to(loop.device)
+        centres = centres[local].to(loop.device)
+        torch.manual_seed(cfg.seed + step)  # dropout, if the backbone has any
+
+        def loss_of(micro: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+            x, c = micro
+            t_pos, t_neg = compute_targets(
+                encoder, encoder.normalize(x), c, self.windows, cfg.target_batch, dtype=self.target_dtype
+            )
+            with loop.autocast():
+                psi_pos, psi_neg = self.train_net(x)
+            loss, loss_pos, loss_neg = leta_loss(psi_pos.float(), psi_neg.float(), c, t_pos, t_neg)
+            share = len(x) / len(images)  # micro-batch means, weighted to the mean over the whole share
+            return loss * share, torch.stack([loss.detach(), loss_pos.detach(), loss_neg.detach()]) * share
+
+        lr = lr_at(step, self.total, cfg.lr, cfg.warmup)  # from the step alone: no scheduler state
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        parts = [p for p in torch.arange(len(images)).tensor_split(cfg.grad_accum) if len(p)]
+        micro = [(images[p], centres[p]) for p in parts] if len(parts) > 1 else [(images, centres)]
+        values = loop.gradient_step(self.train_net, micro, loss_of).cpu()
+        loop.optimizer_step(float(values[0]), list(self.model.parameters()), cfg.grad_clip)
+        self.sums += values
+        self.count += 1
+        done = step + 1
+        if done % cfg.log_every == 0 or done == self.total:
+            mean = runtime.reduce_mean(self.sums / self.count)
+            rate = self.count * cfg.batch_size / max(time.perf_counter() - self.window_start, 1e-9)
+            self.last_train = {"loss": float(mean[0]), "loss_pos": float(mean[1]), "loss_neg": float(mean[2])}
+            loop.log(
+                {
+                    "kind": "train",
+                    "step": done,
+                    "epoch": done / self.steps_per_epoch,
+                    **self.last_train,
+                    "lr": lr,
+                    "images_per_s": round(rate, 2),
+                    "elapsed_s": round(loop.elapsed_s + time.perf_counter() - self.window_start, 2),
+                }
+            )
+            loop.set_postfix(loss=f"{mean[0]:.4f}")
+            self.sums.zero_()
+            self.count, self.window_start = 0, time.perf_counter()
+
+    def end_of_epoch(self, loop: TrainingLoop, epoch: int, step: int) -> None:
+        if self.val is not None:
+            self.last_val = evaluate(self.explainer, *self.val, chunk=self.cfg.target_batch)
+            self.model.train()
+            loop.log({"kind": "val", "step": step, "epoch": step / self.steps_per_epoch, **self.last_val})
+
+    def state_dict(self) -> dict:
+        # The running sums since the last log line, summed over the processes (the main one keeps them).
+        total = self.runtime.reduce_sum(self.sums)
+        self.sums = total if self.runtime.main else torch.zeros_like(total)
+        return {
+            "format": STATE_FORMAT,
+            "encoder": self.signature,
+            **self.run_record,
+            "sums": self.sums.clone(),
+            "count": self.count,
+            "last_train": self.last_train,
+            "last_val": self.last_val,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sums = state["sums"].clone() if self.runtime.main else torch.zeros(3, dtype=torch.float64)
+        self.count = int(state["count"])
+        self.last_train, self.last_val = dict(state["last_train"]), dict(state["last_val"])
+
+    def check_resume(self, saved: dict) -> None:
+        _check_resumable(saved, self.run_record, self.signature, self.encoder, self.out)
+
+    def plot(self, log_path: Path, out: Path) -> None:
+        plot_log(log_path, out / PLOT_FILE)
+
+
+def _data_digest(dataset, geometry: InputGeometry, sample: int = 16) -> str:
+    """SHA-256 of the ids and 8-bit pixels of the first ``sample`` images and of the image count: enough
+    for a resumed run to notice a dataset regenerated or replaced under the same path, without
+    decoding all of it."""
+    first = [dataset[i] for i in range(min(sample, len(dataset)))]
+    batch = collate(first, geometry)
+    return pixel_digest(batch.images) + f"/{len(dataset)}/" + ",".join(map(str, batch.ids))[:2000]
 
 
 def _validation_set(data: str, cfg, encoder: ExplaineeAdapter, progress: bool):
@@ -491,7 +493,7 @@ def _check_resumable(
         for k in new["training"]
         if k not in _RESUME_FREE_KEYS and old["training"].get(k) != new["training"][k]
     ]
-    if saved.get("data") != run_record["data"]:
+    if any(saved.get(k, run_record[k]) != run_record[k] for k in ("data", "data_images", "data_digest")):
         diffs.append("data")
     if diffs:
         raise ExplainersError(

@@ -13,10 +13,10 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from explainers.devices import ByteSize, parse_bytes
+from explainers.devices import ByteSize, parse_bytes, resolve_device
 from explainers.errors import ExplainersError
 from explainers.training.config import ConfigError, build, read_config_file
-from explainers.training.loop import PRECISIONS, validate_device
+from explainers.training.loop import PRECISIONS
 
 ACTIVATIONS = ("sigmoid", "relu", "softmax", "none")
 PREDICTION_LOSSES = ("ce", "logit", "ce-neg")
@@ -134,7 +134,7 @@ class LTEConfig:
             if isinstance(value, float) and not math.isfinite(value):
                 raise LTEConfigError(f"{f.name} must be a finite number, got {value}")
 
-        validate_device(self.device)
+        resolve_device(self.device)  # the one device check (one line when unusable)
         if self.precision not in PRECISIONS:
             raise LTEConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
         if self.train_per_class is not None and self.train_per_class < 1:

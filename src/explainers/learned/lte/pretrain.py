@@ -12,9 +12,10 @@ Output directory layout::
     OUT/training.png                         loss and validation AUC per epoch
     OUT/subsets.json                         the ids of the training and validation images
 
-Rerunning with the same arguments continues an interrupted run from its last saved state (end of an epoch,
-or every ``checkpoint_every`` steps) and ends with the same weights as an uninterrupted run: the data order
-of an epoch and the RNG of a step are functions of (seed, epoch, step), not of the run's history.
+Runs on the shared :class:`~explainers.training.loop.TrainingLoop`: rerunning with the same arguments
+continues an interrupted run from its last saved state (end of an epoch, or every ``checkpoint_every``
+steps) and ends with the same weights and log as an uninterrupted run: the data order of an epoch and the
+RNG of a step are functions of (seed, epoch, step), not of the run's history.
 
 Runs as one process or under ``torchrun`` / ``accelerate launch`` with several (DDP through
 ``accelerate.Accelerator``; gloo on CPU). ``batch_size`` is the global batch: each process takes every
@@ -48,20 +49,20 @@ from explainers.learned.lte.explainer import (
 from explainers.learned.lte.loss import loss_classes, lte_loss
 from explainers.learned.lte.scoring import perturbation_auc
 from explainers.models import ExplaineeAdapter, load_explainee
+from explainers.models.signature import check_fingerprint
 from explainers.training.checkpoint import (
-    check_fingerprint,
     find_training_state,
-    load_training_state,
-    save_training_state,
+    output_lock,
+    pixel_digest,
 )
-from explainers.training.loop import Runtime, check_finite, load_images
+from explainers.training.loop import Learner, Runtime, TrainingLoop, load_images
 
 log = logging.getLogger(__name__)
 
 LOG_NAME = "log.jsonl"
 PLOT_NAME = "training.png"
 SUBSETS_NAME = "subsets.json"
-STATE_FORMAT = "explainers-lte-train-state"
+STATE_FORMAT = "explainers-lte-train-state-2"  # 2: the shared training loop's state
 
 # Settings that do not change the trained weights: a resumed run may differ in these.
 _FREE_KEYS = {
@@ -242,10 +243,6 @@ def validation_scores(
     return (torch.cat(out) if out else torch.empty(0, dtype=torch.float64)), counts
 
 
-def _write_log(out: Path, records: list[dict[str, Any]]) -> None:
-    write_text_atomic(out / LOG_NAME, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-
-
 def plot_log(records: list[dict[str, Any]], path: Path) -> None:
     """Loss and validation POS-AUC per epoch, as a PNG."""
     import matplotlib
@@ -275,10 +272,6 @@ def plot_log(records: list[dict[str, Any]], path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- state
-def _save_state(out: Path, net: torch.nn.Module, payload: dict[str, Any]) -> None:
-    save_training_state(out, net, payload)
-
-
 def _check_resume(
     payload: dict[str, Any], config: LTEConfig, adapter: ExplaineeAdapter, subsets: dict[str, Any], out: Path
 ) -> None:
@@ -325,8 +318,23 @@ def pretrain_lte(
     """
     config = config or LTEConfig()
     out = Path(out_dir).expanduser()
+    # One run per output folder: the main process holds its lock (taken over when a crashed run left it).
+    with output_lock(out, int(os.environ.get("RANK", "0")) == 0):
+        return _pretrain_lte(explainee, data, out, config, progress=progress, on_step=on_step, command=command)
+
+
+def _pretrain_lte(
+    explainee: ExplaineeAdapter | str,
+    data: str | ImageDataset,
+    out: Path,
+    config: LTEConfig,
+    *,
+    progress: bool,
+    on_step: Callable[[int], None] | None,
+    command: str | None,
+) -> PretrainResult:
     runtime = Runtime(config.device, config.precision)
-    rank, world, main = runtime.rank, runtime.world, runtime.main
+    world = runtime.world
     if config.batch_size % (world * config.grad_accum):
         raise ExplainersError(
             f"batch_size {config.batch_size} must be divisible by the number of processes ({world}) times "
@@ -354,15 +362,7 @@ def pretrain_lte(
 
     torch.manual_seed(config.seed)
     explainer = LTEExplainer(adapter, config)
-    net = explainer.net
-    params = explainer.trainable_parameters()
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(math.ceil(len(train_idx) / world) * world / config.batch_size)
-    warmup, total = schedule_lengths(config, steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, warmup, total, config.schedule)
-    )
-
     info = {
         "dataset": data if isinstance(data, str) else getattr(data, "name", type(data).__name__),
         "split": getattr(dataset, "split", config.split),
@@ -370,200 +370,214 @@ def pretrain_lte(
         "val_images": len(val_idx),
         "processes": world,
         "seed": config.seed,
-        "lr_warmup_steps": warmup,
-        "lr_total_steps": total,
         "command": command,
     }
-    # --- resume
-    epoch, step_in_epoch, global_step = 0, 0, 0
-    best: dict[str, Any] = {"epoch": None, "val_pos_auc": None}
-    records: list[dict[str, Any]] = []
-    sums = torch.zeros(4, dtype=torch.float64)  # total, prediction, mask, images (this epoch so far)
-    state_dir = find_training_state(out) if out.exists() else None
-    resumed = state_dir is not None
-    if state_dir is not None:
-        payload = torch.load(state_dir / "state.pt", map_location="cpu", weights_only=True)
-        if payload.get("format") == STATE_FORMAT:  # the settings first: a clear message, not a shape error
-            _check_resume(payload, config, adapter, subsets, out)
-        load_training_state(state_dir, STATE_FORMAT, net)
-        optimizer.load_state_dict(payload["optimizer"])
-        scheduler.load_state_dict(payload["scheduler"])
-        epoch, step_in_epoch, global_step = payload["epoch"], payload["step_in_epoch"], payload["global_step"]
-        best, records = payload["best"], list(payload["log"])
-        if main:  # the saved sums are already summed over processes
-            sums = payload["sums"].clone()
-        if payload.get("world_size") != world:
-            log.warning("resuming a run made with %s process(es) on %s", payload.get("world_size"), world)
-        if main:
-            log.info("resuming %s at epoch %d, step %d", out, epoch + 1, step_in_epoch)
-    elif (out / CONFIG_NAME).exists():
+    learner = _PLTELearner(
+        explainer, runtime, config, out, info, (train_x, train_c), (val_x, val_c), subsets, steps_per_epoch
+    )
+    if (out / CONFIG_NAME).exists() and find_training_state(out) is None:
         raise ExplainersError(
             f"{out} already holds an explainer checkpoint but no training state to resume; pick another --out"
         )
-
-    fingerprint = adapter.weights_fingerprint()
-
-    def payload_now(ep: int, step: int, s: torch.Tensor) -> dict[str, Any]:
-        return {
-            "format": STATE_FORMAT,
-            "config": config.to_dict(),
-            "explainee": adapter.describe(),
-            "explainee_weights_fingerprint": fingerprint,
-            "subsets": subsets,
-            "epoch": ep,
-            "step_in_epoch": step,
-            "global_step": global_step,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "best": best,
-            "log": records,
-            "sums": s,
-            "rng": torch.get_rng_state(),
-            "world_size": world,
-        }
-
-    if main:
+    if runtime.main:
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / SUBSETS_NAME, json.dumps(subsets) + "\n")
-
-    ddp_net = runtime.prepare(net)
-    device = runtime.device
-
-    if not resumed and config.validate_initial:
-        auc, stats = _validate(runtime, explainer, val_x, val_c, config)
-        records.append({"epoch": 0, "step": 0, "val_pos_auc": auc, "loss": None, **stats})
-
-    bar = runtime.progress(config.epochs * steps_per_epoch, global_step, "pLTE pre-training", progress)
-    started = time.perf_counter()
-    with frozen(adapter.model):
-        while epoch < config.epochs:
-            net.train()
-            order = _epoch_order(len(train_idx), config.seed, epoch, world)
-            batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
-            for s in range(step_in_epoch, len(batches)):
-                chunk = batches[s]
-                local = chunk[rank::world]
-                torch.manual_seed(_step_seed(config.seed, global_step, rank))
-                # Gradient accumulation: this process's share in grad_accum micro-batches, one
-                # optimiser step. DDP averages over processes: scale so that the result is the mean
-                # over the global batch.
-                micro = [local[i :: config.grad_accum] for i in range(config.grad_accum)]
-                micro = [m for m in micro if m]
-                step_sums = torch.zeros(4, dtype=torch.float64, device=device)
-                for j, part in enumerate(micro):
-                    idx = torch.tensor(part)
-                    x, c = train_x[idx].to(device), train_c[idx].to(device)
-                    with runtime.accumulate(ddp_net, last=j == len(micro) - 1):
-                        with runtime.autocast():
-                            patch, mask = ddp_net(adapter.normalize(x))
-                            terms = lte_loss(adapter, x, patch, mask, c, config)
-                        runtime.backward(terms.total.float().sum() * (world / len(chunk)))
-                    # Summed on the training device (the image count too): no CPU tensor meets the
-                    # CUDA loss terms.
-                    step_sums += torch.stack(
-                        [
-                            terms.total.detach().float().sum(),
-                            terms.prediction.detach().float().sum(),
-                            terms.mask.detach().float().sum(),
-                            terms.total.new_tensor(float(len(part))),
-                        ]
-                    ).double()
-                step_loss = _finite_everywhere(runtime, step_sums)
-                check_finite(step_loss, global_step + 1)
-                runtime.step(optimizer, params, None)
-                scheduler.step()
-                global_step += 1
-                sums += step_sums.cpu()
-                bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{step_loss:.3f}")
-                last_of_epoch = s + 1 == len(batches)
-                if (
-                    config.checkpoint_every
-                    and global_step % config.checkpoint_every == 0
-                    and not last_of_epoch
-                ):
-                    total_sums = runtime.reduce_sum(sums)
-                    if main:
-                        _save_state(out, net, payload_now(epoch, s + 1, total_sums))
-                    sums = total_sums if main else torch.zeros_like(sums)
-                    runtime.barrier()
-                if on_step is not None:
-                    on_step(global_step)
-            # --- end of epoch: validate, log, keep the best, save the state
-            epoch_sums = runtime.reduce_sum(sums)
-            sums = torch.zeros_like(sums)
-            step_in_epoch = 0
-            epoch += 1
-            auc, stats = _validate(runtime, explainer, val_x, val_c, config)
-            n = max(epoch_sums[3].item(), 1.0)
-            record = {
-                "epoch": epoch,
-                "step": global_step,
-                "lr": optimizer.param_groups[0]["lr"],
-                "loss": epoch_sums[0].item() / n,
-                "prediction_loss": epoch_sums[1].item() / n,
-                "mask_loss": epoch_sums[2].item() / n,
-                "mask_loss_weighted": config.lambda_mask * epoch_sums[2].item() / n,
-                "val_pos_auc": auc,
-                **stats,
-                "collapse": describe_collapse(stats, epoch_sums[2].item() / n),
-                "time_s": round(time.perf_counter() - started, 2),
-            }
-            # A NaN score or NaN weights are never kept as the best checkpoint.
-            usable = math.isfinite(auc) and all(bool(torch.isfinite(p).all()) for p in params)
-            improved = usable and (best["val_pos_auc"] is None or auc < best["val_pos_auc"])
-            if improved:
-                best = {"epoch": epoch, "val_pos_auc": auc}
-            record["best"] = improved
-            records.append(record)
-            if main:
-                if improved:
-                    explainer.training_info = {
-                        **info,
-                        "epoch": epoch,
-                        "val_pos_auc": auc,
-                        "global_step": global_step,
-                    }
-                    explainer.save_pretrained(out)
-                _save_state(out, net, payload_now(epoch, 0, torch.zeros_like(sums)))
-                _write_log(out, records)
-                try:
-                    plot_log(records, out / PLOT_NAME)
-                except Exception as exc:  # a plot must never stop a training run
-                    log.warning("could not draw %s: %s", out / PLOT_NAME, exc)
-                bar.write(
-                    f"epoch {epoch}/{config.epochs}: loss {record['loss']:.4f}  val POS-AUC {auc:.2f}"
-                    + ("  (best)" if improved else "")
-                    + (f"  WARNING: {record['collapse']}" if record.get("collapse") else "")
-                )
-            runtime.barrier()
-    bar.close()
-    if main and not (out / PLOT_NAME).exists() and records:
-        with contextlib.suppress(Exception):
-            plot_log(records, out / PLOT_NAME)
+    loop = TrainingLoop(
+        runtime,
+        out,
+        total_steps=config.epochs * steps_per_epoch,
+        steps_per_epoch=steps_per_epoch,
+        log_name=LOG_NAME,
+        checkpoint_every=config.checkpoint_every,
+        progress=progress,
+        on_step=on_step,
+    )
+    loop.run(learner)
+    best, records = learner.best, learner.records
     best_record = next((r for r in records if r["epoch"] == best["epoch"] and r.get("loss") is not None), None)
     return PretrainResult(
         out_dir=out,
         best_epoch=best["epoch"],
         best_val_auc=best["val_pos_auc"],
-        epochs_done=epoch,
+        epochs_done=loop.step // steps_per_epoch,
         log=records,
-        resumed=resumed,
+        resumed=loop.resumed,
         last=explainer,
-        main_process=main,
+        main_process=runtime.main,
         collapse=None if best_record is None else best_record.get("collapse"),
     )
 
 
-def _finite_everywhere(runtime: Runtime, step_sums: torch.Tensor) -> float:
-    """This process's mean loss of the step; NaN on every process when it is NaN on any (so that all of
-    them stop together instead of leaving the others waiting in the next all-reduce)."""
-    loss = (step_sums[0] / step_sums[3].clamp(min=1)).item()
-    if runtime.world > 1:
-        bad = runtime.reduce_sum(torch.tensor([0.0 if math.isfinite(loss) else 1.0]))
-        if bad.item() > 0:
-            return math.nan
-    return loss
+class _PLTELearner(Learner):
+    """pLTE's part of the shared loop: a step is the LTE loss on a global batch of the training subset
+    (each process its share, in ``grad_accum`` micro-batches); an epoch ends with the validation
+    POS-AUC, which selects the checkpoint kept in OUT. The data order of an epoch and the RNG of a step
+    are functions of (seed, epoch, step), so the state is the best so far, the per-epoch records and the
+    running loss sums of the epoch."""
+
+    state_format = STATE_FORMAT
+    name = "pLTE pre-training"
+
+    def __init__(
+        self,
+        explainer: LTEExplainer,
+        runtime: Runtime,
+        config: LTEConfig,
+        out: Path,
+        info: dict[str, Any],
+        train: tuple[torch.Tensor, torch.Tensor],
+        val: tuple[torch.Tensor, torch.Tensor],
+        subsets: dict[str, Any],
+        steps_per_epoch: int,
+    ) -> None:
+        self.explainer, self.runtime, self.config, self.out = explainer, runtime, config, out
+        self.adapter = explainer.adapter
+        self.model = explainer.net
+        self.params = explainer.trainable_parameters()
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        warmup, total = schedule_lengths(config, steps_per_epoch)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, warmup, total, config.schedule)
+        )
+        self.info = {**info, "lr_warmup_steps": warmup, "lr_total_steps": total}
+        self.train_x, self.train_c = train
+        self.val_x, self.val_c = val
+        self.subsets = subsets
+        self.data_digest = pixel_digest(self.train_x, self.val_x)
+        self.fingerprint = self.adapter.weights_fingerprint()
+        self.ddp_net = runtime.prepare(self.model)
+        self.best: dict[str, Any] = {"epoch": None, "val_pos_auc": None}
+        self.records: list[dict[str, Any]] = []
+        self.sums = torch.zeros(4, dtype=torch.float64)  # total, prediction, mask, images (this epoch so far)
+        self.epoch_batches: tuple[int, list[list[int]]] | None = None
+        self.started = time.perf_counter()
+        self.position = (0, 0)  # (epoch, step in epoch) of the next step
+
+    def start(self, loop: TrainingLoop, resumed: bool) -> None:
+        self.started = time.perf_counter()
+        if not resumed and self.config.validate_initial:
+            auc, stats = _validate(self.runtime, self.explainer, self.val_x, self.val_c, self.config)
+            record = {"epoch": 0, "step": 0, "val_pos_auc": auc, "loss": None, **stats}
+            self.records.append(record)
+            loop.log(record)
+
+    def _batches(self, epoch: int) -> list[list[int]]:
+        if self.epoch_batches is None or self.epoch_batches[0] != epoch:
+            order = _epoch_order(len(self.train_x), self.config.seed, epoch, self.runtime.world)
+            size = self.config.batch_size
+            self.epoch_batches = (epoch, [order[i : i + size] for i in range(0, len(order), size)])
+        return self.epoch_batches[1]
+
+    def train_step(self, loop: TrainingLoop, step: int, epoch: int, index: int) -> None:
+        config, adapter, device = self.config, self.adapter, loop.device
+        rank, world = self.runtime.rank, self.runtime.world
+        self.model.train()
+        chunk = self._batches(epoch)[index]
+        local = chunk[rank::world]
+        torch.manual_seed(_step_seed(config.seed, step, rank))
+        # Gradient accumulation: this process's share in grad_accum micro-batches, one optimiser step.
+        # DDP averages over processes: scale so that the result is the mean over the global batch.
+        micro = [m for m in (local[i :: config.grad_accum] for i in range(config.grad_accum)) if m]
+
+        def loss_of(part: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+            idx = torch.tensor(part)
+            x, c = self.train_x[idx].to(device), self.train_c[idx].to(device)
+            with loop.autocast():
+                patch, mask = self.ddp_net(adapter.normalize(x))
+                terms = lte_loss(adapter, x, patch, mask, c, config)
+            # Summed on the training device (the image count too): no CPU tensor meets the CUDA loss terms.
+            figures = torch.stack(
+                [
+                    terms.total.detach().float().sum(),
+                    terms.prediction.detach().float().sum(),
+                    terms.mask.detach().float().sum(),
+                    terms.total.new_tensor(float(len(part))),
+                ]
+            )
+            return terms.total.float().sum() * (world / len(chunk)), figures
+
+        with frozen(adapter.model):  # the explainee stays fixed: no gradients into its weights
+            step_sums = loop.gradient_step(self.ddp_net, micro, loss_of)
+        step_loss = (step_sums[0] / step_sums[3].clamp(min=1)).item()
+        loop.optimizer_step(step_loss, self.params)
+        self.sums += step_sums.cpu()
+        self.position = divmod(step + 1, loop.steps_per_epoch)
+        loop.set_postfix(epoch=epoch + 1, loss=f"{step_loss:.3f}")
+
+    def end_of_epoch(self, loop: TrainingLoop, epoch: int, step: int) -> None:
+        config, explainer = self.config, self.explainer
+        epoch_sums = self.runtime.reduce_sum(self.sums)
+        self.sums = torch.zeros_like(self.sums)
+        auc, stats = _validate(self.runtime, explainer, self.val_x, self.val_c, config)
+        n = max(epoch_sums[3].item(), 1.0)
+        record = {
+            "epoch": epoch,
+            "step": step,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "loss": epoch_sums[0].item() / n,
+            "prediction_loss": epoch_sums[1].item() / n,
+            "mask_loss": epoch_sums[2].item() / n,
+            "mask_loss_weighted": config.lambda_mask * epoch_sums[2].item() / n,
+            "val_pos_auc": auc,
+            **stats,
+            "collapse": describe_collapse(stats, epoch_sums[2].item() / n),
+            "time_s": round(time.perf_counter() - self.started, 2),
+        }
+        # A NaN score or NaN weights are never kept as the best checkpoint.
+        usable = math.isfinite(auc) and all(bool(torch.isfinite(p).all()) for p in self.params)
+        improved = usable and (self.best["val_pos_auc"] is None or auc < self.best["val_pos_auc"])
+        if improved:
+            self.best = {"epoch": epoch, "val_pos_auc": auc}
+        record["best"] = improved
+        self.records.append(record)
+        loop.log(record)
+        if self.runtime.main and improved:
+            explainer.training_info = {**self.info, "epoch": epoch, "val_pos_auc": auc, "global_step": step}
+            # The old best's config.json goes first: a crash before the new one is written leaves
+            # weights without a config (visibly incomplete; the rerun redoes this epoch), never new
+            # weights under the old epoch's description.
+            (self.out / CONFIG_NAME).unlink(missing_ok=True)
+            explainer.save_pretrained(self.out)
+        loop.write(
+            f"epoch {epoch}/{config.epochs}: loss {record['loss']:.4f}  val POS-AUC {auc:.2f}"
+            + ("  (best)" if improved else "")
+            + (f"  WARNING: {record['collapse']}" if record.get("collapse") else "")
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        # The epoch's running sums, summed over the processes (the main process keeps them).
+        total = self.runtime.reduce_sum(self.sums)
+        self.sums = total if self.runtime.main else torch.zeros_like(total)
+        epoch, step_in_epoch = self.position
+        return {
+            "config": self.config.to_dict(),
+            "explainee": self.adapter.describe(),
+            "explainee_weights_fingerprint": self.fingerprint,
+            "subsets": self.subsets,
+            "data_digest": self.data_digest,
+            "epoch": epoch,
+            "step_in_epoch": step_in_epoch,
+            "best": self.best,
+            "log": self.records,
+            "sums": self.sums.clone(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.records = dict(state["best"]), list(state["log"])
+        self.sums = state["sums"].clone() if self.runtime.main else torch.zeros(4, dtype=torch.float64)
+        self.position = (int(state["epoch"]), int(state["step_in_epoch"]))
+
+    def check_resume(self, saved: dict[str, Any]) -> None:
+        _check_resume(saved, self.config, self.adapter, self.subsets, self.out)
+        if saved.get("data_digest") != self.data_digest:
+            raise ExplainersError(
+                f"{self.out} was pre-trained on other images (same ids, other pixels: the dataset changed); "
+                "pick another --out"
+            )
+
+    def plot(self, log_path: Path, out: Path) -> None:
+        if self.records:
+            plot_log(self.records, out / PLOT_NAME)
 
 
 def collapse_stats(masks: torch.Tensor) -> dict[str, float]:

@@ -232,13 +232,15 @@ def refine_images(
     parallel: bool = True,
     scorer: Scorer | None = None,
     memory_budget: str | int | float | None = None,
+    clean_logits: torch.Tensor | None = None,
 ) -> RefineResult:
     """Refine ``explainer`` (an :class:`LTEExplainer`) on each image; see the module docstring.
 
     ``memory_budget`` (bytes or e.g. ``"4GiB"``; default ``config.memory_budget``, else a fraction of the
     device's free memory) caps how many of the ``batch_size`` images are refined at once in parallel mode.
     targets: the class each image is refined towards (None: the predicted class). select_targets: the
-    class the steps are scored on for selection (None: the same as ``targets``).
+    class the steps are scored on for selection (None: the same as ``targets``). clean_logits: the
+    explainee's logits on ``images`` when the caller has them already (saves that forward).
     """
     adapter, config = explainer.adapter, explainer.config
     opts = _options(config, steps, lr, select, stop_below, stop_above)
@@ -247,8 +249,15 @@ def refine_images(
     if batch_size < 1:
         raise ExplainersError(f"batch_size must be at least 1, got {batch_size}")
     images = adapter.resize(images.to(explainer.device, torch.float32))
-    with torch.no_grad():  # the clean logits are also the p = 0 point of every score
-        logits = adapter.predict(images).float()
+    if clean_logits is not None:
+        if tuple(clean_logits.shape) != (images.shape[0], adapter.num_classes):
+            raise ExplainersError(
+                f"clean_logits must be {images.shape[0]}×{adapter.num_classes}, got {tuple(clean_logits.shape)}"
+            )
+        logits = clean_logits.detach().to(images.device, torch.float32)
+    else:
+        with torch.no_grad():  # the clean logits are also the p = 0 point of every score
+            logits = adapter.predict(images).float()
     classes = resolve_targets(targets, logits).to(images.device)
     select = classes if select_targets is None else resolve_targets(select_targets, logits).to(images.device)
     scorer = scorer or default_scorer(adapter, opts.select, config.eval_batch_size)
