@@ -169,7 +169,7 @@ class _EpochWeights:
     """Records the explainer's weights at the end of every epoch (when the training state is saved)."""
 
     def __init__(self, monkeypatch) -> None:
-        import explainers.training.checkpoint as module
+        import explainers.training.loop as module  # where the loop looks the function up
 
         self.by_epoch: dict[int, dict[str, torch.Tensor]] = {}
         real = module.save_training_state
@@ -203,6 +203,7 @@ def test_the_saved_checkpoint_is_the_best_validated_epoch(tmp_path, adapter, mon
     assert result.best_epoch == 2 and result.best_val_auc == 10.0
     assert [r["best"] for r in result.log if r["epoch"] > 0] == [True, True, False]
     saved = load_file(tmp_path / "plte" / "model.safetensors")
+    assert {1, 2, 3} <= set(spy.by_epoch), "the spy saw no epochs"
     for epoch, weights in spy.by_epoch.items():
         same = all(torch.equal(saved[k], weights[k]) for k in saved)
         assert same == (epoch == 2), epoch
