@@ -36,8 +36,9 @@ def resolve_explainer_dir(adapter: ExplaineeAdapter, explainer: str | Path | Non
 @register_method("plte")
 class PLTE(Method):
     """Masks from a pre-trained LTE explainer (``explainer=DIR``; the shipped one for the embedded
-    explainee). The masks do not depend on the requested class: the explainer was trained for one class
-    convention (its ``class_mode``)."""
+    explainee). The masks of the reference explainer do not depend on the requested class: it was trained
+    for one class convention (its ``class_mode``). One pre-trained with ``class_conditioned`` draws the
+    requested class's mask."""
 
     summary = "pre-trained LTE explainer, one forward (`--explainer DIR`; shipped for `embedded`)"
     needs = frozenset({Need.VIT, Need.CHECKPOINT})
@@ -72,6 +73,12 @@ class PLTE(Method):
         }
 
     def attribute(self, images: torch.Tensor, classes: torch.Tensor | None) -> torch.Tensor:
+        # A class-conditioned explainer draws the requested class's mask; the reference one ignores it.
+        if not self.explainer.class_conditioned:
+            classes = None
         return torch.cat(
-            [self.explainer(images[i : i + self.batch]) for i in range(0, len(images), self.batch)]
+            [
+                self.explainer(images[i : i + self.batch], None if classes is None else classes[i : i + self.batch])
+                for i in range(0, len(images), self.batch)
+            ]
         )

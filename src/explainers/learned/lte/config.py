@@ -23,7 +23,8 @@ PREDICTION_LOSSES = ("ce", "logit", "ce-neg")
 MASK_LOSSES = ("softplus", "l1", "entropy")
 CLASS_MODES = ("target", "predicted")
 SCHEDULES = ("linear", "reference", "constant")
-SELECTIONS = ("pos", "neg")
+SELECTIONS = ("pos", "neg", "pos+deletion")
+HEADS = ("patch", "decoder")
 
 
 class LTEConfigError(ExplainersError):
@@ -39,12 +40,25 @@ class LTEConfig:
             ``none`` (raw scores; the upsampled mask is clamped to [0, 1], as it is for ``relu``).
         freeze_blocks: freeze the first k encoder blocks too (the embeddings are always frozen).
         head_init_std: std of the normal init of the head's weights (biases start at zero).
+        head_init_bias: initial bias of the head's output logit (0: the reference's mask ≈ 0.5 everywhere).
+            A positive value starts from a mask near 1, the whole image kept, so that training learns what
+            can be removed. It matters when the explainee's evidence only counts at full strength: a cue
+            colour that a half-dimmed image no longer shows gives the prediction term no gradient at a mask
+            of 0.5, and the mask term then drives that class's masks to zero.
+        head: ``patch`` (the reference: a per-patch MLP, mask = bilinear upsampling of the patch grid) or
+            ``decoder`` (beyond the reference: a light upsampling decoder that also sees the image and
+            draws a pixel-level mask; see ``PixelDecoder``).
+        class_conditioned: condition the explainer on the explained class (one read-out of the patch head
+            per class), so that it can draw a different mask per class of one image. The reference
+            explainer is class-agnostic.
     Loss:
         class_mode: ``target`` (ground-truth label) or ``predicted`` (the explainee's clean argmax).
         prediction_loss: ``ce`` (published), ``logit`` (−logit of c), ``ce-neg`` ((CE(pos) − CE(neg))/2).
         mask_loss: ``softplus`` = mean softplus(s), what the reference calls "bce" (the faithful default);
             ``l1`` = mean |s|; ``entropy`` = entropy of the patch distribution (softmax activation only).
         lambda_pred, lambda_mask: loss weights (published λ_mask: 50 for ViT-B, 30 for ViT-S).
+        lambda_mask_warmup: fraction of pre-training over which λ_mask ramps linearly from 0 (0: full
+            weight from the first step, the reference).
     Data:
         split: dataset split the subsets are drawn from (None: ``train`` for synthetic data, else the
             dataset's default); train_per_class / val_per_class: class-uniform, disjoint subset sizes
@@ -64,8 +78,11 @@ class LTEConfig:
         optimiser step), workers (image-decoding processes).
     Refinement (LTE):
         refine_steps (scored masks per image, the first being the pLTE mask), refine_lr,
-        refine_weight_decay, refine_select (``pos``: lowest POS-AUC wins, or ``neg``: highest NEG-AUC),
-        refine_stop_below (pos: stop once the best is below), refine_stop_above (neg: stop once above),
+        refine_weight_decay, refine_select (``pos``: lowest POS-AUC wins; ``neg``: highest NEG-AUC;
+        ``pos+deletion``: lowest mean of POS-AUC and deletion AUC, read off the same curve: the probability
+        breaks the ties of the per-image accuracy AUC, which moves in steps of 5),
+        refine_stop_below (pos, pos+deletion: stop once the best is below), refine_stop_above (neg: stop
+        once above),
         memory_budget (bytes, or e.g. ``"4GiB"``, that refinement may use for the images it refines at
         once; None = a fraction of what the device has free; see ``learned/lte/refine.py``).
     """
@@ -73,12 +90,16 @@ class LTEConfig:
     activation: str = "sigmoid"
     freeze_blocks: int = 0
     head_init_std: float = 0.02
+    head_init_bias: float = 0.0
+    head: str = "patch"
+    class_conditioned: bool = False
 
     class_mode: str = "target"
     prediction_loss: str = "ce"
     mask_loss: str = "softplus"
     lambda_pred: float = 1.0
     lambda_mask: float = 50.0
+    lambda_mask_warmup: float = 0.0
 
     split: str | None = None
     train_per_class: int | None = None
@@ -121,6 +142,7 @@ class LTEConfig:
             "class_mode": CLASS_MODES,
             "schedule": SCHEDULES,
             "refine_select": SELECTIONS,
+            "head": HEADS,
         }
         for key, valid in choices.items():
             if getattr(self, key) not in valid:
@@ -167,6 +189,8 @@ class LTEConfig:
         ):
             if float(getattr(self, key)) < 0:
                 raise LTEConfigError(f"{key} must not be negative, got {getattr(self, key)}")
+        if not 0.0 <= self.lambda_mask_warmup <= 1.0:
+            raise LTEConfigError(f"lambda_mask_warmup must be in [0, 1], got {self.lambda_mask_warmup}")
         if not 0.0 <= self.warmup_fraction < 1.0:
             raise LTEConfigError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         if self.memory_budget is not None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -27,7 +28,7 @@ from explainers.learned.lte.config import LTEConfig
 from explainers.learned.lte.refine import refine_images
 from explainers.maps import resize_maps
 from explainers.models import load_explainee
-from explainers.models.base import ExplaineeAdapter, Targets, TrainableBackbone
+from explainers.models.base import ExplaineeAdapter, Targets, TrainableBackbone, resolve_targets
 from explainers.models.signature import check_fingerprint
 
 log = logging.getLogger(__name__)
@@ -56,23 +57,77 @@ class CheckpointMismatchError(ModelError):
 
 
 class PatchHead(nn.Module):
-    """``w2 · tanh(W1 t + b1) + b2`` per token (the activation is applied by the caller)."""
+    """``w2 · tanh(W1 t + b1) + b2`` per token (the activation is applied by the caller).
 
-    def __init__(self, dim: int, init_std: float = 0.02) -> None:
+    With ``outputs`` > 1 (a class-conditioned explainer) there is one read-out ``w2_c, b2_c`` per class over
+    the shared hidden features, and ``forward`` picks the explained class's: "is this token evidence for
+    class c?" is a different linear question for each class.
+    """
+
+    def __init__(self, dim: int, init_std: float = 0.02, init_bias: float = 0.0, outputs: int = 1) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, dim)
-        self.fc2 = nn.Linear(dim, 1)
+        self.fc2 = nn.Linear(dim, outputs)
         # Small weights and zero biases: the initial sigmoid mask is ≈ 0.5 everywhere, as published.
         for layer in (self.fc1, self.fc2):
             nn.init.normal_(layer.weight, std=init_std)
             nn.init.zeros_(layer.bias)
+        # A positive output bias starts the mask near 1 (the whole image kept; see LTEConfig.head_init_bias).
+        nn.init.constant_(self.fc2.bias, init_bias)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.fc2(torch.tanh(self.fc1(tokens))).squeeze(-1)
+    def forward(self, tokens: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.fc2(torch.tanh(self.fc1(tokens)))  # B×P×outputs
+        if classes is None:
+            return out[..., 0]
+        return out.gather(-1, classes.long().reshape(-1, 1, 1).expand(-1, out.shape[1], 1))[..., 0]
+
+
+class PixelDecoder(nn.Module):
+    """A light upsampling decoder that also sees the image: pixel logits = the bilinear upsampling of the
+    patch logits + a correction from the encoder's tokens (projected to ``channels``, upsampled) and the
+    image itself (one 3×3 convolution), mixed by a 3×3 and a 1×1 convolution.
+
+    The patch head alone can only draw bilinear blobs of its g×g grid: its maximum covers a quarter of a
+    patch wherever the evidence lies in that patch, and its mass spreads over the neighbours. The image
+    branch lets the mask follow the evidence's edges. The last convolution starts at zero, so an untrained
+    decoder draws exactly the upsampled patch logits and training starts where the reference head does.
+    """
+
+    def __init__(self, dim: int, channels: int = 16, init_std: float = 0.02) -> None:
+        super().__init__()
+        self.tokens = nn.Linear(dim, channels)
+        self.image = nn.Conv2d(3, channels, 3, padding=1)
+        self.mix = nn.Conv2d(2 * channels, channels, 3, padding=1)
+        self.out = nn.Conv2d(channels, 1, 1)
+        nn.init.normal_(self.tokens.weight, std=init_std)
+        nn.init.zeros_(self.tokens.bias)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(
+        self, tokens: torch.Tensor, patch_logits: torch.Tensor, pixel_values: torch.Tensor
+    ) -> torch.Tensor:
+        """tokens B×P×D, patch logits B×gh×gw, pixel values B×3×H×W → pixel logits B×H×W."""
+        b, gh, gw = patch_logits.shape
+        size = pixel_values.shape[-2:]
+        feats = self.tokens(tokens).transpose(1, 2).reshape(b, -1, gh, gw)
+        feats = F.interpolate(feats, size=size, mode="bilinear", align_corners=False)
+        both = torch.cat([F.gelu(feats), F.gelu(self.image(pixel_values))], dim=1)
+        correction = self.out(F.gelu(self.mix(both)))[:, 0]
+        coarse = resize_maps(patch_logits, size)
+        return coarse + correction
 
 
 class ExplainerNet(nn.Module):
-    """Pixel values → (patch scores B×gh×gw, mask B×H×W): encoder, per-patch head, activation, upsampling."""
+    """Pixel values → (scores, mask B×H×W): encoder, per-patch head, activation, upsampling.
+
+    ``head="patch"`` (the reference): the scores are the activated patch scores B×gh×gw and the mask their
+    bilinear upsampling. ``head="decoder"``: a :class:`PixelDecoder` turns the patch logits into pixel
+    logits; the scores are then the activated pixel scores, which are the mask (the mask term reads them).
+    ``num_classes`` > 0 conditions the head on the explained class: one read-out of the head per class,
+    so one network draws a different mask for each class it is asked about; ``forward`` then needs the
+    classes.
+    """
 
     def __init__(
         self,
@@ -85,10 +140,15 @@ class ExplainerNet(nn.Module):
         activation: str = "sigmoid",
         freeze_blocks: int = 0,
         head_init_std: float = 0.02,
+        head: str = "patch",
+        num_classes: int = 0,
+        head_init_bias: float = 0.0,
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.head = PatchHead(embed_dim, head_init_std)
+        self.head = PatchHead(embed_dim, head_init_std, head_init_bias, outputs=max(1, num_classes))
+        self.decoder = PixelDecoder(embed_dim, init_std=head_init_std) if head == "decoder" else None
+        self.class_conditioned = num_classes > 0
         self.num_prefix_tokens = int(num_prefix_tokens)
         self.grid = (int(grid[0]), int(grid[1]))
         self.image_size = (int(image_size[0]), int(image_size[1]))
@@ -118,10 +178,22 @@ class ExplainerNet(nn.Module):
             return torch.softmax(logits, dim=-1)
         return logits
 
-    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens = self.backbone(pixel_values)
-        scores = self.activate(self.head(tokens[:, self.num_prefix_tokens :]))  # B×P, row-major patches
-        patch = scores.reshape(-1, *self.grid)
+    def forward(
+        self, pixel_values: torch.Tensor, classes: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = self.backbone(pixel_values)[:, self.num_prefix_tokens :]  # B×P, row-major patches
+        if self.class_conditioned and classes is None:
+            raise ExplainersError("this LTE explainer is class-conditioned: pass the classes to explain")
+        logits = self.head(tokens, classes if self.class_conditioned else None)
+        if self.decoder is not None:
+            pixel_logits = self.decoder(tokens, logits.reshape(-1, *self.grid), pixel_values)
+            if tuple(pixel_logits.shape[-2:]) != self.image_size:
+                pixel_logits = resize_maps(pixel_logits, self.image_size)
+            mask = self.activate(pixel_logits.flatten(1)).reshape(pixel_logits.shape)
+            if self.activation in ("relu", "none"):
+                mask = mask.clamp(0.0, 1.0)
+            return mask, mask
+        patch = self.activate(logits).reshape(-1, *self.grid)
         mask = resize_maps(patch, self.image_size)
         if self.activation in ("relu", "none"):
             mask = mask.clamp(0.0, 1.0)  # unbounded scores: the reference clamps the mask to [0, 1]
@@ -179,6 +251,9 @@ class LTEExplainer:
             activation=self.config.activation,
             freeze_blocks=self.config.freeze_blocks,
             head_init_std=self.config.head_init_std,
+            head=self.config.head,
+            head_init_bias=self.config.head_init_bias,
+            num_classes=explainee.num_classes if self.config.class_conditioned else 0,
         ).to(explainee.device)
         self.net.eval()
         #: Free-form facts about how the weights were made (epoch, validation score, command), saved along.
@@ -198,21 +273,33 @@ class LTEExplainer:
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.net.parameters() if p.requires_grad]
 
-    def masks(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(patch scores, mask) for raw [0,1] images already at the explainee's size (keeps the graph)."""
-        return self.net(self.adapter.normalize(images))
+    @property
+    def class_conditioned(self) -> bool:
+        """Whether the masks depend on the class asked about (``config.class_conditioned``)."""
+        return self.net.class_conditioned
+
+    def masks(
+        self, images: torch.Tensor, classes: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores, mask) for raw [0,1] images already at the explainee's size (keeps the graph).
+        ``classes`` (B) is read only by a class-conditioned explainer, which needs it."""
+        return self.net(self.adapter.normalize(images), classes if self.class_conditioned else None)
 
     # ------------------------------------------------------------------ explaining
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, targets: Targets = None) -> torch.Tensor:
-        """pLTE masks B×H×W in [0, 1]. ``targets`` is accepted for symmetry with :meth:`refine`: the
-        pre-trained explainer is class-agnostic (it was trained for one class convention, see
-        ``config.class_mode``), so the mask does not depend on it."""
+        """pLTE masks B×H×W in [0, 1]. The reference explainer is class-agnostic (trained for one class
+        convention, see ``config.class_mode``): its mask does not depend on ``targets``. A class-conditioned
+        one (``config.class_conditioned``) draws the mask of ``targets`` (None: the predicted class)."""
         images = self.adapter.resize(images.to(self.device, torch.float32))
+        classes = None
+        if self.class_conditioned:
+            # The explainee's logits resolve None (the prediction) and check the classes' range.
+            classes = resolve_targets(targets, self.adapter.predict(images)).to(self.device)
         was_training = self.net.training
         self.net.eval()
         try:
-            return self.masks(images)[1]
+            return self.masks(images, classes)[1]
         finally:
             self.net.train(was_training)
 
@@ -329,7 +416,9 @@ class LTEExplainer:
             allow_other_weights=allow_other_weights,
         )
         config = LTEConfig.from_dict(meta.get("config", {}))
-        structural = {"activation", "freeze_blocks", "head_init_std"} & set(config_overrides)
+        structural = {"activation", "freeze_blocks", "head_init_std", "head", "class_conditioned"} & set(
+            config_overrides
+        )
         if structural:
             raise ExplainersError(
                 f"cannot override {', '.join(sorted(structural))} when loading a checkpoint"

@@ -59,6 +59,18 @@ def prediction_term(
     raise ValueError(f"unknown prediction loss {kind!r}")
 
 
+def mask_weight(config: LTEConfig, step: int, total_steps: int) -> float:
+    """λ_mask at pre-training step ``step`` (0-based) of ``total_steps``: ramped linearly from 0 over the
+    first ``lambda_mask_warmup`` of training, then constant. A mask weight at full strength from the first
+    step can drive the masks of a class to zero before the prediction term has found that class's evidence
+    (an all-zero mask is a local minimum: the mask term is at its floor and the gradient of the prediction
+    term through a sigmoid at 0 is tiny); the warm-up lets the explainer find the evidence first."""
+    if config.lambda_mask_warmup <= 0:
+        return config.lambda_mask
+    ramp = config.lambda_mask_warmup * max(1, total_steps)
+    return config.lambda_mask * min(1.0, step / ramp)
+
+
 @dataclass
 class LossTerms:
     """Per-image terms (B each): total = λ_pred·prediction + λ_mask·mask."""
@@ -75,12 +87,15 @@ def lte_loss(
     mask: torch.Tensor,
     classes: torch.Tensor,
     config: LTEConfig,
+    lambda_mask: float | None = None,
 ) -> LossTerms:
     """Per-image LTE loss. Callers reduce (mean over the batch for pre-training, sum for per-image
-    refinement, where each image owns its parameters)."""
+    refinement, where each image owns its parameters). ``lambda_mask`` overrides ``config.lambda_mask``
+    (pre-training's warm-up of the mask weight, :func:`mask_weight`)."""
     pred = prediction_term(adapter, images, mask, classes, config.prediction_loss)
     mterm = mask_term(patch_scores, config.mask_loss)
-    total = config.lambda_pred * pred + config.lambda_mask * mterm
+    weight = config.lambda_mask if lambda_mask is None else lambda_mask
+    total = config.lambda_pred * pred + weight * mterm
     return LossTerms(total=total, prediction=pred, mask=mterm)
 
 

@@ -46,7 +46,7 @@ from explainers.learned.lte.explainer import (
     LTEExplainer,
     check_compatible,
 )
-from explainers.learned.lte.loss import loss_classes, lte_loss
+from explainers.learned.lte.loss import loss_classes, lte_loss, mask_weight
 from explainers.learned.lte.scoring import perturbation_auc
 from explainers.models import ExplaineeAdapter, load_explainee
 from explainers.models.signature import check_fingerprint
@@ -230,7 +230,7 @@ def validation_scores(
     try:
         for i in range(0, len(images), chunk):
             x = images[i : i + chunk].to(explainer.device)
-            mask = explainer.masks(x)[1]
+            mask = explainer.masks(x, classes[i : i + chunk].to(x.device))[1]
             stats = collapse_stats(mask.float())
             counts += torch.tensor([stats[k] * len(x) for k in _COLLAPSE_KEYS], dtype=torch.float64)
             out.append(
@@ -275,7 +275,8 @@ def plot_log(records: list[dict[str, Any]], path: Path) -> None:
 def _check_resume(
     payload: dict[str, Any], config: LTEConfig, adapter: ExplaineeAdapter, subsets: dict[str, Any], out: Path
 ) -> None:
-    saved = payload["config"]
+    # A key the saved run does not know (added to LTEConfig since) had its default value there.
+    saved = {**LTEConfig().to_dict(), **payload["config"]}
     now = config.to_dict()
     diffs = sorted(k for k in now if k not in _FREE_KEYS and saved.get(k) != now[k])
     if diffs:
@@ -478,13 +479,14 @@ class _PLTELearner(Learner):
         # Gradient accumulation: this process's share in grad_accum micro-batches, one optimiser step.
         # DDP averages over processes: scale so that the result is the mean over the global batch.
         micro = [m for m in (local[i :: config.grad_accum] for i in range(config.grad_accum)) if m]
+        weight_now = mask_weight(config, step, loop.steps_per_epoch * config.epochs)
 
         def loss_of(part: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
             idx = torch.tensor(part)
             x, c = self.train_x[idx].to(device), self.train_c[idx].to(device)
             with loop.autocast():
-                patch, mask = self.ddp_net(adapter.normalize(x))
-                terms = lte_loss(adapter, x, patch, mask, c, config)
+                patch, mask = self.ddp_net(adapter.normalize(x), *explained_classes(self.explainer, c))
+                terms = lte_loss(adapter, x, patch, mask, c, config, weight_now)
             # Summed on the training device (the image count too): no CPU tensor meets the CUDA loss terms.
             figures = torch.stack(
                 [
@@ -624,3 +626,8 @@ def _validate(
 
 
 _COLLAPSE_KEYS = ("mask_mean", "flat_masks", "zero_masks", "one_masks")
+
+
+def explained_classes(explainer: LTEExplainer, classes: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The extra forward argument of a class-conditioned explainer network (the classes), else none."""
+    return (classes,) if explainer.class_conditioned else ()

@@ -39,6 +39,7 @@ from explainers.errors import ExplainersError
 from explainers.learned.lte.config import SELECTIONS
 from explainers.learned.lte.loss import lte_loss
 from explainers.learned.lte.scoring import perturbation_auc
+from explainers.metrics.perturbation import PERTURBATION_STEPS, perturbation_curves, trapezoid_auc
 from explainers.models.base import Targets, resolve_targets
 
 #: scorer(images B×3×H×W in [0,1], masks B×H×W, classes B, clean_logits B×C) → scores B (float64, CPU)
@@ -163,7 +164,7 @@ class _Selection:
     def __init__(
         self, n: int, image_size: tuple[int, int], opts: RefineOptions, device: torch.device
     ) -> None:
-        self.lower_is_better = opts.select == "pos"
+        self.lower_is_better = opts.select != "neg"
         self.threshold = opts.stop_below if self.lower_is_better else opts.stop_above
         self.score = torch.full((n,), math.inf if self.lower_is_better else -math.inf, dtype=torch.float64)
         self.step = torch.zeros(n, dtype=torch.long)
@@ -207,12 +208,34 @@ def _options(config, steps, lr, select, stop_below, stop_above) -> RefineOptions
 
 
 def default_scorer(adapter, order: str, max_batch: int) -> Scorer:
+    if order == "pos+deletion":
+        return pos_deletion_scorer(adapter, max_batch)
+
     def score(
         images: torch.Tensor, masks: torch.Tensor, classes: torch.Tensor, clean: torch.Tensor
     ) -> torch.Tensor:
         return perturbation_auc(
             adapter, images, masks, classes, order=order, max_batch=max_batch, clean_logits=clean
         )
+
+    return score
+
+
+def pos_deletion_scorer(adapter, max_batch: int) -> Scorer:
+    """Mean of the POS accuracy AUC and the deletion probability AUC (both lower is better), from one
+    perturbation curve. A single image's POS-AUC moves in steps of 5 (one more or one fewer correct
+    point), so most refinement steps tie with the pLTE mask and are never selected; the probability of
+    the class along the same curve breaks those ties."""
+    x = torch.arange(PERTURBATION_STEPS, dtype=torch.float64) / PERTURBATION_STEPS
+
+    def score(
+        images: torch.Tensor, masks: torch.Tensor, classes: torch.Tensor, clean: torch.Tensor
+    ) -> torch.Tensor:
+        correct, prob = perturbation_curves(
+            adapter, images, masks.detach(), classes, order="pos", max_batch=max_batch, clean_logits=clean
+        )
+        both = trapezoid_auc(torch.stack([correct.double(), prob.double()]), x.numpy())
+        return both.mean(dim=0).cpu()
 
     return score
 
@@ -289,10 +312,11 @@ def _refine_sequential(explainer, images, classes, select, logits, index, opts, 
         x, c, clean, row = images[i : i + 1], classes[i : i + 1], logits[i : i + 1], torch.tensor([i])
         s = select[i : i + 1]
         pixel = adapter.normalize(x)
+        extra = (c,) if explainer.class_conditioned else ()
         with net.eager_attention():  # same attention arithmetic as the parallel path
             for step in range(opts.steps):
                 with torch.enable_grad():
-                    patch, mask = net(pixel)
+                    patch, mask = net(pixel, *extra)
                 done = selection.update(step, row, scorer(x, mask.detach(), s, clean), mask.detach())
                 if bool(done[0]) or step == opts.steps - 1:
                     break
@@ -319,8 +343,13 @@ def _refine_parallel(explainer, images, classes, select, logits, index, opts, sc
     exp_avg = {k: torch.zeros_like(v) for k, v in params.items()}
     exp_avg_sq = {k: torch.zeros_like(v) for k, v in params.items()}
 
-    def one(p: dict[str, torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        patch, mask = functional_call(net, (p, shared), (x[None],))
+    conditioned = explainer.class_conditioned
+
+    def one(
+        p: dict[str, torch.Tensor], x: torch.Tensor, c: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        args = (x[None], c[None]) if conditioned else (x[None],)
+        patch, mask = functional_call(net, (p, shared), args)
         return patch[0], mask[0]
 
     batched = vmap(one)
@@ -336,7 +365,7 @@ def _refine_parallel(explainer, images, classes, select, logits, index, opts, sc
                 for v in params.values():
                     v.requires_grad_(True)
                 with torch.enable_grad():
-                    patch, mask = batched(params, adapter.normalize(x))
+                    patch, mask = batched(params, adapter.normalize(x), c)
                 done = selection.update(
                     step, active, scorer(x, mask.detach(), select[rows], logits[rows]), mask.detach()
                 )
