@@ -10,7 +10,6 @@ and relevance methods, LETA), else one run by the base. The result is an :class:
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -19,6 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from explainers._compat import StrEnum
 from explainers._registry import Registry
 from explainers.errors import ExplainersError, InputError
 from explainers.maps import minmax_normalize, resize_maps
@@ -53,7 +53,7 @@ def check_images(images: torch.Tensor, ids: list[str] | None = None, who: str = 
         )
 
 
-class Need(enum.StrEnum):
+class Need(StrEnum):
     """What a method needs beyond a classifier that maps images to logits."""
 
     #: A ViT-like explainee whose parts the adapter exposes (Hugging Face ViT/DeiT, timm ViTs).
@@ -66,7 +66,7 @@ class Need(enum.StrEnum):
     CHECKPOINT = "checkpoint"
 
 
-class Cost(enum.StrEnum):
+class Cost(StrEnum):
     """Cost class of explaining one batch, in explainee forwards on the same batch (the measurements are
     in benchmarks/results/methods.md)."""
 

@@ -40,6 +40,8 @@ from explainers.metrics import adp_pic, deletion, localization, perturbation, se
 from explainers.metrics.base import (
     METRICS,
     BatchContext,
+    Category,
+    Direction,
     Metric,
     MetricBatch,
     MetricInputs,
@@ -56,6 +58,8 @@ __all__ = [
     "DEFAULT_METRICS",
     "METRICS",
     "BatchContext",
+    "Category",
+    "Direction",
     "EvaluationResult",
     "Metric",
     "MetricBatch",

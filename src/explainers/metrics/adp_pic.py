@@ -19,7 +19,7 @@ import torch
 
 from explainers.errors import ExplainersError
 from explainers.maps import minmax_normalize
-from explainers.metrics.base import BatchContext, Metric, MetricBatch, register_metric
+from explainers.metrics.base import BatchContext, Category, Direction, Metric, MetricBatch, register_metric
 
 
 def masked_probabilities(ctx: BatchContext, normalize: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,7 +38,7 @@ def masked_probabilities(ctx: BatchContext, normalize: str) -> tuple[torch.Tenso
 
 
 class _AdpPic(Metric):
-    category = "adp-pic"
+    category = Category.ADP_PIC
     #: normalize: "none" (maps as stored, must be in [0,1]) or "minmax" (per-image min–max first).
     defaults: ClassVar[dict[str, Any]] = {"normalize": "none"}
 
@@ -63,7 +63,7 @@ class ADP(_AdpPic):
     """Average drop % of the class probability when the image is multiplied by the map."""
 
     name = "adp"
-    direction = "lower"
+    direction = Direction.LOWER
     unit = "average drop %, range 0–100"
 
     def compute(self, ctx: BatchContext) -> MetricBatch:
@@ -77,7 +77,7 @@ class PIC(_AdpPic):
     """Percentage of images whose class probability increases when multiplied by the map."""
 
     name = "pic"
-    direction = "higher"
+    direction = Direction.HIGHER
     unit = "% of images with increased confidence, range 0–100"
 
     def compute(self, ctx: BatchContext) -> MetricBatch:

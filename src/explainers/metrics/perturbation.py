@@ -28,7 +28,15 @@ import numpy as np
 import torch
 
 from explainers.errors import ExplainersError
-from explainers.metrics.base import BatchContext, Metric, MetricBatch, MetricInputs, register_metric
+from explainers.metrics.base import (
+    BatchContext,
+    Category,
+    Direction,
+    Metric,
+    MetricBatch,
+    MetricInputs,
+    register_metric,
+)
 from explainers.models.base import ExplaineeAdapter, Targets, resolve_targets
 
 #: Points of the POS/NEG and (neg-)deletion curves: p = 0, 0.1, …, 0.9.
@@ -80,9 +88,7 @@ class CurveSpec:
     insert: bool  # False: remove the first k units; True: start empty and add the first k
     counts: tuple[int, ...]
     unit: str = "pixel"  # or "patch" (the adapter's patch grid)
-    fill: str = (
-        "black"  # what removed pixels become: black (0 in [0,1]) or mean (the explainee's mean colour)
-    )
+    fill: str = "black"  # what removed pixels become: black (0 in [0,1]) or mean (the explainee's mean colour)
 
 
 def _fill_value(adapter: ExplaineeAdapter, fill: str, like: torch.Tensor) -> torch.Tensor:
@@ -149,9 +155,7 @@ def _run_curve(ctx: BatchContext, spec: CurveSpec) -> tuple[torch.Tensor, torch.
 
 def trapezoid_auc(y: torch.Tensor, x: np.ndarray) -> torch.Tensor:
     """100 × trapezoid area under each row of ``y`` over ``x``."""
-    return 100.0 * torch.trapezoid(
-        y.double(), torch.as_tensor(x, dtype=torch.float64, device=y.device), dim=-1
-    )
+    return 100.0 * torch.trapezoid(y.double(), torch.as_tensor(x, dtype=torch.float64, device=y.device), dim=-1)
 
 
 class CurveMetric(Metric):
@@ -191,8 +195,8 @@ class PositivePerturbation(CurveMetric):
     """POS: remove the most relevant pixels first; accuracy AUC ×100 over p = 0…0.9 (10 points), 0–90."""
 
     name = "pos"
-    category = "perturbation"
-    direction = "lower"
+    category = Category.PERTURBATION
+    direction = Direction.LOWER
     unit = "accuracy AUC ×100 over removed fraction 0…0.9 (10 points), range 0–90"
 
 
@@ -201,8 +205,8 @@ class NegativePerturbation(CurveMetric):
     """NEG: remove the least relevant pixels first; accuracy AUC ×100 over p = 0…0.9 (10 points), 0–90."""
 
     name = "neg"
-    category = "perturbation"
-    direction = "higher"
+    category = Category.PERTURBATION
+    direction = Direction.HIGHER
     most_relevant_first = False
     unit = "accuracy AUC ×100 over removed fraction 0…0.9 (10 points), range 0–90"
 
