@@ -9,7 +9,7 @@ shipped explainer (``assets/leta``, pre-trained without labels) through the tran
 read the same adapter; pLTE is included for a task when a pLTE trained on that task is given
 (``--plte TASK=DIR``).
 
-Fidelity: the patch-level deletion / insertion of SPEC §6.2 (whole patches in the map's patch order,
+Fidelity: the patch-level deletion / insertion of docs/metrics.md (whole patches in the map's patch order,
 g²+1 points, softmax probability of the explained = predicted class, ×100 AUC), with removed patches
 filled with the encoder's mean colour (LETA's own masking, ``fill=mean``) and, for deletion, also black.
 Latency: median seconds per call on one batch, all methods timed round-robin (``_timing.py``).
@@ -34,8 +34,7 @@ from explainers.data import open_dataset
 from explainers.data.base import iter_batches
 from explainers.methods import get_method
 from explainers.metrics.base import BatchContext, MetricInputs, get_metric
-from explainers.models import load_explainee
-from explainers.training.probe import probe_explainee
+from explainers.models import load_explainee, probe_explainee
 
 ASSETS = Path(explainers.__file__).parent / "assets"
 BASELINES = [

@@ -4,7 +4,7 @@ Explains the first ``--limit`` images of the synthetic test split with ``random`
 (mask files in ``--work``, resumable), then scores them: POS/NEG accuracy AUC, deletion / insertion and
 the segmentation tests. POS/NEG/deletion/insertion explain and score the ground-truth class (the LTE
 reference convention: LTE refines towards the class its pLTE was trained for and selects steps on the
-ground truth); the segmentation tests use maps of the predicted class (SPEC §6.4) — LTE is refined again,
+ground truth); the segmentation tests use maps of the predicted class (docs/metrics.md) — LTE is refined again,
 towards and selected on the prediction (``refine_class``/``select_class=predicted``), for the images the
 explainee gets wrong (pLTE and random maps do not depend on the class, so their target-class files are
 scored there with ``allow_mismatch``, recorded in the report).

@@ -6,14 +6,14 @@
 Explainee: a small HF ViT built from a config (random weights; cost does not depend on them): 64×64
 input, patch 8, 6 blocks, width 192, 3 heads, 10 classes, default SDPA attention.
 
-1. Perturbation test (§6.1). One POS curve needs 10 explainee forwards per image (p = 0 … 0.9). Timed
+1. Perturbation test (docs/metrics.md). One POS curve needs 10 explainee forwards per image (p = 0 … 0.9). Timed
    round-robin in one run (medians): the bare forwards alone (10·N pre-built images through
    ``adapter.predict`` in chunks of ``max_batch``), the batched metric (clean forward + POS curve: masks from
    one sort per image, perturbed copies of all images together, chunked), and a naive loop (per image and
    per point: top-k, zero the pixels, one forward of that single image — how the LTE reference scores a
-   mask; run on ``--naive-images`` of the images and compared per image). Also the four §6.1/§6.2 curves
-   together (POS, NEG, deletion, neg-deletion), which share forwards.
-2. Segmentation metrics (§6.4): pixel accuracy + mIoU counts and the vectorised per-image AP, images per
+   mask; run on ``--naive-images`` of the images and compared per image). Also the four POS/NEG and (neg-)deletion
+   curves together (POS, NEG, deletion, neg-deletion), which share forwards.
+2. Segmentation metrics: pixel accuracy + mIoU counts and the vectorised per-image AP, images per
    second at 64×64 and 224×224, against scikit-learn's ``average_precision_score`` called per image.
 """
 
@@ -97,7 +97,7 @@ def naive_four(adapter, images, maps):
 def sklearn_ap(maps, gt):
     from sklearn.metrics import average_precision_score
 
-    from explainers.methods.base import minmax_normalize
+    from explainers.maps import minmax_normalize
 
     r = minmax_normalize(maps).flatten(1).numpy()
     g = gt.flatten(1).numpy()

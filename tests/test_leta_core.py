@@ -1,4 +1,4 @@
-"""LETA: windows, masking, loss, transfer rule, pooling, checkpoints and refusals (SPEC §4)."""
+"""LETA: windows, masking, loss, transfer rule, pooling, checkpoints and refusals (docs/learned-explainers.md)."""
 
 from __future__ import annotations
 

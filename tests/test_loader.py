@@ -19,10 +19,10 @@ from explainers import DatasetError, ExplainersError, open_dataset
 from explainers.cli import main
 from explainers.data.base import Sample, collate
 from explainers.data.loader import BatchLoader, default_workers, resolve_workers
+from explainers.distributed import Shard
 from explainers.explain import explain_dataset
 from explainers.io import partial_path
 from explainers.methods import get_method
-from explainers.metrics.sharding import Shard
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (conftest.one_thread)
 

@@ -1,4 +1,4 @@
-"""LTE explainer (SPEC §3.1): mask shapes and ranges, frozen parts, checkpoints and their explainee check."""
+"""LTE explainer: mask shapes and ranges, frozen parts, checkpoints and their explainee check."""
 
 from __future__ import annotations
 
@@ -161,7 +161,7 @@ def test_timm_explainee(images):
 
 
 def test_a_checkpoint_for_other_weights_is_refused_unless_allowed(tmp_path):
-    from explainers.training.checkpoint import WeightsMismatchError
+    from explainers.models.signature import WeightsMismatchError
 
     adapter = load_explainee(build_hf_model())
     LTEExplainer(adapter).save_pretrained(tmp_path / "plte")

@@ -1,4 +1,4 @@
-"""LTE objective (SPEC §3.2–3.3) and configuration: hand-built cases."""
+"""LTE objective (docs/learned-explainers.md) and configuration: hand-built cases."""
 
 from __future__ import annotations
 

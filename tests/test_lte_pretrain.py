@@ -1,4 +1,4 @@
-"""pLTE pre-training (SPEC §3.4): schedule, subsets, outputs, model selection, resumption, CLI."""
+"""pLTE pre-training (docs/learned-explainers.md): schedule, subsets, outputs, model selection, resumption, CLI."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def adapter():
 
 
 def test_reference_schedule_reproduces_the_published_bug():
-    # 1,000 training images, batch 32, 52 epochs, warm-up computed from the 50k folder (SPEC §3.4)
+    # 1,000 training images, batch 32, 52 epochs, warm-up computed from the 50k folder, as the reference did
     cfg = LTEConfig(epochs=52, batch_size=32, schedule="reference", reference_folder_size=50_000)
     real_steps = 52 * 32  # ceil(1000 / 32) = 32 steps per epoch
     warmup, total = schedule_lengths(cfg, steps_per_epoch=32)
@@ -169,7 +169,7 @@ class _EpochWeights:
     """Records the explainer's weights at the end of every epoch (when the training state is saved)."""
 
     def __init__(self, monkeypatch) -> None:
-        import explainers.training.checkpoint as module
+        import explainers.training.loop as module  # where the loop looks the function up
 
         self.by_epoch: dict[int, dict[str, torch.Tensor]] = {}
         real = module.save_training_state
@@ -203,6 +203,7 @@ def test_the_saved_checkpoint_is_the_best_validated_epoch(tmp_path, adapter, mon
     assert result.best_epoch == 2 and result.best_val_auc == 10.0
     assert [r["best"] for r in result.log if r["epoch"] > 0] == [True, True, False]
     saved = load_file(tmp_path / "plte" / "model.safetensors")
+    assert {1, 2, 3} <= set(spy.by_epoch), "the spy saw no epochs"
     for epoch, weights in spy.by_epoch.items():
         same = all(torch.equal(saved[k], weights[k]) for k in saved)
         assert same == (epoch == 2), epoch

@@ -1,4 +1,4 @@
-"""LTE refinement (SPEC §3.5): selection loop, early stop, and parallel = one-by-one."""
+"""LTE refinement (docs/learned-explainers.md): selection loop, early stop, and parallel = one-by-one."""
 
 from __future__ import annotations
 

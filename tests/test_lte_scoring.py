@@ -1,4 +1,4 @@
-"""LTE scores masks with the shared §6.1 metric: check it against an independent implementation."""
+"""LTE scores masks with the shared POS/NEG metric: check it against an independent implementation."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (conftest.one_
 
 
 def reference_auc(adapter, images, maps, classes, order):
-    """SPEC §6.1 written out plainly, one image and one point at a time."""
+    """The POS/NEG definition of docs/metrics.md written out plainly, one image and one point at a time."""
     out = []
     b, _, h, w = images.shape
     for i in range(b):

@@ -9,7 +9,7 @@ import torch
 
 from evalkit import hand_adapter, sigmoid
 from explainers import ExplainersError
-from explainers.metrics import BatchContext, MetricInputs, available_metrics, get_metric
+from explainers.metrics import BatchContext, Category, Direction, MetricInputs, available_metrics, get_metric
 from explainers.metrics.perturbation import order_ranks, perturbation_auc, step_counts
 from explainers.metrics.segmentation import average_precision
 
@@ -236,7 +236,7 @@ def test_average_precision_equals_sklearn():
 
 
 def naive_curve(model_logits, image, vmap, cls, *, descending: bool):
-    """The §6.1 curve one image and one point at a time, written plainly."""
+    """The POS/NEG curve (docs/metrics.md) one image and one point at a time, written plainly."""
     h, w = vmap.shape
     flat = vmap.flatten().tolist()
     # Stable: sort (−v, index) or (v, index).
@@ -289,7 +289,8 @@ def test_registry():
     assert published | {"adp", "pic", "pixel-accuracy", "miou", "map"} <= set(names)
     for n in names:  # every registered metric, so that a new one is held to the same contract
         m = get_metric(n)
-        assert m.name == n and m.direction in ("lower", "higher") and m.category and m.unit
+        # enums, not free strings: a typo such as "lower " cannot slip into a leaderboard's ranking
+        assert m.name == n and isinstance(m.direction, Direction) and isinstance(m.category, Category) and m.unit
         assert set(m.classes) <= {"target", "predicted"} and m.aggregation in ("mean", "pooled")
     with pytest.raises(ExplainersError, match=r"valid metrics: .*pos"):
         get_metric("pos-auc")

@@ -12,12 +12,8 @@ from conftest import build_hf_model
 from explainers import ExplainersError, load_explainee
 from explainers.cli import main
 from explainers.learned.leta import LETAConfig, LETAExplainer
-from explainers.training.probe import (
-    fit_linear,
-    load_probe,
-    probe_explainee,
-    train_probe,
-)
+from explainers.models import load_probe, probe_explainee
+from explainers.training.probe import fit_linear, train_probe
 from test_leta_pretrain import make_tiny_benchmark
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (conftest.one_thread)

@@ -219,7 +219,7 @@ def test_cli_allow_mismatch(vit_dir, twin_dir, tmp_path, capsys):
 def test_leta_head_is_recorded_and_checked(scenes, tmp_path):
     from explainers.demo import assets_dir
     from explainers.methods import get_method
-    from explainers.training.probe import probe_explainee
+    from explainers.models import probe_explainee
 
     encoder = explainers.load_explainee("embedded")
     probe_dir = assets_dir() / "probes" / "color"

@@ -3,12 +3,15 @@ COCO (polygon, compressed and uncompressed RLE, crowd), Pascal VOC (palette PNG 
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
 
 from evalkit import make_coco, make_imagenet_seg, make_voc
 from explainers import DatasetError, open_dataset
+from explainers.cli import main
 from explainers.data import collate
 
 
@@ -70,6 +73,23 @@ def test_coco_without_segmentations(tmp_path):
         open_dataset(f"coco:{tmp_path}")
     with pytest.raises(DatasetError, match="annotation file not found"):
         open_dataset(f"coco:{tmp_path}", split="train2017")
+
+
+def test_coco_without_pycocotools_names_the_extra(tmp_path, monkeypatch, capsys):
+    make_coco(tmp_path)  # (writing the RLE masks uses pycocotools: before it is blocked)
+    for name in [m for m in sys.modules if m.split(".")[0] == "pycocotools"]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "pycocotools", None)  # any import of it now fails as if not installed
+    with pytest.raises(DatasetError, match=r"need pycocotools, which is not installed: .*'explainers\[coco\]'"):
+        open_dataset(f"coco:{tmp_path}")
+    out = tmp_path / "maps.h5"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["explain", "--method", "random", "--explainee", "embedded", "--data", f"coco:{tmp_path}",
+              "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1, err
+    assert err[0].startswith("explainers: error: COCO datasets need pycocotools") and "[coco]" in err[0]
+    assert not out.exists()
 
 
 def test_voc_void_default_and_ignore(tmp_path):

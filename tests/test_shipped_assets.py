@@ -11,9 +11,8 @@ import torch
 
 import explainers
 from explainers.data.synthetic import SyntheticConfig, render_scenes
-from explainers.learned.leta.encoder import encoder_signature
-from explainers.models import load_explainee
-from explainers.training.probe import load_probe, probe_explainee
+from explainers.models import load_explainee, load_probe, probe_explainee
+from explainers.models.signature import encoder_signature
 
 ASSETS = Path(explainers.__file__).parent / "assets"
 IMAGES = 400  # fresh test scenes; binomial sampling error at 80 % accuracy ≈ 2 points (1σ)

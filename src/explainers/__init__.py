@@ -4,11 +4,10 @@ from explainers._compat import patch_torchvision
 
 patch_torchvision()  # before anything imports transformers (it imports torchvision when present)
 
+from explainers._version import __version__  # noqa: E402
 from explainers.data import open_dataset  # noqa: E402
 from explainers.errors import DatasetError, ExplainersError, ModelError  # noqa: E402
 from explainers.models import ExplaineeAdapter, load_explainee  # noqa: E402
-
-__version__ = "0.1.0"
 
 _LAZY = {
     "LTEExplainer": "explainers.learned",
@@ -20,8 +19,8 @@ _LAZY = {
 # Subpackages reachable as attributes (``explainers.metrics``) without importing them all up front.
 _SUBMODULES = frozenset(
     {
-        "benchmark", "cli", "data", "demo", "devices", "errors", "explain", "heatmap", "io", "learned",
-        "methods", "metrics", "models", "provenance", "training",
+        "benchmark", "cli", "data", "demo", "devices", "distributed", "errors", "explain", "heatmap", "io",
+        "learned", "maps", "methods", "metrics", "models", "provenance", "training",
     }
 )
 

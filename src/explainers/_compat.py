@@ -1,9 +1,23 @@
-"""Import-time workarounds for the environment (see SPEC §9)."""
+"""Workarounds for the environment: a CPU-only torch next to a CUDA-built torchvision, and Python 3.10."""
 
 from __future__ import annotations
 
+import enum
 import importlib.util
+import sys
 from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    StrEnum = enum.StrEnum
+else:  # pragma: no cover - Python 3.10 has no enum.StrEnum
+
+    class StrEnum(str, enum.Enum):
+        """Members are their string values: equal to, hashed, printed and JSON-encoded as those."""
+
+        def __str__(self) -> str:
+            return self.value
+
+        __format__ = str.__format__
 
 _torchvision_shim = None  # keeps the op library alive
 

@@ -15,12 +15,23 @@ import dataclasses
 import json
 import time
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from explainers.benchmark.runner import run_benchmark
+from explainers.benchmark.scenarios import SCENARIOS, asset
+from explainers.data import open_dataset
 from explainers.data.base import ImageDataset
+from explainers.data.synthetic import TASKS, SyntheticConfig, generate_synthetic
 from explainers.errors import ExplainersError
+from explainers.explain import explain_dataset
 from explainers.io.atomic import write_text_atomic
+from explainers.methods import available_methods, get_method
+from explainers.metrics.evaluate import evaluate_maskfiles
+from explainers.metrics.report import to_markdown, write_report
+from explainers.models import load_explainee, probe_explainee
+from explainers.training.classifier import evaluate_accuracy, train_classifier
 
 
 @dataclass(frozen=True)
@@ -63,7 +74,8 @@ DEMO_BENCHMARK_IMAGES = 16
 DEMO_SANITY_IMAGES = 8
 
 
-# Downstream tasks (SPEC §4): linear probes on the shipped explainee's frozen encoder, explained by LETA.
+# Downstream tasks: linear probes on the shipped explainee's frozen encoder, explained by LETA
+# (docs/learned-explainers.md).
 DEMO_DOWNSTREAM_TASKS: tuple[str, ...] = ("color", "size")
 DEMO_DOWNSTREAM_METHODS: tuple[DemoMethod, ...] = (
     DemoMethod("random", {}),
@@ -77,16 +89,12 @@ DEMO_DOWNSTREAM_OPTIONS = {"patch-deletion": {"fill": "mean"}, "patch-insertion"
 
 
 def assets_dir() -> Path:
-    from importlib import resources
-
     return Path(str(resources.files("explainers") / "assets"))
 
 
 def prepare_data(out: Path, n_test: int, full: bool, progress: bool) -> Path:
     """The demo's synthetic data: the first ``n_test`` test scenes of the default config (identical to the
     shipped explainee's test split, which is deterministic per index), or the whole default dataset."""
-    from explainers.data.synthetic import TASKS, SyntheticConfig, generate_synthetic
-
     default = SyntheticConfig()
     config = default if full else dataclasses.replace(default, train_size=0, val_size=0, test_size=n_test)
     folder = out / ("data-full" if full else "data")
@@ -122,12 +130,6 @@ def run_demo(
     ``methods`` replaces the main comparison's method list; ``downstream`` adds LETA on the probes' tasks
     (only with the shipped explainee, whose encoder the shipped LETA explainer and probes belong to).
     """
-    from explainers.data import open_dataset
-    from explainers.metrics.evaluate import evaluate_maskfiles
-    from explainers.metrics.report import to_markdown, write_report
-    from explainers.models import load_explainee
-    from explainers.training.classifier import evaluate_accuracy
-
     if retrain and explainee is not None:
         raise ExplainersError("--retrain and --explainee exclude each other")
     if num_images < 2 or accuracy_images < 1:
@@ -143,8 +145,6 @@ def run_demo(
 
     t = time.perf_counter()
     if retrain:
-        from explainers.training.classifier import train_classifier
-
         echo("[2/6] training the small ViT explainee from scratch (--retrain)")
         train_classifier(data_dir, out / "explainee", progress=progress, overwrite=True)
         explainee_spec = str(out / "explainee")
@@ -227,10 +227,6 @@ def _leaderboard(
     device: str | None,
 ) -> dict[str, str]:
     """Rank the main comparison (the ``single`` scenario) together with a quick run of the other scenarios."""
-    from explainers.benchmark.runner import run_benchmark
-    from explainers.benchmark.scenarios import SCENARIOS, asset
-    from explainers.methods import available_methods
-
     others = [s.name for s in SCENARIOS.values() if s.name != "single" and asset(s.explainee) is not None]
     if explainee_spec != "embedded":
         others = []  # the scenarios' explainees stand beside the shipped one; a user's own model ranks alone
@@ -274,9 +270,6 @@ def _explain_all(
     progress: bool,
 ) -> tuple[list[Path], dict[str, float]]:
     """Explain the first ``num_images`` of ``dataset`` with every chosen method into ``mask_dir/NAME.h5``."""
-    from explainers.explain import explain_dataset
-    from explainers.methods import get_method
-
     mask_dir.mkdir(parents=True, exist_ok=True)
     mask_files, method_seconds = [], {}
     for spec in chosen:
@@ -309,12 +302,6 @@ def _downstream_tasks(
     out: Path, data_dir: Path, num_images: int, progress: bool, echo, device: str | None = None
 ) -> dict[str, Any]:
     """LETA (one pre-trained explainer, no task training) on the probes' tasks, next to baselines."""
-    from explainers.data import open_dataset
-    from explainers.metrics.evaluate import evaluate_maskfiles
-    from explainers.metrics.report import to_markdown, write_report
-    from explainers.training.classifier import evaluate_accuracy
-    from explainers.training.probe import probe_explainee
-
     tasks = [t for t in DEMO_DOWNSTREAM_TASKS if (assets_dir() / "probes" / t / "config.json").exists()]
     chosen = _choose_methods([m.name for m in DEMO_DOWNSTREAM_METHODS], DEMO_DOWNSTREAM_METHODS)
     if not tasks or not any(m.name == "leta" for m in chosen):
@@ -381,8 +368,6 @@ def _first(dataset: ImageDataset, n: int) -> ImageDataset:
 
 
 def _choose_methods(names: list[str] | None, defaults: tuple[DemoMethod, ...] = DEMO_METHODS) -> list[DemoMethod]:
-    from explainers.methods import available_methods
-
     registered = set(available_methods())
     by_name = {m.name: m for m in defaults}
     if names:

@@ -5,6 +5,11 @@ there is one, so a library user can still see what the operating system or a dec
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
+
 
 class ExplainersError(Exception):
     """Bad input or an unsupported request, with a message saying what was wrong and what to do."""
@@ -33,11 +38,6 @@ def redeliver_interrupt_later(delay: float = 0.05) -> None:
     Ctrl-C that lands while Python runs a destructor or a garbage-collection callback is reported as
     "Exception ignored … KeyboardInterrupt" and otherwise lost. Re-raising it at once would land in the
     same place; a moment later the main thread is back in ordinary code and the interrupt stops it."""
-    import os
-    import signal
-    import threading
-    import time
-
     def send() -> None:
         time.sleep(delay)
         os.kill(os.getpid(), signal.SIGINT)

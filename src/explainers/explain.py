@@ -1,4 +1,4 @@
-"""Explain a dataset with any registered method and write a mask file (SPEC §7), resumably.
+"""Explain a dataset with any registered method and write a mask file (docs/file-formats.md), resumably.
 
 Images are taken in dataset order (the first ``limit`` of them), resized with :func:`data.base.collate`
 to the explainee's size, explained in batches and appended to ``OUT.partial``; the file is renamed to
@@ -27,14 +27,16 @@ from typing import Any
 from urllib.parse import quote
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from explainers.data.base import Batch, ImageDataset
 from explainers.data.loader import BatchLoader, resolve_workers
+from explainers.distributed import barrier, broadcast_from_main, current_shard, gather_to_main
 from explainers.errors import ExplainersError, OutputError, describe_os_error
+from explainers.heatmap import _class_name, overlay
 from explainers.io.atomic import atomic_path
 from explainers.io.maskfile import MaskFileWriter
 from explainers.methods.base import Method
-from explainers.metrics.sharding import barrier, broadcast_from_main, current_shard, gather_to_main
 from explainers.provenance import maskfile_provenance
 
 log = logging.getLogger(__name__)
@@ -144,7 +146,6 @@ def explain_dataset(
     done = set(status[1])
     pending = [i for i in order if ids[i] not in done]
 
-    from tqdm.auto import tqdm
 
     bar = tqdm(
         total=len(order),
@@ -237,8 +238,6 @@ def _explain_batch(method: Method, batch: Batch, *, targets: str, png: Path | No
     requested = batch.labels if targets == "target" else None
     explanation = method.explain(batch.images, requested, labels=batch.labels, ids=batch.ids)
     if png is not None:
-        from explainers.heatmap import _class_name, overlay
-
         for k, image_id in enumerate(batch.ids):
             label = _class_name(method.class_names, int(explanation.classes[k]))
             _save_png(overlay(batch.images[k], explanation.maps[k], label=label), png / png_name(image_id))

@@ -1,4 +1,4 @@
-"""Heatmap overlays (the LETA demo, §4.3) for any registered method.
+"""Heatmap overlays (as in the LETA demo, docs/learned-explainers.md) for any registered method.
 
 For each input image ``NAME.ext``: ``OUT/image/NAME.png`` is the image resized to the explainee's input
 size, and ``OUT/explanation/heatmap-NAME.png`` the same image under the map in the jet colormap (opacity
@@ -12,11 +12,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
 
+from explainers.data.base import load_image
 from explainers.errors import DatasetError
+from explainers.maps import overlay, to_pil
 from explainers.methods.base import Method
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
@@ -33,44 +33,6 @@ def list_images(path: str | Path) -> list[Path]:
     if not files:
         raise DatasetError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {path}")
     return files
-
-
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has one bitmap size only
-        return ImageFont.load_default()
-
-
-def to_pil(image: torch.Tensor, scale: int = 1) -> Image.Image:
-    """3×H×W [0,1] tensor → RGB PIL image, upscaled ``scale`` times (nearest)."""
-    array = (image.detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    pil = Image.fromarray(array, "RGB")
-    if scale > 1:
-        pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
-    return pil
-
-
-def overlay(
-    image: torch.Tensor, heat: torch.Tensor, *, label: str | None = None, alpha: float = 0.4, scale: int = 1
-) -> Image.Image:
-    """``image`` (3×H×W in [0,1]) blended with ``heat`` (H×W, min–max normalised here) in jet."""
-    from matplotlib import colormaps
-
-    h = torch.nan_to_num(heat.detach().float().cpu())
-    lo, hi = float(h.min()), float(h.max())
-    h = (h - lo) / (hi - lo) if hi > lo else torch.zeros_like(h)
-    colored = torch.from_numpy(colormaps["jet"](h.numpy())[..., :3]).permute(2, 0, 1).float()
-    blend = (1 - alpha) * image.detach().cpu().float() + alpha * colored
-    pil = to_pil(blend, scale)
-    if label:
-        draw = ImageDraw.Draw(pil)
-        font = _font(max(10, pil.height // 16))
-        left, top, right, bottom = draw.textbbox((4, 2), label, font=font)
-        # A dark box behind the text keeps it readable over any colour of the overlay.
-        draw.rectangle((left - 3, top - 2, right + 3, bottom + 2), fill=(0, 0, 0))
-        draw.text((4, 2), label, fill=(255, 255, 255), font=font)
-    return pil
 
 
 def _class_name(names: list[str] | None, index: int) -> str:
@@ -94,8 +56,6 @@ def render_heatmaps(
 
     Images go through :func:`explainers.data.load_image` (grayscale, RGBA and palette become RGB).
     """
-    from explainers.data.base import load_image
-
     files = images if isinstance(images, list) else list_images(images)
     adapter = method.adapter
     out = Path(out).expanduser()

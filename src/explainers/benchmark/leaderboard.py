@@ -32,6 +32,7 @@ import numpy as np
 
 from explainers.benchmark.sanity import FAIL_AT
 from explainers.metrics.evaluate import EvaluationResult
+from explainers.metrics.report import plot_curves, plot_heatmaps
 
 TEST_NAME = "paired two-sided Wilcoxon signed-rank test on per-image values"
 
@@ -408,8 +409,6 @@ def _png_tag(png: bytes | None, alt: str) -> str:
 
 def to_html(board: Leaderboard, title: str = "Leaderboard", plots: bool = True) -> str:
     """One self-contained page (no external resources): tables, then each scenario's plots."""
-    from explainers.metrics.report import plot_curves, plot_heatmaps
-
     esc = html.escape
     parts = [
         "<!DOCTYPE html>",

@@ -24,11 +24,23 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from explainers.benchmark.leaderboard import Leaderboard, build_leaderboard, to_html, to_json, to_markdown
+from explainers.benchmark.sanity import randomization_test
 from explainers.benchmark.scenarios import DEFAULT_IMAGES, SCENARIOS, Scenario, asset, get_scenario
+from explainers.data import open_dataset
+from explainers.data.base import collate
+from explainers.data.synthetic import SyntheticConfig, generate_synthetic
+from explainers.devices import resolve_device
 from explainers.errors import ExplainersError
+from explainers.explain import explain_dataset
 from explainers.io.atomic import write_text_atomic
-from explainers.metrics.evaluate import EvaluationResult
+from explainers.io.maskfile import MaskFile, MaskFileError
+from explainers.methods import METHODS, Need, get_method
+from explainers.metrics.evaluate import EvaluationResult, evaluate_maskfiles
+from explainers.metrics.report import write_report
+from explainers.models import load_explainee
 
 #: Metrics of every scenario: perturbation, deletion/insertion, segmentation and localisation.
 BENCHMARK_METRICS = "pos,neg,deletion,insertion,miou,pointing-game,energy-in-gt"
@@ -45,11 +57,6 @@ def _sanity(
 ) -> dict[str, dict[str, float]]:
     """Mean Spearman correlation of each method's maps under the randomisation of the last block and of
     every block (:mod:`explainers.benchmark.sanity`), reused from ``path`` when already measured."""
-    import torch
-
-    from explainers.benchmark.sanity import randomization_test
-    from explainers.data.base import collate
-
     n = min(images, len(dataset))
     recorded = json.loads(path.read_text()) if path.is_file() else {}
     key = {"images": n, "explainee": adapter.describe()}
@@ -98,8 +105,6 @@ def training_seconds(folder: Path) -> float | None:
 def prepare_scenario_data(scenario: Scenario, root: Path, images: int, progress: bool) -> Path:
     """The scenario's first ``images`` test scenes (identical to those of its full dataset: scenes are a
     pure function of seed, split and index)."""
-    from explainers.data.synthetic import SyntheticConfig, generate_synthetic
-
     config = SyntheticConfig(**{**scenario.synthetic, "train_size": 0, "val_size": 0, "test_size": images})
     folder = root / "data" / scenario.name
     manifest = folder / "manifest.json"
@@ -114,8 +119,6 @@ def prepare_scenario_data(scenario: Scenario, root: Path, images: int, progress:
 
 
 def _reusable(path: Path, method_config: dict[str, Any], explainee: dict[str, Any], count: int) -> bool:
-    from explainers.io.maskfile import MaskFile, MaskFileError
-
     if not path.is_file():
         return False
     try:
@@ -184,14 +187,6 @@ def run_benchmark(
     ``given``: evaluations already made elsewhere (the demo's main comparison), ranked first, with their
     explain cost per image in ``given_ms_per_image``.
     """
-    from explainers.data import open_dataset
-    from explainers.devices import resolve_device
-    from explainers.explain import explain_dataset
-    from explainers.methods import METHODS, Need, get_method
-    from explainers.metrics.evaluate import evaluate_maskfiles
-    from explainers.metrics.report import write_report
-    from explainers.models import load_explainee
-
     if images < 2:
         raise ExplainersError(f"--images must be at least 2 per scenario, got {images}")
     explainees = dict(explainees or {})

@@ -10,13 +10,15 @@ the explainee): it **fails** when the mean correlation is at least :data:`FAIL_A
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from explainers.methods.base import Method
+from explainers.methods import get_method
+from explainers.methods.base import METHODS, Method
 from explainers.models.base import ExplaineeAdapter
 
 #: Mean rank correlation at or above which a method fails the check (its maps survive randomisation).
@@ -66,8 +68,6 @@ def randomization_test(
 
     ``method``: a registered name (built with ``options``) or a function building the method for a model.
     """
-    from explainers.methods import get_method
-
     options = dict(options or {})
     blocks = list(blocks) if blocks is not None else sorted({1, adapter.num_blocks})  # type: ignore[attr-defined]
 
@@ -75,15 +75,10 @@ def randomization_test(
         if not isinstance(method, str):
             return method(model)
         opts = dict(options)
-        if randomized:
-            import inspect
-
-            from explainers.methods.base import METHODS
-
-            # A learned explainer (pLTE/LTE) stays the one trained for the original weights: the check
-            # asks whether its maps follow the model, so the fingerprint mismatch is intended here.
-            if "allow_other_weights" in inspect.signature(METHODS[method]).parameters:
-                opts.setdefault("allow_other_weights", True)
+        # A learned explainer (pLTE/LTE) stays the one trained for the original weights: the check asks
+        # whether its maps follow the model, so the fingerprint mismatch is intended here.
+        if randomized and "allow_other_weights" in inspect.signature(METHODS[method]).parameters:
+            opts.setdefault("allow_other_weights", True)
         return get_method(method, model, **opts)
 
     # The same seed before both runs: a method that draws random numbers (RISE, random) draws the same ones.

@@ -25,6 +25,7 @@ test needs (a model trained on one object per scene with softmax has no reason t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -96,8 +97,6 @@ def get_scenario(name: str) -> Scenario:
 
 
 def assets_dir() -> Path:
-    from importlib import resources
-
     return Path(str(resources.files("explainers") / "assets"))
 
 

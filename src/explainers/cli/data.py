@@ -45,7 +45,7 @@ def synth(
         False, "--overwrite", help="Replace an existing non-empty folder (an interrupted run in it starts over)."
     ),
 ) -> None:
-    """Generate the procedural scenes with exact object masks (SPEC §8). Defaults = the shipped explainee's data."""
+    """Generate the procedural scenes with exact object masks. Defaults = the shipped explainee's data."""
     from explainers.data.synthetic import SyntheticConfig, generate_synthetic
 
     cfg = build_config(SyntheticConfig, config, [*(set_ or []), *([f"seed={seed}"] if seed is not None else [])])

@@ -53,12 +53,24 @@ def _check_images(images: list[Any], ann_file: Path, image_dir: Path) -> None:
         inside_root(image_dir, img["file_name"], f"{ann_file.name}: images[{k}] file_name")
 
 
+def _coco_api() -> type:
+    """pycocotools' ``COCO`` class; pycocotools is the optional ``coco`` extra, needed for COCO data only."""
+    try:
+        from pycocotools.coco import COCO
+    except ImportError as exc:
+        reason = "is not installed" if isinstance(exc, ModuleNotFoundError) else f"cannot be imported ({exc})"
+        raise DatasetError(
+            f"COCO datasets need pycocotools, which {reason}: install the coco extra, "
+            "pip install 'explainers[coco]'"
+        ) from None
+    return COCO
+
+
 class CocoDataset(UnlabelledDataset):
     """Images with ≥ 1 instance and the union of their instance masks."""
 
     def __init__(self, root: Path | str, split: str = "val2017") -> None:
-        from pycocotools.coco import COCO
-
+        COCO = _coco_api()  # first: without the extra, say so before reading anything
         self.root = Path(root)
         self.split = split
         ann_file = self.root / "annotations" / f"instances_{split}.json"

@@ -1,6 +1,6 @@
 """``imagenet-seg:gtsegs_ijcv.mat``: the ImageNet-segmentation set (about 4,276 images with object masks).
 
-The file is MATLAB v7.3, i.e. HDF5, read with h5py (SPEC §6.5). ``/value/img`` is an N×1 array of object
+The file is MATLAB v7.3, i.e. HDF5, read with h5py. ``/value/img`` is an N×1 array of object
 references: image i is ``f[f['/value/img'][i, 0]]``, stored (3, W, H) → transposed to H×W×3 uint8.
 ``/value/gt`` is N×1 references to cells: mask i is ``f[f[f['/value/gt'][i, 0]][0, 0]]``, stored (W, H)
 → transposed to H×W, values {0, 1}. No class labels (label −1); ids are the zero-padded index (``00042``).

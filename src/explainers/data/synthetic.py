@@ -1,4 +1,4 @@
-"""Procedural scenes with exact ground-truth masks: the embedded, offline benchmark (SPEC §8).
+"""Procedural scenes with exact ground-truth masks: the embedded, offline benchmark (docs/benchmark.md).
 
 Every scene holds exactly one *class object* (a filled shape: the class) with a random colour, size,
 rotation and position, drawn last on top of thin clutter (lines, arcs, specks: never a filled shape) and a
@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from explainers.data.base import ImageDataset, Sample, load_image
 from explainers.errors import DatasetError
@@ -740,8 +741,6 @@ def generate_synthetic(
     interrupted run never leaves a folder that looks complete. A non-empty ``out`` is refused unless
     ``overwrite=True``.
     """
-    from tqdm.auto import tqdm
-
     config = config or SyntheticConfig()
     out = Path(out).expanduser().resolve()
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:

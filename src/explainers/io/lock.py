@@ -15,6 +15,7 @@ import os
 import socket
 import sys
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -67,8 +68,6 @@ class OutputLock:
         self._held = False
 
     def acquire(self) -> OutputLock:
-        from datetime import datetime, timezone
-
         me = {
             "pid": os.getpid(),
             "host": socket.gethostname(),

@@ -1,4 +1,4 @@
-"""Mask files (SPEC §7): one HDF5 file of attribution maps per method × dataset run.
+"""Mask files (docs/file-formats.md): one HDF5 file of attribution maps per method × dataset run.
 
 Layout (all datasets share the first axis, one row per image, in the order the images were explained)::
 
@@ -56,6 +56,7 @@ from typing import Any, TypeVar
 import h5py
 import numpy as np
 
+from explainers._version import __version__
 from explainers.errors import ExplainersError, OutputError, redeliver_interrupt_later
 from explainers.io.atomic import ensure_parent
 from explainers.io.lock import OutputLock
@@ -238,8 +239,6 @@ class MaskFileWriter:
         compression: str | None = None,
         provenance: Mapping[str, Any] | None = None,
     ) -> None:
-        from explainers import __version__
-
         if dtype not in ("float32", "float16"):
             raise MaskFileError(f"mask file dtype must be float32 or float16, got {dtype!r}")
         self.path = Path(path)

@@ -2,7 +2,7 @@
 
 It follows :meth:`ViTAdapterBase.reference_forward` step by step: a hand-written forward over
 ``adapter.parts()`` keeps the activations each rule needs, then relevance flows back from the target
-logit with the rules of Chefer et al. (CVPR 2021), the published rule set (SPEC §5):
+logit with the rules of Chefer et al. (CVPR 2021), the published rule set (docs/methods.md):
 
 - linear layers (head, q/k/v, proj, fc1, fc2): LRP-αβ with α=1, β=0, bias ignored;
 - LayerNorm, GELU, softmax, dropout, layer scale, the attention scale: relevance passes unchanged;

@@ -10,7 +10,6 @@ and relevance methods, LETA), else one run by the base. The result is an :class:
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -19,19 +18,11 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from explainers._compat import StrEnum
 from explainers._registry import Registry
 from explainers.errors import ExplainersError, InputError
+from explainers.maps import minmax_normalize, resize_maps
 from explainers.models.base import ExplaineeAdapter, Targets, resolve_targets
-
-
-def minmax_normalize(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Per-image min–max to [0, 1] over all but the first dimension; a constant map becomes all zeros."""
-    flat = maps.flatten(1)
-    lo = flat.min(dim=1, keepdim=True).values
-    hi = flat.max(dim=1, keepdim=True).values
-    out = (flat - lo) / (hi - lo).clamp_min(eps)
-    return out.view_as(maps)
-
 
 #: How far pixel values may stray outside [0, 1] (rounding in resizing or colour conversion) before a
 #: batch is refused as being on another scale.
@@ -62,7 +53,7 @@ def check_images(images: torch.Tensor, ids: list[str] | None = None, who: str = 
         )
 
 
-class Need(enum.StrEnum):
+class Need(StrEnum):
     """What a method needs beyond a classifier that maps images to logits."""
 
     #: A ViT-like explainee whose parts the adapter exposes (Hugging Face ViT/DeiT, timm ViTs).
@@ -75,7 +66,7 @@ class Need(enum.StrEnum):
     CHECKPOINT = "checkpoint"
 
 
-class Cost(enum.StrEnum):
+class Cost(StrEnum):
     """Cost class of explaining one batch, in explainee forwards on the same batch (the measurements are
     in benchmarks/results/methods.md)."""
 
@@ -346,13 +337,10 @@ class Method:
         return maps, None if classes is None else classes.to(device), logits, result.extras
 
     def _to_image_size(self, maps: torch.Tensor) -> torch.Tensor:
-        b = maps.shape[0]
         if maps.dim() == 2:  # B×P patch scores, row-major
             return self.adapter.patch_map_to_image(maps)
         if tuple(maps.shape[-2:]) != self.adapter.image_size:
-            return torch.nn.functional.interpolate(
-                maps.reshape(b, 1, *maps.shape[-2:]), size=self.adapter.image_size, mode="bilinear", align_corners=False
-            )[:, 0]
+            return resize_maps(maps, self.adapter.image_size)
         return maps
 
 

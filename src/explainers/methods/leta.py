@@ -1,4 +1,4 @@
-"""LETA as a registered method: a pre-trained generic explainer + the transfer rule (SPEC §4.3).
+"""LETA as a registered method: a pre-trained generic explainer + the transfer rule (docs/learned-explainers.md).
 
 ``get_method("leta", adapter, explainer=DIR, head=PROBE_DIR)``; on the command line
 ``--method leta --option explainer=DIR --option head=PROBE_DIR``. Without ``explainer`` the explainer
@@ -15,10 +15,10 @@ from typing import Any
 import torch
 
 from explainers.errors import ExplainersError
-from explainers.learned.leta.encoder import require_vit
 from explainers.learned.leta.explainer import HeadLike, LETAExplainer
 from explainers.methods.base import Attribution, Cost, Method, Need, register_method
 from explainers.models.base import ExplaineeAdapter
+from explainers.models.signature import require_vit
 
 
 def shipped_explainer_dir() -> Path:

@@ -1,4 +1,4 @@
-"""LTE: per-image refinement of a pre-trained LTE explainer, selected on POS-AUC (SPEC §3.5).
+"""LTE: per-image refinement of a pre-trained LTE explainer, selected on POS-AUC (docs/learned-explainers.md).
 
 Classes, as in the reference: each image is refined towards the class its pLTE checkpoint was trained
 for (``class_mode`` in the checkpoint's config: ``target`` → the ground-truth label, ``predicted`` → the
@@ -17,7 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from explainers.devices import parse_bytes
 from explainers.errors import ExplainersError
+from explainers.learned.lte.explainer import LTEExplainer
+from explainers.learned.lte.refine import _options, refine_images
 from explainers.methods.base import Attribution, BatchInputs, Cost, Method, Need, register_method
 from explainers.methods.plte import resolve_explainer_dir
 from explainers.models.base import ExplaineeAdapter, Targets
@@ -67,9 +70,6 @@ class LTE(Method):
         allow_other_weights: bool = False,
     ) -> None:
         super().__init__(adapter, normalize=normalize)
-        from explainers.learned.lte.explainer import LTEExplainer
-        from explainers.learned.lte.refine import _options
-
         self.explainer_dir = resolve_explainer_dir(adapter, explainer)
         self.explainer = LTEExplainer.from_pretrained(
             self.explainer_dir, explainee=adapter, allow_other_weights=allow_other_weights
@@ -81,8 +81,6 @@ class LTE(Method):
             raise ExplainersError(f"batch must be at least 1, got {batch}")
         self.parallel = bool(parallel)
         if memory_budget is not None:
-            from explainers.devices import parse_bytes
-
             parse_bytes(memory_budget)  # a bad value fails before the first batch
         self.memory_budget = memory_budget
         mode = self.explainer.config.class_mode
@@ -138,8 +136,6 @@ class LTE(Method):
         return labels
 
     def attribute_batch(self, inputs: BatchInputs) -> Attribution:
-        from explainers.learned.lte.refine import refine_images
-
         o = self.options
         # The base's clean forward (explain, or no class given); the short form with classes skips it.
         logits = inputs.logits if inputs.logits is not None else self.clean_logits(inputs.images)

@@ -1,26 +1,25 @@
-"""pLTE: one forward pass of a pre-trained LTE explainer (SPEC §3.1, §3.4)."""
+"""pLTE: one forward pass of a pre-trained LTE explainer (docs/learned-explainers.md)."""
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from explainers.errors import ExplainersError
+from explainers.learned.lte.explainer import LTEExplainer
 from explainers.methods.base import Cost, Method, Need, register_method
 from explainers.models.base import ExplaineeAdapter
+from explainers.models.loading import EMBEDDED_EXPLAINEE
 
 
 def resolve_explainer_dir(adapter: ExplaineeAdapter, explainer: str | Path | None) -> Path:
     """The checkpoint folder: as given, or the shipped one when explaining the embedded explainee."""
-    from explainers.models.loading import EMBEDDED_EXPLAINEE
-
     if explainer is not None and str(explainer) != "embedded":
         return Path(explainer).expanduser()
     if adapter.identifier == EMBEDDED_EXPLAINEE or str(explainer) == "embedded":
-        from importlib import resources
-
         path = Path(str(resources.files("explainers") / "assets" / "plte"))
         if not (path / "config.json").is_file():
             raise ExplainersError(
@@ -57,7 +56,6 @@ class PLTE(Method):
         allow_other_weights: bool = False,
     ) -> None:
         super().__init__(adapter, normalize=normalize)
-        from explainers.learned.lte.explainer import LTEExplainer
 
         self.explainer_dir = resolve_explainer_dir(adapter, explainer)
         self.explainer = LTEExplainer.from_pretrained(

@@ -1,4 +1,5 @@
-"""Evaluation metrics (SPEC §6), one file per family, registered by name (``get_metric("pos")``).
+"""Evaluation metrics, one file per family, registered by name (``get_metric("pos")``); the definitions
+and their sources are in docs/metrics.md.
 
 ==================  ============  ======  =================================================  ==========
 metric              family        better  curve / value                                      range
@@ -39,6 +40,8 @@ from explainers.metrics import adp_pic, deletion, localization, perturbation, se
 from explainers.metrics.base import (
     METRICS,
     BatchContext,
+    Category,
+    Direction,
     Metric,
     MetricBatch,
     MetricInputs,
@@ -55,6 +58,8 @@ __all__ = [
     "DEFAULT_METRICS",
     "METRICS",
     "BatchContext",
+    "Category",
+    "Direction",
     "EvaluationResult",
     "Metric",
     "MetricBatch",

@@ -1,4 +1,4 @@
-"""ADP / PIC (SPEC §6.3): the image multiplied by the map, against the clean image.
+"""ADP / PIC (docs/metrics.md): the image multiplied by the map, against the clean image.
 
 p_full = softmax(f(norm(x)))_c and p_mask = softmax(f(norm(x ⊙ v)))_c with v the map in [0,1]
 (broadcast over channels). Per image: ADP = 100 · max(0, p_full − p_mask) / p_full (lower is better),
@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from explainers.errors import ExplainersError
-from explainers.methods.base import minmax_normalize
-from explainers.metrics.base import BatchContext, Metric, MetricBatch, register_metric
+from explainers.maps import minmax_normalize
+from explainers.metrics.base import BatchContext, Category, Direction, Metric, MetricBatch, register_metric
 
 
 def masked_probabilities(ctx: BatchContext, normalize: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,7 +38,7 @@ def masked_probabilities(ctx: BatchContext, normalize: str) -> tuple[torch.Tenso
 
 
 class _AdpPic(Metric):
-    category = "adp-pic"
+    category = Category.ADP_PIC
     #: normalize: "none" (maps as stored, must be in [0,1]) or "minmax" (per-image min–max first).
     defaults: ClassVar[dict[str, Any]] = {"normalize": "none"}
 
@@ -63,7 +63,7 @@ class ADP(_AdpPic):
     """Average drop % of the class probability when the image is multiplied by the map."""
 
     name = "adp"
-    direction = "lower"
+    direction = Direction.LOWER
     unit = "average drop %, range 0–100"
 
     def compute(self, ctx: BatchContext) -> MetricBatch:
@@ -77,7 +77,7 @@ class PIC(_AdpPic):
     """Percentage of images whose class probability increases when multiplied by the map."""
 
     name = "pic"
-    direction = "higher"
+    direction = Direction.HIGHER
     unit = "% of images with increased confidence, range 0–100"
 
     def compute(self, ctx: BatchContext) -> MetricBatch:

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from explainers._compat import StrEnum
 from explainers._registry import Registry
 from explainers.errors import ExplainersError
 from explainers.models.base import ExplaineeAdapter
@@ -85,9 +86,29 @@ class BatchContext:
 @torch.no_grad()  # not inference_mode: callers (LTE step selection) may mix the results into autograd code
 def chunked_logits(adapter: ExplaineeAdapter, images: torch.Tensor, max_batch: int) -> torch.Tensor:
     """float32 logits of raw [0,1] images, ``max_batch`` images per forward, without autograd."""
-    return torch.cat(
-        [adapter.predict(images[i : i + max_batch]).float() for i in range(0, len(images), max_batch)]
-    )
+    return torch.cat([adapter.predict(images[i : i + max_batch]).float() for i in range(0, len(images), max_batch)])
+
+
+class Direction(StrEnum):
+    """Which way a metric's value is better."""
+
+    HIGHER = "higher"
+    LOWER = "lower"
+
+
+class Category(StrEnum):
+    """What a metric measures (docs/metrics.md defines each)."""
+
+    #: The explainee's score on the explained class as pixels are removed or kept in map order (POS, NEG).
+    PERTURBATION = "perturbation"
+    #: Deletion and insertion curves and patch deletion.
+    DELETION = "deletion"
+    #: Average drop, increase in confidence and their combinations.
+    ADP_PIC = "adp-pic"
+    #: Agreement of the binarised map with the ground-truth segmentation.
+    SEGMENTATION = "segmentation"
+    #: Where the map's mass and peak fall relative to the ground truth.
+    LOCALIZATION = "localization"
 
 
 class Metric:
@@ -97,10 +118,8 @@ class Metric:
     """
 
     name: ClassVar[str] = "metric"
-    #: Family: perturbation, deletion, adp-pic, segmentation, localization.
-    category: ClassVar[str] = ""
-    #: "lower" or "higher" is better.
-    direction: ClassVar[str] = "higher"
+    category: ClassVar[Category]
+    direction: ClassVar[Direction]
     #: Class conventions it supports: ("target", "predicted"), or ("predicted",) when it reads no class
     #: and the maps are expected to explain the predicted class (segmentation).
     classes: ClassVar[tuple[str, ...]] = ("target", "predicted")
@@ -116,9 +135,7 @@ class Metric:
         unknown = sorted(set(options) - set(self.defaults))
         if unknown:
             valid = ", ".join(self.defaults) or "none"
-            raise ExplainersError(
-                f"metric {self.name!r} has no option(s) {', '.join(unknown)}; valid: {valid}"
-            )
+            raise ExplainersError(f"metric {self.name!r} has no option(s) {', '.join(unknown)}; valid: {valid}")
         self.options = {**self.defaults, **options}
 
     def config(self) -> dict[str, Any]:

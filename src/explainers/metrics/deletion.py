@@ -1,6 +1,6 @@
-"""Deletion / insertion — probability AUC (SPEC §6.2), pixel and patch level.
+"""Deletion / insertion — probability AUC (docs/metrics.md), pixel and patch level.
 
-All read the softmax probability of the class c along a perturbation curve built with the §6.1 machinery
+All read the softmax probability of the class c along a perturbation curve built with the POS/NEG machinery
 (:mod:`explainers.metrics.perturbation`: one stable sort per image, ties → lower row-major index first,
 removed pixels black = 0 in the [0,1] image; the patch variants fill with the explainee's mean colour by
 default, ``fill=black`` for black), ×100 trapezoid area.
@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from explainers.errors import ExplainersError
-from explainers.metrics.base import register_metric
+from explainers.metrics.base import Category, Direction, register_metric
 from explainers.metrics.perturbation import PERTURBATION_STEPS, CurveMetric, step_counts
 from explainers.models.base import ExplaineeAdapter
 
@@ -41,8 +41,8 @@ class Deletion(CurveMetric):
     """POS order with the probability of c; lower is better."""
 
     name = "deletion"
-    category = "deletion"
-    direction = "lower"
+    category = Category.DELETION
+    direction = Direction.LOWER
     score = "probability"
     unit = _PIXEL_UNIT
 
@@ -52,8 +52,8 @@ class NegDeletion(CurveMetric):
     """NEG order (least relevant removed first) with the probability of c; higher is better."""
 
     name = "neg-deletion"
-    category = "deletion"
-    direction = "higher"
+    category = Category.DELETION
+    direction = Direction.HIGHER
     score = "probability"
     most_relevant_first = False
     unit = _PIXEL_UNIT
@@ -65,8 +65,8 @@ class Insertion(CurveMetric):
     fraction i/steps for i = 0…steps (``steps`` option, default 10 → 11 points, x in [0, 1])."""
 
     name = "insertion"
-    category = "deletion"
-    direction = "higher"
+    category = Category.DELETION
+    direction = Direction.HIGHER
     score = "probability"
     insert = True
     unit = "probability AUC ×100 over inserted fraction 0…1 (steps+1 points), range 0–100"
@@ -100,9 +100,7 @@ class _PatchCurve(CurveMetric):
     def __init__(self, **options: object) -> None:
         super().__init__(**options)
         if self.options["fill"] not in ("black", "mean"):
-            raise ExplainersError(
-                f"{self.name}: fill must be 'black' or 'mean', got {self.options['fill']!r}"
-            )
+            raise ExplainersError(f"{self.name}: fill must be 'black' or 'mean', got {self.options['fill']!r}")
 
     def counts(self, adapter: ExplaineeAdapter) -> tuple[int, ...]:
         return tuple(range(adapter.num_patches + 1))
@@ -116,8 +114,8 @@ class PatchDeletion(_PatchCurve):
     """Remove whole patches, most relevant (patch-pooled) first; lower is better."""
 
     name = "patch-deletion"
-    category = "deletion"
-    direction = "lower"
+    category = Category.DELETION
+    direction = Direction.LOWER
 
 
 @register_metric
@@ -125,8 +123,8 @@ class PatchInsertion(_PatchCurve):
     """Start from the empty image and add whole patches, most relevant first; higher is better."""
 
     name = "patch-insertion"
-    category = "deletion"
-    direction = "higher"
+    category = Category.DELETION
+    direction = Direction.HIGHER
     insert = True
 
 

@@ -20,9 +20,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from explainers.data.base import ImageDataset, collate
 from explainers.data.loader import BatchLoader, resolve_workers
+from explainers.distributed import Shard, current_shard, gather_to_main
 from explainers.errors import DatasetError, ExplainersError
 from explainers.io.maskfile import MaskFile
 from explainers.metrics.base import (
@@ -34,7 +36,6 @@ from explainers.metrics.base import (
     metric_class,
     summary_stats,
 )
-from explainers.metrics.sharding import Shard, current_shard, gather_to_main
 from explainers.models.base import ExplaineeAdapter
 from explainers.provenance import ScoredWith, compare, dataset_record, mismatch_message
 
@@ -550,8 +551,6 @@ def _score_shard(
     workers,
     compare_labels: bool = True,
 ) -> dict[str, Any]:
-    from tqdm.auto import tqdm
-
     mine = [ids[i] for i in shard.range(len(ids))]
     device = adapter.device
     local: list[dict[str, Any]] = [

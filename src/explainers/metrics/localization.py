@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from explainers.errors import ExplainersError
-from explainers.metrics.base import BatchContext, Metric, MetricBatch, register_metric
+from explainers.metrics.base import BatchContext, Category, Direction, Metric, MetricBatch, register_metric
 
 
 def _valid_gt(ctx: BatchContext, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,8 +99,8 @@ def sensitivity(
 
 
 class _Localization(Metric):
-    category = "localization"
-    direction = "higher"
+    category = Category.LOCALIZATION
+    direction = Direction.HIGHER
     # No class is read: the ground truth is the evidence for the explained class, whatever the convention.
     classes = ("target", "predicted")
     needs_gt = True

@@ -1,4 +1,4 @@
-"""Perturbation tests (SPEC §6.1): POS / NEG accuracy AUC, and the batched curve machinery they share with
+"""Perturbation tests (docs/metrics.md): POS / NEG accuracy AUC, and the batched curve machinery they share with
 deletion / insertion (:mod:`explainers.metrics.deletion`).
 
 Protocol. Raw image x in [0,1] at the explainee's size, map v at the same size, class c. Points at
@@ -28,7 +28,15 @@ import numpy as np
 import torch
 
 from explainers.errors import ExplainersError
-from explainers.metrics.base import BatchContext, Metric, MetricBatch, MetricInputs, register_metric
+from explainers.metrics.base import (
+    BatchContext,
+    Category,
+    Direction,
+    Metric,
+    MetricBatch,
+    MetricInputs,
+    register_metric,
+)
 from explainers.models.base import ExplaineeAdapter, Targets, resolve_targets
 
 #: Points of the POS/NEG and (neg-)deletion curves: p = 0, 0.1, …, 0.9.
@@ -80,9 +88,7 @@ class CurveSpec:
     insert: bool  # False: remove the first k units; True: start empty and add the first k
     counts: tuple[int, ...]
     unit: str = "pixel"  # or "patch" (the adapter's patch grid)
-    fill: str = (
-        "black"  # what removed pixels become: black (0 in [0,1]) or mean (the explainee's mean colour)
-    )
+    fill: str = "black"  # what removed pixels become: black (0 in [0,1]) or mean (the explainee's mean colour)
 
 
 def _fill_value(adapter: ExplaineeAdapter, fill: str, like: torch.Tensor) -> torch.Tensor:
@@ -149,9 +155,7 @@ def _run_curve(ctx: BatchContext, spec: CurveSpec) -> tuple[torch.Tensor, torch.
 
 def trapezoid_auc(y: torch.Tensor, x: np.ndarray) -> torch.Tensor:
     """100 × trapezoid area under each row of ``y`` over ``x``."""
-    return 100.0 * torch.trapezoid(
-        y.double(), torch.as_tensor(x, dtype=torch.float64, device=y.device), dim=-1
-    )
+    return 100.0 * torch.trapezoid(y.double(), torch.as_tensor(x, dtype=torch.float64, device=y.device), dim=-1)
 
 
 class CurveMetric(Metric):
@@ -191,8 +195,8 @@ class PositivePerturbation(CurveMetric):
     """POS: remove the most relevant pixels first; accuracy AUC ×100 over p = 0…0.9 (10 points), 0–90."""
 
     name = "pos"
-    category = "perturbation"
-    direction = "lower"
+    category = Category.PERTURBATION
+    direction = Direction.LOWER
     unit = "accuracy AUC ×100 over removed fraction 0…0.9 (10 points), range 0–90"
 
 
@@ -201,8 +205,8 @@ class NegativePerturbation(CurveMetric):
     """NEG: remove the least relevant pixels first; accuracy AUC ×100 over p = 0…0.9 (10 points), 0–90."""
 
     name = "neg"
-    category = "perturbation"
-    direction = "higher"
+    category = Category.PERTURBATION
+    direction = Direction.HIGHER
     most_relevant_first = False
     unit = "accuracy AUC ×100 over removed fraction 0…0.9 (10 points), range 0–90"
 
@@ -218,7 +222,7 @@ def perturbation_curves(
     max_batch: int = 64,
     clean_logits: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The §6.1 curves for a batch: (correct B×10 bool, probability of the class B×10).
+    """The POS/NEG curves for a batch: (correct B×10 bool, probability of the class B×10).
 
     ``images``: B×3×H×W in [0,1] at the explainee's size; ``maps``: B×H×W; ``targets``: None (the
     predicted class), an int or one class per image; ``order``: ``pos`` (most relevant removed first) or
@@ -259,7 +263,7 @@ def perturbation_auc(
     max_batch: int = 64,
     clean_logits: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """POS (``order="pos"``) or NEG accuracy AUC per image (float64, 0–90), as in §6.1."""
+    """POS (``order="pos"``) or NEG accuracy AUC per image (float64, 0–90), as defined in docs/metrics.md."""
     correct, _ = perturbation_curves(
         adapter, images, maps, targets, order=order, max_batch=max_batch, clean_logits=clean_logits
     )

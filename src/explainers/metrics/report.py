@@ -20,10 +20,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
+import torch
 
+from explainers._version import __version__
 from explainers.io.atomic import write_files_together
 from explainers.io.lock import OutputLock
+from explainers.maps import overlay
 from explainers.metrics.evaluate import EvaluationResult
 
 #: Every file a report may hold (a new report removes the old ones it does not rewrite).
@@ -33,19 +37,12 @@ _ARROW = {"lower": "↓", "higher": "↑"}
 
 def versions() -> dict[str, str]:
     """Versions of the libraries that shape the numbers."""
-    import h5py
-    import sklearn
-    import torch
-
-    import explainers
-
     out = {
-        "explainers": explainers.__version__,
+        "explainers": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
         "h5py": h5py.__version__,
-        "scikit-learn": sklearn.__version__,
     }
     try:
         import transformers
@@ -57,8 +54,6 @@ def versions() -> dict[str, str]:
 
 
 def machine() -> dict[str, Any]:
-    import torch
-
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
@@ -232,10 +227,7 @@ def plot_heatmaps(result: EvaluationResult, alpha: float = 0.4) -> bytes | None:
     import matplotlib
 
     matplotlib.use("Agg")
-    import torch
     from matplotlib.figure import Figure
-
-    from explainers.heatmap import overlay
 
     images, ids = preview["images"], preview["ids"]
     cols = 1 + len(result.files)

@@ -1,4 +1,4 @@
-"""Segmentation tests (SPEC §6.4): the map as a foreground detector against ground-truth masks.
+"""Segmentation tests (docs/metrics.md): the map as a foreground detector against ground-truth masks.
 
 Per image: R = (v − min v) / (max v − min v) (a constant map gives R = 0), threshold t = mean(R),
 foreground prediction R > t. Normalisation and threshold use the whole map (the explanation's own
@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from explainers.errors import ExplainersError
-from explainers.methods.base import minmax_normalize
-from explainers.metrics.base import BatchContext, Metric, MetricBatch, register_metric
+from explainers.maps import minmax_normalize
+from explainers.metrics.base import BatchContext, Category, Direction, Metric, MetricBatch, register_metric
 
 # Columns of the per-image counts.
 COUNT_COLUMNS = ("correct", "total", "inter_bg", "union_bg", "inter_fg", "union_fg")
@@ -40,9 +40,7 @@ def foreground_prediction(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return r, r > t[:, None, None]
 
 
-def segmentation_counts(
-    maps: torch.Tensor, gt: torch.Tensor, ignore: torch.Tensor | None = None
-) -> torch.Tensor:
+def segmentation_counts(maps: torch.Tensor, gt: torch.Tensor, ignore: torch.Tensor | None = None) -> torch.Tensor:
     """Per-image int64 counts, columns :data:`COUNT_COLUMNS`."""
     _, pred = foreground_prediction(maps)
     gt = gt.bool()
@@ -64,9 +62,7 @@ def segmentation_counts(
     ).long()
 
 
-def average_precision(
-    scores: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor | None = None
-) -> torch.Tensor:
+def average_precision(scores: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Average precision per row, exactly as ``sklearn.metrics.average_precision_score`` (float64).
 
     AP = Σ_thresholds (recall_n − recall_{n−1}) · precision_n over the distinct score values, i.e. each
@@ -116,8 +112,8 @@ def _counts(ctx: BatchContext) -> torch.Tensor:
 
 
 class _Segmentation(Metric):
-    category = "segmentation"
-    direction = "higher"
+    category = Category.SEGMENTATION
+    direction = Direction.HIGHER
     classes = ("predicted",)
     needs_gt = True
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from explainers.data.resize import InputGeometry
 from explainers.errors import ModelError
+from explainers.maps import resize_maps
 
 Targets = int | Sequence[int] | torch.Tensor | None
 
@@ -393,9 +394,7 @@ class ExplaineeAdapter:
 
     def patch_map_to_image(self, patch_scores: torch.Tensor) -> torch.Tensor:
         """B×P (row-major) or B×gh×gw patch scores → B×H×W, bilinear (align_corners=False)."""
-        gh, gw = self.grid
-        grid = patch_scores.reshape(-1, 1, gh, gw)
-        return F.interpolate(grid, size=self.image_size, mode="bilinear", align_corners=False)[:, 0]
+        return resize_maps(patch_scores.reshape(-1, *self.grid), self.image_size)
 
 
 class ViTAdapterBase(ExplaineeAdapter):

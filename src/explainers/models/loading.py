@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 from collections.abc import Iterator, Sequence
@@ -10,11 +11,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from explainers.data.resize import InputGeometry
+from explainers.devices import resolve_device
 from explainers.errors import ModelError
 from explainers.models.base import ExplaineeAdapter
+from explainers.models.hf import _SUPPORTED, HFViTAdapter
+from explainers.models.probe import LinearProbe, load_probe
+from explainers.models.signature import check_same_encoder
+from explainers.models.timm import TimmViTAdapter, is_timm_vit, load_timm
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +78,12 @@ def load_explainee(
     elif isinstance(spec, nn.Module):
         adapter = _adapt_module(spec, image_size, mean, std, num_classes, class_names)
     elif isinstance(spec, str) and spec.startswith("probe:"):
-        from explainers.training.probe import load_probe_explainee
-
         adapter = load_probe_explainee(spec)
     elif isinstance(spec, (str, Path)):
         adapter = _load_by_name(str(spec), image_size=image_size, mean=mean, std=std)
     else:
         raise ModelError(f"cannot make an explainee from a {type(spec).__name__}; pass a path, hub id or nn.Module")
     if device is not None:
-        from explainers.devices import resolve_device
-
         adapter.to(resolve_device(device))
     return adapter
 
@@ -94,15 +97,9 @@ def _size_pair(size: int | Sequence[int] | None) -> tuple[int, int] | None:
 
 
 def _adapt_module(model, image_size, mean, std, num_classes, class_names) -> ExplaineeAdapter:
-    from explainers.models.timm import is_timm_vit
-
     if _is_hf_model(model):
-        from explainers.models.hf import HFViTAdapter
-
         return HFViTAdapter(model, mean=mean, std=std, image_size=_size_pair(image_size), class_names=class_names)
     if is_timm_vit(model):
-        from explainers.models.timm import TimmViTAdapter
-
         return TimmViTAdapter(model, mean=mean, std=std, image_size=_size_pair(image_size), class_names=class_names)
     missing = [n for n, v in (("image_size", image_size), ("mean", mean), ("std", std)) if v is None]
     if missing:
@@ -124,8 +121,6 @@ def _adapt_module(model, image_size, mean, std, num_classes, class_names) -> Exp
 
 
 def _infer_num_classes(model: nn.Module, size: tuple[int, int] | None) -> int:
-    import torch
-
     param = next(model.parameters(), None)
     x = torch.zeros(1, 3, *size, device=param.device if param is not None else "cpu")  # type: ignore[misc]
     with torch.no_grad():
@@ -150,8 +145,6 @@ def _load_by_name(spec: str, *, image_size, mean, std) -> ExplaineeAdapter:
             raise ModelError(f"the embedded explainee is missing from the installation ({path}); reinstall explainers")
         return load_hf_directory(path, image_size=image_size, mean=mean, std=std, identifier=EMBEDDED_EXPLAINEE)
     if spec.startswith("timm:"):
-        from explainers.models.timm import load_timm
-
         return load_timm(spec[len("timm:") :], image_size=_size_pair(image_size), mean=mean, std=std)
     path = Path(spec).expanduser()
     if path.exists():
@@ -269,8 +262,6 @@ def load_hf_directory(path: Path, *, image_size=None, mean=None, std=None, ident
     """Load a local Hugging Face image-classification directory (config + weights + preprocessor)."""
     from transformers import AutoConfig, AutoModelForImageClassification
 
-    from explainers.models.hf import _SUPPORTED, HFViTAdapter
-
     if not path.is_dir():
         raise ModelError(f"explainee path {path} is not a directory; pass a Hugging Face model directory")
     if not (path / "config.json").exists():
@@ -337,8 +328,6 @@ def quiet_transformers() -> Iterator[None]:
 def _load_from_hub(name: str, *, image_size, mean, std) -> ExplaineeAdapter:
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    from explainers.models.hf import HFViTAdapter
-
     try:
         model = AutoModelForImageClassification.from_pretrained(name, attn_implementation="sdpa")
         processor = AutoImageProcessor.from_pretrained(name)
@@ -356,3 +345,58 @@ def _load_from_hub(name: str, *, image_size, mean, std) -> ExplaineeAdapter:
     return HFViTAdapter(
         model, mean=mean, std=std, image_size=_size_pair(image_size), geometry=geometry, identifier=name
     )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# A probe as an explainee
+
+
+def probe_explainee(
+    probe: LinearProbe | str | Path, encoder: ExplaineeAdapter | str | None = None
+) -> ExplaineeAdapter:
+    """The encoder with its classifier replaced by the probe: an explainee for the probe's task.
+
+    Every method and metric then runs on the downstream task unchanged (LETA's default head is the
+    adapter's own head, i.e. the probe). ``encoder`` defaults to the spec recorded in the probe.
+    """
+    if not isinstance(probe, LinearProbe):
+        probe = load_probe(probe)
+    if encoder is None:
+        if "spec" not in probe.encoder:
+            raise ModelError(f"probe {probe.source} does not record its encoder; pass encoder=...")
+        encoder = probe.encoder["spec"]
+    adapter = load_explainee(encoder)
+    check_same_encoder(probe.encoder, adapter, "linear probe", probe.source or "the probe")
+    heads = adapter.parts().heads
+    if len(heads) != 1:
+        raise ModelError(
+            f"{adapter.identifier} has {len(heads)} classifier heads; a probe replaces exactly one"
+        )
+    model = copy.deepcopy(adapter.model)
+    old = heads[0].linear
+    name = next(n for n, m in adapter.model.named_modules() if m is old)
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, copy.deepcopy(probe.linear).to(adapter.device))
+    names = probe.class_names or [str(i) for i in range(probe.num_classes)]
+    config = getattr(model, "config", None)
+    if config is not None:  # Hugging Face: the adapter reads num_labels and id2label from the config
+        config.num_labels = probe.num_classes
+        config.id2label = dict(enumerate(names))
+        config.label2id = {n: i for i, n in enumerate(names)}
+    if hasattr(model, "num_classes"):  # timm
+        model.num_classes = probe.num_classes
+    return type(adapter)(
+        model,
+        mean=adapter.mean.tolist(),
+        std=adapter.std.tolist(),
+        geometry=adapter.input_geometry,
+        identifier=f"{adapter.identifier}+probe:{probe.task}",
+        class_names=names,
+    )
+
+
+def load_probe_explainee(spec: str | Path) -> ExplaineeAdapter:
+    """``probe:DIR`` (or ``DIR``) → :func:`probe_explainee` with the encoder recorded in the probe."""
+    text = str(spec)
+    return probe_explainee(text[len("probe:") :] if text.startswith("probe:") else text)

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from explainers._compat import patch_torchvision
 from explainers.data.resize import INTERPOLATIONS, InputGeometry
 from explainers.errors import ModelError
 from explainers.models.base import (
@@ -228,8 +229,6 @@ class TimmViTAdapter(ViTAdapterBase):
 
 def load_timm(name: str, *, image_size=None, mean=None, std=None) -> TimmViTAdapter:
     """Create a timm model by name with pretrained weights (needs the hub or timm's local cache)."""
-    from explainers._compat import patch_torchvision
-
     patch_torchvision()
     try:
         import timm

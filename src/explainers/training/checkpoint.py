@@ -1,12 +1,7 @@
-"""Checkpoint pieces every trainer shares: the compatibility check, and the training-state folder.
-
-The one compatibility check between a saved explainer/probe and the model it is used with.
-
-Every checkpoint (LTE, LETA, linear probes) stores the fingerprint of the weights it was made for
-(:meth:`~explainers.models.base.ExplaineeAdapter.weights_fingerprint`: the whole explainee for LTE,
-whose masks explain its logits; the encoder without heads for LETA and probes). Loading it for other
-weights is refused with one line, unless the caller explicitly allows it (``allow_other_weights``), in
-which case a warning is logged. Resumed training runs apply the same check without an override.
+"""Checkpoint pieces every trainer shares: the training-state folder, and (re-exported from
+:mod:`explainers.models.signature`, where loading needs it too) the one compatibility check between a
+saved explainer/probe and the model it is used with. Resumed training runs apply that check without an
+override.
 """
 
 from __future__ import annotations
@@ -21,46 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, load_model, save_model
 
 from explainers.errors import ModelError, OutputError, describe_os_error
 from explainers.io.atomic import fsync_path
+from explainers.io.lock import OutputLock
+from explainers.models.signature import WeightsMismatchError, check_fingerprint  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
-
-
-class WeightsMismatchError(ModelError):
-    """A checkpoint made for other weights than the model it is being used with."""
-
-
-def check_fingerprint(
-    saved: str | None,
-    current: str,
-    *,
-    what: str,
-    source: str,
-    model: str,
-    hint: str,
-    allow_other_weights: bool = False,
-) -> None:
-    """Refuse ``what`` (saved in ``source``) when it was made for weights other than ``model``'s.
-
-    ``saved`` None or empty: an old checkpoint without a fingerprint, accepted with a warning.
-    """
-    if not saved:
-        log.warning("%s in %s records no weights fingerprint: cannot check it fits %s", what, source, model)
-        return
-    if saved == current:
-        return
-    if allow_other_weights:
-        log.warning(
-            "%s in %s was made for other weights than %s (%s… ≠ %s…); used anyway (allow_other_weights)",
-            what, source, model, saved[:12], current[:12],
-        )
-        return
-    raise WeightsMismatchError(
-        f"the {what} in {source} was made for other weights than {model} (fingerprint {saved[:12]}… ≠ "
-        f"{current[:12]}…); {hint}, or pass allow_other_weights=true to use it anyway"
-    )
 
 
 def pixel_digest(*images: torch.Tensor) -> str:
@@ -71,7 +34,6 @@ def pixel_digest(*images: torch.Tensor) -> str:
         digest.update(str(tuple(x.shape)).encode())
         digest.update((x.detach().cpu().float() * 255).round().to(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
-
 
 
 # ------------------------------------------------------------------------------------------------ training state
@@ -90,8 +52,6 @@ def save_training_state(out: Path, model: torch.nn.Module, payload: dict[str, An
     :func:`find_training_state` reads). A failed write (a full disk) raises :class:`OutputError` and
     leaves the previous state as it was.
     """
-    from safetensors.torch import load_file, save_model
-
     tmp, final, old = out / (STATE_DIR + ".tmp"), out / STATE_DIR, out / (STATE_DIR + ".old")
     try:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -127,7 +87,6 @@ def output_lock(out: Path, main: bool = True) -> Iterator[None]:
     if not main:
         yield
         return
-    from explainers.io.lock import OutputLock
 
     with OutputLock(out):
         yield
@@ -145,8 +104,6 @@ def find_training_state(out: Path) -> Path | None:
 def load_training_state(folder: Path, state_format: str, model: torch.nn.Module) -> dict[str, Any]:
     """Load the weights of a state written by :func:`save_training_state` into ``model`` and return its
     payload; a payload whose ``format`` is not ``state_format`` (another trainer's state) is refused."""
-    from safetensors.torch import load_model
-
     payload = torch.load(folder / STATE_NAME, map_location="cpu", weights_only=True)
     if payload.get("format") != state_format:
         raise ModelError(

@@ -38,10 +38,15 @@ import torch
 import torch.nn.functional as F
 
 from explainers._compat import patch_torchvision
+from explainers.data import open_dataset, parse_dataset_spec
 from explainers.data.base import ImageDataset, iter_batches
 from explainers.data.synthetic import SyntheticDataset
-from explainers.errors import ExplainersError
-from explainers.training.loop import Learner, Runtime, TrainingLoop
+from explainers.devices import resolve_device
+from explainers.errors import DatasetError, ExplainersError
+from explainers.models import ExplaineeAdapter, load_explainee
+from explainers.training.checkpoint import find_training_state, output_lock, pixel_digest
+from explainers.training.config import build
+from explainers.training.loop import Learner, Runtime, TrainingLoop, check_precision, load_images
 
 AUGMENTATIONS = ("auto", "dihedral", "none")
 # Settings that do not change the trained weights: a resumed run may differ in these.
@@ -104,9 +109,6 @@ class ClassifierTrainConfig:
             )
         if min(self.epochs, self.batch_size, self.num_layers, self.patch_size, self.grad_accum) < 1:
             raise ExplainersError("epochs, batch_size, num_layers, patch_size and grad_accum must be >= 1")
-        from explainers.devices import resolve_device
-        from explainers.training.loop import check_precision
-
         resolve_device(self.device)
         check_precision(self.precision)
         for f in fields(self):
@@ -119,13 +121,11 @@ class ClassifierTrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ClassifierTrainConfig:
-        from explainers.training.config import build
-
         return build(cls, data, "classifier training")
 
 
 def _vit_classes() -> tuple[Any, Any, Any]:
-    patch_torchvision()  # transformers imports torchvision when present (SPEC §9)
+    patch_torchvision()  # transformers imports torchvision when present (see explainers._compat)
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
     return ViTConfig, ViTForImageClassification, ViTImageProcessor
@@ -243,10 +243,6 @@ def _synthetic_splits(data_dir: Path, config: ClassifierTrainConfig) -> _Splits:
 
 def _labelled_splits(spec: str, config: ClassifierTrainConfig) -> _Splits:
     """Any labelled dataset kind: the train split, and the val/test splits when the dataset has them."""
-    from explainers.data import open_dataset
-    from explainers.errors import DatasetError
-    from explainers.training.loop import load_images
-
     size = config.image_size or 224
     try:
         train = open_dataset(spec, split="train")
@@ -314,8 +310,6 @@ class _ClassifierLearner(Learner):
         augment: bool,
         runtime: Runtime,
     ) -> None:
-        from explainers.training.checkpoint import pixel_digest
-
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.runtime = runtime
         self.forward_model = runtime.prepare(model)  # DDP-wrapped with several processes
@@ -455,8 +449,6 @@ def train_classifier(
     files are written under a temporary name and renamed at the end; a non-empty ``out`` is refused
     unless ``overwrite=True``.
     """
-    from explainers.training.checkpoint import output_lock
-
     config = config or ClassifierTrainConfig()
     out = Path(out).expanduser().resolve()
     with output_lock(out, int(os.environ.get("RANK", "0")) == 0):
@@ -471,10 +463,7 @@ def _train_classifier(
     overwrite: bool,
     command: str | None,
 ) -> dict[str, Any]:
-    from explainers.data import parse_dataset_spec
-
     # A training state in OUT: resume it (an interrupted run), unless --overwrite starts over.
-    from explainers.training.checkpoint import find_training_state
 
     resumable = out.is_dir() and find_training_state(out) is not None
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite and not resumable:
@@ -712,8 +701,6 @@ def evaluate_accuracy(explainee: Any, dataset: ImageDataset, batch_size: int = 2
     ``explainee`` is anything :func:`explainers.models.load_explainee` accepts (a model directory, a
     built model, ``"embedded"``) or an adapter, so resizing and normalisation are the adapter's own.
     """
-    from explainers.models import ExplaineeAdapter, load_explainee
-
     adapter = explainee if isinstance(explainee, ExplaineeAdapter) else load_explainee(explainee)
     was_training = adapter.model.training
     adapter.model.eval()

@@ -14,6 +14,8 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+import tomllib
+
 from explainers.errors import ExplainersError
 
 
@@ -28,8 +30,6 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {path}")
     try:
         if path.suffix.lower() == ".toml":
-            import tomllib
-
             data = tomllib.loads(path.read_text())
         else:
             data = json.loads(path.read_text())

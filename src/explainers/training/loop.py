@@ -36,8 +36,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
-from explainers.errors import ExplainersError
+from explainers.data.base import as_geometry
+from explainers.data.loader import BatchLoader
+from explainers.devices import resolve_device
+from explainers.errors import ExplainersError, OutputError, describe_os_error
+from explainers.io.atomic import write_text_atomic
+from explainers.training.checkpoint import (
+    STATE_NAME,
+    find_training_state,
+    load_training_state,
+    remove_training_state,
+    save_training_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +82,6 @@ class Runtime:
     def __init__(self, device: str = "auto", precision: str = "fp32") -> None:
         from accelerate import Accelerator
 
-        from explainers.devices import resolve_device
 
         resolved = resolve_device(device)  # the one device check: unknown or absent devices are one line
         check_precision(precision)
@@ -162,8 +173,6 @@ class Runtime:
     # ------------------------------------------------------------------ reporting
     def progress(self, total: int, initial: int, desc: str, enabled: bool = True) -> Any:
         """A tqdm bar shown on the main process only."""
-        from tqdm.auto import tqdm
-
         return tqdm(total=total, initial=initial, desc=desc, unit="step", disable=not (enabled and self.main))
 
 
@@ -174,9 +183,6 @@ def load_images(
     the shared :class:`~explainers.data.loader.BatchLoader` with ``workers`` decoding processes (None: the
     loader's default; 0: in this process). ``size``: a (height, width) or the model's
     ``adapter.input_geometry`` (its own resize and crop)."""
-    from explainers.data.base import as_geometry
-    from explainers.data.loader import BatchLoader
-
     if not indices:
         return torch.empty(0, 3, *as_geometry(size).size), torch.empty(0, dtype=torch.long), []
     batches = [list(indices[i : i + batch_size]) for i in range(0, len(indices), batch_size)]
@@ -326,8 +332,6 @@ class TrainingLoop:
         """Append one JSON record to the log (the main process writes; every process counts)."""
         self._log_count += 1
         if self.main:
-            from explainers.errors import OutputError, describe_os_error
-
             try:
                 with self.log_path.open("a") as fh:
                     fh.write(json.dumps(record, sort_keys=True) + "\n")
@@ -353,8 +357,6 @@ class TrainingLoop:
 
     def _keep_log_lines(self, count: int) -> None:
         """Keep the first ``count`` lines: those written before the state a resumed run restarts from."""
-        from explainers.io.atomic import write_text_atomic
-
         if not self.log_path.exists():
             return
         lines = [ln for ln in self.log_path.read_text().splitlines() if ln.strip()]
@@ -378,21 +380,12 @@ class TrainingLoop:
 
     def save(self) -> None:
         """Save the training state (every process takes part; the main one writes)."""
-        from explainers.training.checkpoint import save_training_state
-
         payload = self._payload()  # on every process: a learner may reduce across processes here
         if self.main:
             save_training_state(self.out, self._learner.model, payload)
         self.runtime.barrier()
 
     def _load(self) -> None:
-        from explainers.training.checkpoint import (
-            STATE_NAME,
-            find_training_state,
-            load_training_state,
-            remove_training_state,
-        )
-
         learner = self._learner
         folder = find_training_state(self.out) if self.out.exists() else None
         if folder is not None and not self.resume:

@@ -1,20 +1,18 @@
-"""Linear probes: downstream tasks on a frozen encoder's CLS embedding (what LETA explains, §4.3).
+"""Training linear probes: downstream tasks on a frozen encoder's CLS embedding (what LETA explains).
 
-A probe is ``h(z) = W z + b`` on the post-LayerNorm CLS embedding z. Training extracts the features once
-(batched, no gradients) and fits a multinomial logistic regression with full-batch L-BFGS on standardised
-features (the standardisation is folded back into W and b, so the saved head reads raw z). The L2 weight
-is chosen on the validation split when there is one.
-
-On disk: ``config.json`` (task, class names, encoder signature, accuracies, how it was made) and
-``model.safetensors`` (``weight`` C×D, ``bias`` C). No pickle.
+A probe (:class:`~explainers.models.probe.LinearProbe`) is ``h(z) = W z + b`` on the post-LayerNorm CLS
+embedding z. Training extracts the features once (batched, no gradients) and fits a multinomial logistic
+regression with full-batch L-BFGS on standardised features (the standardisation is folded back into W and
+b, so the saved head reads raw z). The L2 weight is chosen on the validation split when there is one. The
+saved format is :mod:`explainers.models.probe`; the probe as an explainee, ``probe:DIR``, is
+:func:`explainers.models.probe_explainee`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
-import json
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,120 +22,22 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
+from explainers.data import open_dataset
 from explainers.data.base import ImageDataset
-from explainers.errors import ExplainersError, ModelError
-from explainers.io.atomic import atomic_path, write_text_atomic
+from explainers.data.loader import BatchLoader
+from explainers.devices import resolve_device
+from explainers.errors import ExplainersError
+from explainers.models import load_explainee
 from explainers.models.base import ExplaineeAdapter
-from explainers.training.loop import Learner, TrainingLoop
+from explainers.models.loading import load_probe_explainee, probe_explainee  # noqa: F401  (re-exported)
+from explainers.models.probe import FORMAT_NAME, FORMAT_VERSION, LinearProbe, load_probe  # noqa: F401
+from explainers.models.signature import encoder_signature, require_vit
+from explainers.training.checkpoint import output_lock
+from explainers.training.loop import Learner, Runtime, TrainingLoop
 
-FORMAT_NAME = "explainers-linear-probe"
-FORMAT_VERSION = 1
 DEFAULT_WEIGHT_DECAYS: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2)
-
-
-class LinearProbe(nn.Module):
-    """A linear head on an encoder's embedding, with what it was trained for."""
-
-    def __init__(
-        self,
-        linear: nn.Linear,
-        *,
-        task: str,
-        class_names: list[str] | None,
-        encoder: dict[str, Any],
-        metadata: dict[str, Any] | None = None,
-        source: str | None = None,
-    ) -> None:
-        super().__init__()
-        self.linear = linear
-        self.task = task
-        self.class_names = class_names
-        self.encoder = encoder
-        self.metadata: dict[str, Any] = dict(metadata or {})
-        self.source = source
-
-    @property
-    def num_classes(self) -> int:
-        return self.linear.out_features
-
-    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
-        return self.linear(embeddings)
-
-    def save_pretrained(self, directory: str | Path) -> Path:
-        from safetensors.torch import save_file
-
-        from explainers import __version__
-
-        directory = Path(directory).expanduser()
-        directory.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
-            "library_version": __version__,
-            "task": self.task,
-            "class_names": self.class_names,
-            "in_features": self.linear.in_features,
-            "num_classes": self.linear.out_features,
-            "encoder": self.encoder,
-            **self.metadata,
-        }
-        tensors = {"weight": self.linear.weight.detach().cpu().contiguous()}
-        if self.linear.bias is not None:
-            tensors["bias"] = self.linear.bias.detach().cpu().contiguous()
-        with atomic_path(directory / "model.safetensors") as tmp:
-            save_file(tensors, str(tmp), metadata={"format": FORMAT_NAME})
-        write_text_atomic(directory / "config.json", json.dumps(payload, indent=2) + "\n")
-        return directory
-
-
-def load_probe(directory: str | Path) -> LinearProbe:
-    """Load a probe saved by :meth:`LinearProbe.save_pretrained` / ``explainers train-probe``."""
-    from safetensors.torch import load_file
-
-    directory = Path(directory).expanduser()
-    cfg_file = directory / "config.json"
-    if not cfg_file.is_file():
-        raise ModelError(f"{directory} is not a linear-probe directory (no config.json)")
-    try:
-        cfg = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelError(f"{cfg_file} is not valid JSON ({exc})") from None
-    if cfg.get("format") != FORMAT_NAME:
-        raise ModelError(f"{directory} is not a linear probe (config format {cfg.get('format')!r})")
-    try:
-        tensors = load_file(str(directory / "model.safetensors"))
-    except Exception as exc:
-        raise ModelError(f"cannot read the probe weights in {directory}: {exc}") from None
-    weight = tensors["weight"]
-    linear = nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in tensors)
-    with torch.no_grad():
-        linear.weight.copy_(weight)
-        if "bias" in tensors:
-            linear.bias.copy_(tensors["bias"])
-    meta = {
-        k: v
-        for k, v in cfg.items()
-        if k
-        not in (
-            "format",
-            "version",
-            "task",
-            "class_names",
-            "encoder",
-            "in_features",
-            "num_classes",
-            "library_version",
-        )
-    }
-    return LinearProbe(
-        linear.eval(),
-        task=cfg.get("task", "?"),
-        class_names=cfg.get("class_names"),
-        encoder=cfg.get("encoder", {}),
-        metadata=meta,
-        source=str(directory),
-    )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -157,10 +57,6 @@ def extract_features(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(embeddings N×D float32, labels N int64) of the CLS embedding for ``dataset`` (or ``indices``),
     decoded by the shared :class:`~explainers.data.loader.BatchLoader` with ``workers`` processes."""
-    from tqdm.auto import tqdm
-
-    from explainers.data.loader import BatchLoader
-
     order = list(range(len(dataset))) if indices is None else list(indices)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     feats, labels = [], []
@@ -246,8 +142,6 @@ class ProbeConfig:
     workers: int | None = None
 
     def __post_init__(self) -> None:
-        from explainers.devices import resolve_device
-
         resolve_device(self.device)
         for key in ("batch_size", "max_iter"):
             if getattr(self, key) < 1:
@@ -257,8 +151,6 @@ class ProbeConfig:
 
     @property
     def torch_device(self) -> str:
-        from explainers.devices import resolve_device
-
         return str(resolve_device(self.device))
 
 
@@ -288,12 +180,6 @@ def train_probe(
     logged to ``out/log.jsonl`` with a resumable state in ``out/train_state/`` — a rerun after an
     interruption keeps the fits already done. ``out`` None: a temporary folder (nothing is kept).
     """
-    import tempfile
-
-    from explainers.data import open_dataset
-    from explainers.learned.leta.encoder import encoder_signature, require_vit
-    from explainers.training.loop import Runtime, TrainingLoop
-
     require_vit(encoder, "a linear probe on the CLS embedding")
     kind = data.partition(":")[0]
     task_opt = {"task": task} if kind == "synthetic" else {}
@@ -452,9 +338,6 @@ def train_probe_to(
     """Train a probe with ``config`` (see :class:`ProbeConfig`) and save it to ``out``, holding ``out``'s
     lock meanwhile (a second run on the same output is refused); an interrupted run in ``out`` is
     resumed. ``encoder``: an adapter or a model spec."""
-    from explainers.models import load_explainee
-    from explainers.training.checkpoint import output_lock
-
     config = config or ProbeConfig()
     out = Path(out).expanduser()
     with output_lock(out):
@@ -490,61 +373,3 @@ def _maybe(load, split_name: str | None):
         return load(split_name)
     except ExplainersError:
         return None  # the dataset has no such split
-
-
-# ------------------------------------------------------------------------------------------------------------
-# A probe as an explainee
-
-
-def probe_explainee(
-    probe: LinearProbe | str | Path, encoder: ExplaineeAdapter | str | None = None
-) -> ExplaineeAdapter:
-    """The encoder with its classifier replaced by the probe: an explainee for the probe's task.
-
-    Every method and metric then runs on the downstream task unchanged (LETA's default head is the
-    adapter's own head, i.e. the probe). ``encoder`` defaults to the spec recorded in the probe.
-    """
-    from explainers.learned.leta.encoder import check_same_encoder
-    from explainers.models import load_explainee
-
-    if not isinstance(probe, LinearProbe):
-        probe = load_probe(probe)
-    if encoder is None:
-        if "spec" not in probe.encoder:
-            raise ModelError(f"probe {probe.source} does not record its encoder; pass encoder=...")
-        encoder = probe.encoder["spec"]
-    adapter = load_explainee(encoder)
-    check_same_encoder(probe.encoder, adapter, "linear probe", probe.source or "the probe")
-    heads = adapter.parts().heads
-    if len(heads) != 1:
-        raise ModelError(
-            f"{adapter.identifier} has {len(heads)} classifier heads; a probe replaces exactly one"
-        )
-    model = copy.deepcopy(adapter.model)
-    old = heads[0].linear
-    name = next(n for n, m in adapter.model.named_modules() if m is old)
-    parent_name, _, attr = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, attr, copy.deepcopy(probe.linear).to(adapter.device))
-    names = probe.class_names or [str(i) for i in range(probe.num_classes)]
-    config = getattr(model, "config", None)
-    if config is not None:  # Hugging Face: the adapter reads num_labels and id2label from the config
-        config.num_labels = probe.num_classes
-        config.id2label = dict(enumerate(names))
-        config.label2id = {n: i for i, n in enumerate(names)}
-    if hasattr(model, "num_classes"):  # timm
-        model.num_classes = probe.num_classes
-    return type(adapter)(
-        model,
-        mean=adapter.mean.tolist(),
-        std=adapter.std.tolist(),
-        geometry=adapter.input_geometry,
-        identifier=f"{adapter.identifier}+probe:{probe.task}",
-        class_names=names,
-    )
-
-
-def load_probe_explainee(spec: str | Path) -> ExplaineeAdapter:
-    """``probe:DIR`` (or ``DIR``) → :func:`probe_explainee` with the encoder recorded in the probe."""
-    text = str(spec)
-    return probe_explainee(text[len("probe:") :] if text.startswith("probe:") else text)

@@ -1,4 +1,5 @@
-"""LETA: a pre-trained, task-agnostic explainer for one encoder, and the transfer rule (SPEC §4).
+"""LETA: a pre-trained, task-agnostic explainer for one encoder, and the transfer rule
+(docs/learned-explainers.md).
 
 ``LETAExplainer.from_pretrained(dir, encoder=...)(images, head=linear)`` explains any linear head on the
 encoder's embedding; ``pretrain(...)`` (``explainers pretrain leta``) trains one on unlabelled images.

@@ -1,4 +1,4 @@
-"""LETA configuration: the explainer's architecture and its pre-training run (SPEC §4)."""
+"""LETA configuration: the explainer's architecture and its pre-training run (docs/learned-explainers.md)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from explainers.devices import resolve_device
 from explainers.errors import ExplainersError
+from explainers.training.config import build
+from explainers.training.config import read_config_file as read_shared_config_file
+from explainers.training.loop import PRECISIONS
 
 LAYOUTS = ("shared", "two-branch")
 
@@ -107,9 +111,6 @@ class PretrainConfig:
             raise ExplainersError(f"target_dtype must be float32 or bfloat16, got {self.target_dtype!r}")
         if self.lr <= 0:
             raise ExplainersError(f"lr must be positive, got {self.lr}")
-        from explainers.devices import resolve_device
-        from explainers.training.loop import PRECISIONS
-
         resolve_device(self.device)  # the one device check (one line when unusable)
         if self.precision not in PRECISIONS:
             raise ExplainersError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
@@ -137,8 +138,6 @@ def build_run_config(data: dict[str, Any] | None = None, **overrides: Any) -> Ru
 
     Keys, types and finiteness are checked by the shared mechanism (:mod:`explainers.training.config`).
     """
-    from explainers.training.config import build
-
     data = dict(data or {})
     model_kw: dict[str, Any] = dict(data.pop("model", {}) or {})
     train_kw: dict[str, Any] = dict(data.pop("training", {}) or {})
@@ -161,6 +160,4 @@ def build_run_config(data: dict[str, Any] | None = None, **overrides: Any) -> Ru
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read a JSON or TOML config file (the shared reader)."""
-    from explainers.training.config import read_config_file as read
-
-    return read(path)
+    return read_shared_config_file(path)

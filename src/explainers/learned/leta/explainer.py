@@ -1,4 +1,5 @@
-"""The LETA explainer: a pre-trained network bound to its target encoder, and the transfer rule (§4.3)."""
+"""The LETA explainer: a pre-trained network bound to its target encoder, and the transfer rule
+(docs/learned-explainers.md)."""
 
 from __future__ import annotations
 
@@ -9,20 +10,21 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_model, save_model
 from torch import nn
 
+from explainers._version import __version__
 from explainers.errors import ExplainersError, ModelError
 from explainers.io.atomic import atomic_path, write_text_atomic
 from explainers.learned.leta.config import LETAConfig
-from explainers.learned.leta.encoder import (
-    check_same_encoder,
-    embed_dim,
-    encoder_signature,
-    require_vit,
-)
 from explainers.learned.leta.network import LETANetwork, build_network
 from explainers.learned.leta.windows import window_masks
+from explainers.maps import minmax_normalize
+from explainers.models import load_explainee
 from explainers.models.base import ExplaineeAdapter, Targets, resolve_targets
+from explainers.models.probe import LinearProbe, load_probe
+from explainers.models.signature import check_same_encoder, embed_dim, encoder_signature, require_vit
+from explainers.models.timm import is_timm_vit
 
 FORMAT_NAME = "explainers-leta"
 FORMAT_VERSION = 1
@@ -62,12 +64,6 @@ def pool_patch_scores(scores: torch.Tensor, radius: int) -> torch.Tensor:
         scores[:, None], kernel_size=2 * radius + 1, stride=1, padding=radius, count_include_pad=False
     )
     return pooled[:, 0]
-
-
-def _minmax(maps: torch.Tensor) -> torch.Tensor:
-    from explainers.methods.base import minmax_normalize
-
-    return minmax_normalize(maps)
 
 
 def _linear_of_sequential(module: nn.Sequential) -> nn.Linear | None:
@@ -143,10 +139,6 @@ class LETAExplainer:
 
     def save_pretrained(self, directory: str | Path, *, training: dict[str, Any] | None = None) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (no pickle); files are replaced atomically."""
-        from safetensors.torch import save_model
-
-        from explainers import __version__
-
         directory = Path(directory).expanduser()
         directory.mkdir(parents=True, exist_ok=True)
         backbone = self.network.backbones[0]
@@ -183,8 +175,6 @@ class LETAExplainer:
         An explainer pre-trained for another encoder is refused (architecture and weights are compared;
         ``allow_other_weights`` accepts other weights of the same architecture with a warning).
         """
-        from safetensors.torch import load_model
-
         directory = Path(directory).expanduser()
         payload = read_leta_config(directory)
         saved_encoder = payload.get("encoder", {})
@@ -226,7 +216,7 @@ class LETAExplainer:
 
     def resolve_head(self, head: HeadLike = None) -> ResolvedHead:
         """The linear head h on the embedding: ``None`` = the encoder's own classifier; an ``nn.Linear``;
-        a probe directory or :class:`~explainers.training.probe.LinearProbe`; an adapter or classifier
+        a probe directory or :class:`~explainers.models.probe.LinearProbe`; an adapter or classifier
         model whose last layer is linear on the CLS embedding."""
         # Cached per head object (probe directories are read and encoders fingerprinted once); the object
         # is kept in the cache so that its id cannot be reused by another object.
@@ -247,8 +237,6 @@ class LETAExplainer:
         return resolved
 
     def _resolve_head(self, head: HeadLike) -> ResolvedHead:
-        from explainers.training.probe import LinearProbe, load_probe
-
         if head is None:
             return _adapter_head(self.encoder, "the encoder's own classifier")
         if isinstance(head, (str, Path)):
@@ -269,8 +257,6 @@ class LETAExplainer:
             if linear is not None:
                 return ResolvedHead(linear, None, "nn.Sequential")
         if isinstance(head, ExplaineeAdapter) or _is_classifier_model(head):
-            from explainers.models import load_explainee
-
             adapter = load_explainee(head)
             require_vit(adapter, "LETA")
             if adapter is not self.encoder:
@@ -304,7 +290,7 @@ class LETAExplainer:
         s_pos = torch.einsum("bpd,bd->bp", psi_pos.float(), w) + b[:, None]
         s_neg = torch.einsum("bpd,bd->bp", psi_neg.float(), w) + b[:, None]
         scores = (lambda_pos * s_pos - lambda_neg * s_neg).reshape(-1, *self.grid)
-        maps = _minmax(pool_patch_scores(scores, self.radius))
+        maps = minmax_normalize(pool_patch_scores(scores, self.radius))
         return LETAAttribution(scores=scores, maps=maps, targets=target_t, logits=logits)
 
     def __call__(
@@ -352,16 +338,12 @@ def read_leta_config(directory: Path) -> dict[str, Any]:
 
 
 def _as_adapter(encoder: ExplaineeAdapter | str | Path | nn.Module) -> ExplaineeAdapter:
-    from explainers.models import load_explainee
-
     adapter = load_explainee(encoder)
     require_vit(adapter, "LETA")
     return adapter
 
 
 def _is_classifier_model(obj: object) -> bool:
-    from explainers.models.timm import is_timm_vit
-
     if not isinstance(obj, nn.Module):
         return False
     try:

@@ -1,4 +1,5 @@
-"""LETA's network: a ViT backbone and token-mixing heads that predict ψ⁺ and ψ⁻ for every patch (§4.2).
+"""LETA's network: a ViT backbone and token-mixing heads that predict ψ⁺ and ψ⁻ for every patch
+(docs/learned-explainers.md).
 
 Backbones are described by an ``arch`` dict stored in the checkpoint's config.json, so that
 ``from_pretrained`` can rebuild the exact module offline (Hugging Face configs are stored whole; other
@@ -19,7 +20,9 @@ from torch import nn
 
 from explainers.errors import ModelError
 from explainers.learned.leta.config import LETAConfig
+from explainers.models import load_explainee
 from explainers.models.base import ExplaineeAdapter
+from explainers.models.signature import embed_dim
 
 # ---------------------------------------------------------------------------------------------------------
 # Token-mixing head
@@ -272,8 +275,6 @@ def build_backbone(config: LETAConfig, encoder: ExplaineeAdapter, seed: int = 0)
     if spec == "encoder":
         adapter = encoder
     else:
-        from explainers.models import load_explainee
-
         adapter = load_explainee(spec)
     if not adapter.supports_attention:
         raise ModelError(f"LETA backbone {spec!r} is not a ViT-like model ({type(adapter.model).__name__})")
@@ -305,8 +306,6 @@ def rebuild_backbone(arch: dict[str, Any], encoder: ExplaineeAdapter) -> TokenBa
         if arch.get("spec", "encoder") == "encoder":
             module = encoder.trainable_backbone()
         else:
-            from explainers.models import load_explainee
-
             module = load_explainee(arch["spec"]).trainable_backbone()
         return TokenBackbone(module, arch)
     raise ModelError(f"unknown LETA backbone kind {kind!r} in the checkpoint; upgrade explainers")
@@ -353,8 +352,6 @@ def build_network(
     config: LETAConfig, encoder: ExplaineeAdapter, *, seed: int = 0, arch: dict[str, Any] | None = None
 ) -> LETANetwork:
     """A LETA network for ``encoder``: new (``arch`` None) or the skeleton of a saved one."""
-    from explainers.learned.leta.encoder import embed_dim
-
     dim = embed_dim(encoder)
     if arch is None:
         with torch.random.fork_rng(devices=[]):

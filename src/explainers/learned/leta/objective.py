@@ -1,4 +1,5 @@
-"""LETA's pre-training objective (§4.2): targets from the frozen encoder and the two-branch MSE."""
+"""LETA's pre-training objective: targets from the frozen encoder and the two-branch MSE
+(docs/learned-explainers.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""LETA pre-training (§4.2): task-agnostic, on unlabelled images, one process or many (DDP).
+"""LETA pre-training (docs/learned-explainers.md): task-agnostic, on unlabelled images, one process or many (DDP).
 
 Each step draws a global batch of images and K window centres per image, computes the frozen encoder's
 targets for all 2·B·K masked copies under ``no_grad`` and regresses ψ⁺_c, ψ⁻_c on them.
@@ -28,14 +28,19 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
+from explainers.data import open_dataset, parse_dataset_spec
+from explainers.data.base import collate
+from explainers.data.loader import BatchLoader
 from explainers.data.resize import InputGeometry
 from explainers.errors import ExplainersError
 from explainers.learned.leta.config import RunConfig
-from explainers.learned.leta.encoder import check_same_encoder, encoder_signature, require_vit
 from explainers.learned.leta.explainer import LETAExplainer
-from explainers.learned.leta.objective import compute_targets, leta_loss, sample_centres
+from explainers.learned.leta.objective import compute_targets, gather_centres, leta_loss, sample_centres
+from explainers.models import load_explainee
 from explainers.models.base import ExplaineeAdapter
+from explainers.models.signature import check_same_encoder, encoder_signature, require_vit
 from explainers.training.checkpoint import (
     output_lock,
     pixel_digest,
@@ -81,15 +86,11 @@ class _ImageSource:
         progress: bool,
         workers: int | None = None,
     ) -> None:
-        from explainers.data.loader import BatchLoader
-
         self.dataset, self.geometry = dataset, geometry  # the encoder's preprocessing (resize, crop)
         size = geometry.size
         self.cache: torch.Tensor | None = None
         need_mb = len(dataset) * 3 * size[0] * size[1] / 2**20
         if cache and need_mb <= limit_mb:
-            from tqdm.auto import tqdm
-
             batches = [list(range(i, min(i + 256, len(dataset)))) for i in range(0, len(dataset), 256)]
             self.cache = torch.empty(len(dataset), 3, *size, dtype=torch.uint8)
             pos = 0
@@ -101,16 +102,12 @@ class _ImageSource:
                     bar.update(n)
 
     def get(self, indices: list[int]) -> torch.Tensor:
-        from explainers.data.base import collate
-
         if self.cache is not None:
             return self.cache[indices].float().div_(255)
         return collate([self.dataset[i] for i in indices], self.geometry).images
 
 
 def _open(data: str, split: str | None):
-    from explainers.data import open_dataset, parse_dataset_spec
-
     kind, _ = parse_dataset_spec(data)
     if split is None and kind == "synthetic":
         split = "train"  # the synthetic reader defaults to the test split
@@ -163,8 +160,6 @@ def evaluate(
     batch_size: int = 64,
 ) -> dict[str, float]:
     """Loss and R² (1 − MSE / variance of the targets) of ψ⁺ and ψ⁻ at fixed ``centres`` (N×K)."""
-    from explainers.learned.leta.objective import gather_centres
-
     net, enc = explainer.network, explainer.encoder
     was_training = net.training
     net.eval()
@@ -238,8 +233,6 @@ def pretrain(
     Runs under ``torchrun`` / ``accelerate launch`` as DDP (gloo on CPU, NCCL on GPU) when
     ``WORLD_SIZE`` > 1; only rank 0 writes files.
     """
-    from explainers.models import load_explainee
-
     run = run or RunConfig()
     cfg = run.training
     if isinstance(encoder, (str, Path)):
@@ -461,8 +454,6 @@ def _data_digest(dataset, geometry: InputGeometry, sample: int = 16) -> str:
     """SHA-256 of the ids and 8-bit pixels of the first ``sample`` images and of the image count: enough
     for a resumed run to notice a dataset regenerated or replaced under the same path, without
     decoding all of it."""
-    from explainers.data.base import collate
-
     first = [dataset[i] for i in range(min(sample, len(dataset)))]
     batch = collate(first, geometry)
     return pixel_digest(batch.images) + f"/{len(dataset)}/" + ",".join(map(str, batch.ids))[:2000]

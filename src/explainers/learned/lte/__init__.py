@@ -1,4 +1,5 @@
-"""LTE / pLTE: a ViT explainer trained to mask what justifies a frozen explainee's prediction (SPEC §3)."""
+"""LTE / pLTE: a ViT explainer trained to mask what justifies a frozen explainee's prediction
+(docs/learned-explainers.md)."""
 
 from explainers.learned.lte.config import LTEConfig, LTEConfigError
 from explainers.learned.lte.explainer import CheckpointMismatchError, ExplainerNet, LTEExplainer

@@ -1,8 +1,9 @@
 """LTE configuration: one flat, JSON-serialisable record of every knob (explainer, loss, training,
 refinement).
 
-Defaults are the published method's (SPEC §3), including its quirks, except where SPEC says to fix them
-(the learning-rate schedule: correct by default, the reference's bug as ``schedule="reference"``).
+Defaults are the published method's (docs/learned-explainers.md), including its quirks, except where the
+reference code has a bug (the learning-rate schedule: correct by default, the reference's bug as
+``schedule="reference"``).
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from explainers.devices import ByteSize
+from explainers.devices import ByteSize, parse_bytes, resolve_device
 from explainers.errors import ExplainersError
+from explainers.training.config import ConfigError, build, read_config_file
+from explainers.training.loop import PRECISIONS
 
 ACTIVATIONS = ("sigmoid", "relu", "softmax", "none")
 PREDICTION_LOSSES = ("ce", "logit", "ce-neg")
@@ -32,7 +35,7 @@ class LTEConfigError(ExplainersError):
 class LTEConfig:
     """Every LTE setting. Unknown keys are refused (:meth:`from_dict`) with the list of valid ones.
 
-    Explainer (SPEC §3.1):
+    Explainer:
         activation: patch-score activation: ``sigmoid`` (published), ``relu``, ``softmax`` over patches,
             ``none`` (raw scores; the upsampled mask is clamped to [0, 1], as it is for ``relu``).
         freeze_blocks: freeze the first k encoder blocks too (the embeddings are always frozen).
@@ -48,7 +51,7 @@ class LTEConfig:
         class_conditioned: condition the explainer on the explained class (one read-out of the patch head
             per class), so that it can draw a different mask per class of one image. The reference
             explainer is class-agnostic.
-    Loss (SPEC §3.3):
+    Loss:
         class_mode: ``target`` (ground-truth label) or ``predicted`` (the explainee's clean argmax).
         prediction_loss: ``ce`` (published), ``logit`` (−logit of c), ``ce-neg`` ((CE(pos) − CE(neg))/2).
         mask_loss: ``softplus`` = mean softplus(s), what the reference calls "bce" (the faithful default);
@@ -60,7 +63,7 @@ class LTEConfig:
         split: dataset split the subsets are drawn from (None: ``train`` for synthetic data, else the
             dataset's default); train_per_class / val_per_class: class-uniform, disjoint subset sizes
             (train_per_class None: every labelled image of a class not drawn for validation).
-    Pre-training (SPEC §3.4):
+    Pre-training:
         epochs, batch_size (global, over all processes), lr, weight_decay (AdamW), warmup_fraction,
         schedule: ``linear`` (warm-up over ``warmup_fraction`` of the real steps, then linear decay to 0),
             ``reference`` (the published code's bug: warm-up length computed from a folder of
@@ -73,7 +76,7 @@ class LTEConfig:
         device (``auto``: CUDA when available, else CPU; ``cpu``; ``cuda``), precision (``fp32``,
         ``bf16``, ``fp16``: autocast with float32 master weights), grad_accum (micro-batches per
         optimiser step), workers (image-decoding processes).
-    Refinement (LTE, SPEC §3.5):
+    Refinement (LTE):
         refine_steps (scored masks per image, the first being the pLTE mask), refine_lr,
         refine_weight_decay, refine_select (``pos``: lowest POS-AUC wins; ``neg``: highest NEG-AUC;
         ``pos+deletion``: lowest mean of POS-AUC and deletion AUC, read off the same curve: the probability
@@ -148,9 +151,6 @@ class LTEConfig:
             raise LTEConfigError(
                 "mask_loss 'entropy' needs activation 'softmax' (scores must sum to 1 per image)"
             )
-        from explainers.devices import resolve_device
-        from explainers.training.loop import PRECISIONS
-
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
@@ -194,8 +194,6 @@ class LTEConfig:
         if not 0.0 <= self.warmup_fraction < 1.0:
             raise LTEConfigError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         if self.memory_budget is not None:
-            from explainers.devices import parse_bytes
-
             try:
                 parse_bytes(self.memory_budget)
             except ExplainersError as exc:
@@ -212,8 +210,6 @@ class LTEConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LTEConfig:
         """Build from a mapping; unknown keys are an error naming the valid ones, values are coerced."""
-        from explainers.training.config import ConfigError, build
-
         try:
             return build(cls, data, "LTE")
         except ConfigError as exc:
@@ -222,8 +218,6 @@ class LTEConfig:
     @classmethod
     def from_file(cls, path: str | Path) -> LTEConfig:
         """From a JSON or TOML file of settings."""
-        from explainers.training.config import ConfigError, read_config_file
-
         try:
             data = read_config_file(path)
         except ConfigError as exc:

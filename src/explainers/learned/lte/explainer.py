@@ -1,4 +1,4 @@
-"""The LTE explainer (SPEC §3.1): the explainee's own ViT encoder, re-trained to output a patch mask.
+"""The LTE explainer (docs/learned-explainers.md): the explainee's own ViT encoder, re-trained to output a patch mask.
 
 ``ExplainerNet`` is the trainable module (pixel values → patch scores and upsampled mask);
 ``LTEExplainer`` bundles it with its explainee and configuration and is the user-facing object:
@@ -17,12 +17,19 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 
+from explainers._version import __version__
 from explainers.errors import ExplainersError, ModelError
 from explainers.io.atomic import atomic_path, write_text_atomic
 from explainers.learned.lte.config import LTEConfig
-from explainers.models.base import ExplaineeAdapter, Targets, TrainableBackbone
+from explainers.learned.lte.refine import refine_images
+from explainers.maps import resize_maps
+from explainers.models import load_explainee
+from explainers.models.base import ExplaineeAdapter, Targets, TrainableBackbone, resolve_targets
+from explainers.models.signature import check_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +68,7 @@ class PatchHead(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(dim, dim)
         self.fc2 = nn.Linear(dim, outputs)
-        # Small weights and zero biases: the initial sigmoid mask is ≈ 0.5 everywhere (SPEC §3.1).
+        # Small weights and zero biases: the initial sigmoid mask is ≈ 0.5 everywhere, as published.
         for layer in (self.fc1, self.fc2):
             nn.init.normal_(layer.weight, std=init_std)
             nn.init.zeros_(layer.bias)
@@ -107,7 +114,7 @@ class PixelDecoder(nn.Module):
         feats = F.interpolate(feats, size=size, mode="bilinear", align_corners=False)
         both = torch.cat([F.gelu(feats), F.gelu(self.image(pixel_values))], dim=1)
         correction = self.out(F.gelu(self.mix(both)))[:, 0]
-        coarse = F.interpolate(patch_logits[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+        coarse = resize_maps(patch_logits, size)
         return coarse + correction
 
 
@@ -181,15 +188,13 @@ class ExplainerNet(nn.Module):
         if self.decoder is not None:
             pixel_logits = self.decoder(tokens, logits.reshape(-1, *self.grid), pixel_values)
             if tuple(pixel_logits.shape[-2:]) != self.image_size:
-                pixel_logits = F.interpolate(
-                    pixel_logits[:, None], size=self.image_size, mode="bilinear", align_corners=False
-                )[:, 0]
+                pixel_logits = resize_maps(pixel_logits, self.image_size)
             mask = self.activate(pixel_logits.flatten(1)).reshape(pixel_logits.shape)
             if self.activation in ("relu", "none"):
                 mask = mask.clamp(0.0, 1.0)
             return mask, mask
         patch = self.activate(logits).reshape(-1, *self.grid)
-        mask = F.interpolate(patch[:, None], size=self.image_size, mode="bilinear", align_corners=False)[:, 0]
+        mask = resize_maps(patch, self.image_size)
         if self.activation in ("relu", "none"):
             mask = mask.clamp(0.0, 1.0)  # unbounded scores: the reference clamps the mask to [0, 1]
         return patch, mask
@@ -289,8 +294,6 @@ class LTEExplainer:
         images = self.adapter.resize(images.to(self.device, torch.float32))
         classes = None
         if self.class_conditioned:
-            from explainers.models.base import resolve_targets
-
             # The explainee's logits resolve None (the prediction) and check the classes' range.
             classes = resolve_targets(targets, self.adapter.predict(images)).to(self.device)
         was_training = self.net.training
@@ -315,7 +318,7 @@ class LTEExplainer:
         return_details: bool = False,
         memory_budget: str | int | None = None,
     ) -> Any:
-        """LTE masks: each image refined from these weights with a fresh AdamW (SPEC §3.5).
+        """LTE masks: each image refined from these weights with a fresh AdamW.
 
         Unset options come from ``config`` (``refine_*``). ``targets`` None explains the predicted class.
         ``batch_size`` images are refined together (``parallel``: per-image weights through ``torch.func``);
@@ -324,8 +327,6 @@ class LTEExplainer:
         once when ``batch_size`` would not fit (same results). Returns the maps, or with ``return_details`` a
         :class:`~explainers.learned.lte.refine.RefineResult` (maps, selected_step, selected_score).
         """
-        from explainers.learned.lte.refine import refine_images
-
         result = refine_images(
             self,
             images,
@@ -344,8 +345,6 @@ class LTEExplainer:
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, path: str | Path, *, extra: dict[str, Any] | None = None) -> Path:
         """Write ``config.json`` (config, explainee description) and ``model.safetensors`` into ``path``."""
-        from safetensors.torch import save_file
-
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
@@ -359,8 +358,6 @@ class LTEExplainer:
             "explainee_weights_fingerprint": self.adapter.weights_fingerprint(),
             "training": {**self.training_info, **(extra or {})},
         }
-        from explainers import __version__
-
         meta["library_version"] = __version__
         # config.json last: a directory with a config.json always has matching weights.
         write_text_atomic(path / CONFIG_NAME, json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -405,17 +402,10 @@ class LTEExplainer:
         and so is one made for other weights of the same architecture unless ``allow_other_weights``.
         ``config_overrides`` change settings that do not affect the weights (e.g. ``refine_lr``).
         """
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        from explainers.models import load_explainee
-
         path = Path(path).expanduser()
         meta = cls.read_metadata(path)
         adapter = load_explainee(explainee, device=None if device is None else str(device))
         check_compatible(meta.get("explainee", {}), adapter, str(path))
-        from explainers.training.checkpoint import check_fingerprint
-
         check_fingerprint(
             meta.get("explainee_weights_fingerprint"),
             adapter.weights_fingerprint(),

@@ -1,4 +1,4 @@
-"""The LTE objective (SPEC §3.2–3.3): masked input in the published order, prediction and mask terms."""
+"""The LTE objective (docs/learned-explainers.md): masked input in the published order, prediction and mask terms."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from explainers.errors import ExplainersError
 from explainers.learned.lte.config import LTEConfig
 from explainers.models.base import ExplaineeAdapter
 
@@ -14,7 +15,7 @@ from explainers.models.base import ExplaineeAdapter
 def masked_input(adapter: ExplaineeAdapter, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Pixel values of ``images ⊙ mask`` for the explainee.
 
-    Order matters (SPEC §3.2): resize to the explainee's size, keep [0, 1], multiply by the mask (removed
+    Order matters: resize to the explainee's size, keep [0, 1], multiply by the mask (removed
     pixels become black, 0 in [0,1] space), and only then normalise with the explainee's mean/std. Masking
     after normalising would replace removed pixels by the dataset mean colour instead of black.
     """
@@ -105,8 +106,6 @@ def loss_classes(
     """The class each image is explained for: its label (``target``) or the clean argmax (``predicted``)."""
     if mode == "target":
         if (labels < 0).any():
-            from explainers.errors import ExplainersError
-
             raise ExplainersError("class mode 'target' needs ground-truth labels; use --class predicted")
         return labels
     return adapter.predict(adapter.resize(images)).argmax(dim=-1)

@@ -1,4 +1,5 @@
-"""pLTE pre-training (SPEC §3.4): train the explainer on a class-uniform subset, select on validation POS-AUC.
+"""pLTE pre-training: train the explainer on a class-uniform subset, select on validation POS-AUC
+(docs/learned-explainers.md).
 
 Output directory layout::
 
@@ -48,6 +49,7 @@ from explainers.learned.lte.explainer import (
 from explainers.learned.lte.loss import loss_classes, lte_loss, mask_weight
 from explainers.learned.lte.scoring import perturbation_auc
 from explainers.models import ExplaineeAdapter, load_explainee
+from explainers.models.signature import check_fingerprint
 from explainers.training.checkpoint import (
     find_training_state,
     output_lock,
@@ -284,7 +286,6 @@ def _check_resume(
             "settings to resume it, or pick another --out"
         )
     check_compatible(payload["explainee"], adapter, str(out))
-    from explainers.training.checkpoint import check_fingerprint
 
     check_fingerprint(
         payload.get("explainee_weights_fingerprint"),

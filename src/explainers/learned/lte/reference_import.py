@@ -33,6 +33,9 @@ import torch
 import torch.nn.functional as F
 
 from explainers.errors import ExplainersError, ModelError
+from explainers.learned.lte.config import CLASS_MODES, LTEConfig
+from explainers.learned.lte.explainer import LTEExplainer
+from explainers.models import load_explainee
 from explainers.models.loading import quiet_transformers
 
 log = logging.getLogger(__name__)
@@ -451,10 +454,6 @@ def import_lte_reference(
     hidden size / 64. The explainer's mask is checked against the reference head computed directly on the
     imported encoder before anything is written.
     """
-    from explainers.learned.lte.config import CLASS_MODES, LTEConfig
-    from explainers.learned.lte.explainer import LTEExplainer
-    from explainers.models import load_explainee
-
     out = Path(out_dir).expanduser()
     if class_mode is not None and class_mode not in CLASS_MODES:
         raise ExplainersError(f"class mode must be one of {', '.join(CLASS_MODES)}; got {class_mode!r}")
@@ -513,8 +512,6 @@ def _load_explainer_weights(explainer: Any, explainer_vit: Any, ref: ReferenceCh
     """Encoder: the reference explainer's ViT, read through the same adapter as the explainee (so its
     backbone has the same module layout as ours). Head: patch_pooler → W1, patch_classifier → w2."""
     from transformers import ViTForImageClassification
-
-    from explainers.models import load_explainee
 
     holder = ViTForImageClassification(ref.architecture.vit_config())
     holder.vit = explainer_vit

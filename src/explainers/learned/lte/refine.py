@@ -1,4 +1,4 @@
-"""LTE per-instance refinement (SPEC §3.5), many images at once.
+"""LTE per-instance refinement (docs/learned-explainers.md), many images at once.
 
 Every image starts from the pre-trained weights with a fresh AdamW. The loss pulls the mask towards the
 image's refinement class (``targets``); before each step the current mask is scored (POS accuracy-AUC, or
@@ -39,6 +39,7 @@ from explainers.errors import ExplainersError
 from explainers.learned.lte.config import SELECTIONS
 from explainers.learned.lte.loss import lte_loss
 from explainers.learned.lte.scoring import perturbation_auc
+from explainers.metrics.perturbation import PERTURBATION_STEPS, perturbation_curves, trapezoid_auc
 from explainers.models.base import Targets, resolve_targets
 
 #: scorer(images B×3×H×W in [0,1], masks B×H×W, classes B, clean_logits B×C) → scores B (float64, CPU)
@@ -225,8 +226,6 @@ def pos_deletion_scorer(adapter, max_batch: int) -> Scorer:
     perturbation curve. A single image's POS-AUC moves in steps of 5 (one more or one fewer correct
     point), so most refinement steps tie with the pLTE mask and are never selected; the probability of
     the class along the same curve breaks those ties."""
-    from explainers.metrics.perturbation import PERTURBATION_STEPS, perturbation_curves, trapezoid_auc
-
     x = torch.arange(PERTURBATION_STEPS, dtype=torch.float64) / PERTURBATION_STEPS
 
     def score(

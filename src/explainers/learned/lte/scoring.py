@@ -1,4 +1,4 @@
-"""How LTE scores masks: the POS/NEG accuracy AUC of SPEC §6.1, from the shared metrics.
+"""How LTE scores masks: the POS/NEG accuracy AUC of docs/metrics.md, from the shared metrics.
 
 pLTE model selection and LTE step selection use exactly the evaluation suite's metric
 (:func:`explainers.metrics.perturbation.perturbation_auc`), so the score a mask is selected on is the score
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from explainers.metrics.perturbation import perturbation_auc as shared_auc
 from explainers.models.base import ExplaineeAdapter
 
 
@@ -23,9 +24,6 @@ def perturbation_auc(
 ) -> torch.Tensor:
     """Per-image POS (``order="pos"``, lower is better) or NEG (higher is better) accuracy AUC in [0, 90],
     float64 on the CPU. ``images``: raw B×3×H×W in [0,1] and ``maps`` B×H×W, at the explainee's size."""
-    # Imported here: the metrics package imports the methods package, which registers the LTE methods.
-    from explainers.metrics.perturbation import perturbation_auc as shared_auc
-
     return shared_auc(
         adapter, images, maps.detach(), classes, order=order, max_batch=max_batch, clean_logits=clean_logits
     ).cpu()

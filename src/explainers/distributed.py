@@ -1,4 +1,5 @@
-"""Split work across processes started by ``torchrun`` / ``accelerate launch`` and gather the results.
+"""Process helpers: split work across the processes of ``torchrun`` / ``accelerate launch``, and gather
+the results.
 
 Uses ``torch.distributed`` with the gloo backend (CPU tensors; object collectives), so the same code runs
 on CPU-only machines and next to GPU work. One process (no ``WORLD_SIZE`` > 1 in the environment) is the

@@ -1,17 +1,64 @@
-"""Recognising a target encoder: what LETA checkpoints and linear probes record about the encoder.
+"""What a checkpoint records about the model it was made for, and the checks that it fits the model at hand.
 
-An explainer or a probe is only meaningful for the exact embedding it was built on, so both store the
-adapter's description plus a fingerprint of the backbone weights (the classification head excluded: the
-same encoder with another head — a linear probe — is the same encoder).
+Every checkpoint (LTE, LETA, linear probes) stores the fingerprint of the weights it was made for
+(:meth:`~explainers.models.base.ExplaineeAdapter.weights_fingerprint`): the whole explainee for LTE, whose
+masks explain its logits; the encoder without its heads for LETA and for probes, because the same encoder
+with another head (a linear probe) is the same encoder. :func:`check_fingerprint` is the one check of those
+fingerprints: loading a checkpoint for other weights is refused with one line, unless the caller explicitly
+allows it (``allow_other_weights``), in which case a warning is logged.
+
+LETA checkpoints and probes also store the encoder's *signature* (:func:`encoder_signature`: the adapter's
+description, the backbone fingerprint and how to load it again), checked by :func:`check_same_encoder`.
+This lives with the adapters (not with LETA or the trainers) because loading a ``probe:DIR`` explainee
+needs it too.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from explainers.errors import ExplainersError, ModelError
 from explainers.models.base import ExplaineeAdapter
+
+log = logging.getLogger(__name__)
+
+
+class WeightsMismatchError(ModelError):
+    """A checkpoint made for other weights than the model it is being used with."""
+
+
+def check_fingerprint(
+    saved: str | None,
+    current: str,
+    *,
+    what: str,
+    source: str,
+    model: str,
+    hint: str,
+    allow_other_weights: bool = False,
+) -> None:
+    """Refuse ``what`` (saved in ``source``) when it was made for weights other than ``model``'s.
+
+    ``saved`` None or empty: an old checkpoint without a fingerprint, accepted with a warning.
+    """
+    if not saved:
+        log.warning("%s in %s records no weights fingerprint: cannot check it fits %s", what, source, model)
+        return
+    if saved == current:
+        return
+    if allow_other_weights:
+        log.warning(
+            "%s in %s was made for other weights than %s (%s… ≠ %s…); used anyway (allow_other_weights)",
+            what, source, model, saved[:12], current[:12],
+        )
+        return
+    raise WeightsMismatchError(
+        f"the {what} in {source} was made for other weights than {model} (fingerprint {saved[:12]}… ≠ "
+        f"{current[:12]}…); {hint}, or pass allow_other_weights=true to use it anyway"
+    )
+
 
 # Description keys that define the embedding (identifier and class count do not: a probe changes them).
 _STRUCTURAL_KEYS = (
@@ -90,8 +137,6 @@ def check_same_encoder(
 ) -> None:
     """Refuse, naming both, when ``adapter`` is not the encoder ``saved`` describes (architecture; and
     weights, through the shared fingerprint check, which ``allow_other_weights`` relaxes to a warning)."""
-    from explainers.training.checkpoint import check_fingerprint
-
     current = encoder_signature(adapter)
     mismatched = [k for k in _STRUCTURAL_KEYS if k in saved and saved[k] != current.get(k)]
     if mismatched:
