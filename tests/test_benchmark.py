@@ -69,16 +69,16 @@ def test_benchmark_writes_a_leaderboard_and_reuses_its_mask_files(tmp_path: Path
     assert again.overall == board.overall and again.sanity == board.sanity
 
     # Nothing scored twice either: the evaluation is reused while its mask files are unchanged ...
-    import explainers.metrics.evaluate as evaluate
+    import explainers.benchmark.runner as runner
 
-    scored = evaluate.evaluate_maskfiles
+    scored = runner.evaluate_maskfiles
     calls: list[int] = []
 
     def counting(*args, **kwargs):
         calls.append(1)
         return scored(*args, **kwargs)
 
-    monkeypatch.setattr(evaluate, "evaluate_maskfiles", counting)
+    monkeypatch.setattr(runner, "evaluate_maskfiles", counting)
     third = run_benchmark(
         tmp_path, scenarios=["single"], methods=["random", "gae", "plte"], images=6, progress=False, echo=lines.append
     )

@@ -19,6 +19,7 @@ left out, and why, is printed and recorded on the leaderboard.
 from __future__ import annotations
 
 import json
+import pickle
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -35,7 +36,7 @@ from explainers.data.synthetic import SyntheticConfig, generate_synthetic
 from explainers.devices import resolve_device
 from explainers.errors import ExplainersError
 from explainers.explain import explain_dataset
-from explainers.io.atomic import write_text_atomic
+from explainers.io.atomic import write_bytes_atomic, write_text_atomic
 from explainers.io.maskfile import MaskFile, MaskFileError
 from explainers.methods import METHODS, Need, get_method
 from explainers.metrics.evaluate import EvaluationResult, evaluate_maskfiles
@@ -144,8 +145,6 @@ def _cached_evaluation(path: Path, key: dict[str, Any]) -> EvaluationResult | No
     is a pickle that the benchmark itself wrote into its own output folder; an unreadable or stale one is
     recomputed.
     """
-    import pickle
-
     if not path.is_file():
         return None
     try:
@@ -158,10 +157,6 @@ def _cached_evaluation(path: Path, key: dict[str, Any]) -> EvaluationResult | No
 
 
 def _store_evaluation(path: Path, key: dict[str, Any], result: EvaluationResult) -> None:
-    import pickle
-
-    from explainers.io.atomic import write_bytes_atomic
-
     write_bytes_atomic(path, pickle.dumps({"key": key, "result": result}))
 
 
