@@ -220,10 +220,9 @@ def explain_and_evaluate(
 
 def library_methods() -> list[str]:
     """Every method the library registers (not those a test suite or a user adds)."""
-    from explainers.methods import available_methods
-    from explainers.methods.base import _REGISTRY
+    from explainers.methods import METHODS
 
-    return [name for name in available_methods() if _REGISTRY[name].__module__.startswith("explainers.")]
+    return [name for name, cls in METHODS.items() if cls.__module__.startswith("explainers.")]
 
 
 def _first(dataset, n: int):

@@ -108,6 +108,18 @@ def assert_same_tensors(a: Path, b: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ kill and rerun
+def rerun_matches_uninterrupted(args: list[str], cut: Path, full: Path, log: str, *, train_state: bool) -> None:
+    """Rerun the interrupted command to its end: it exits 0, and its log, its weights (and its training
+    state) equal the uninterrupted run's; no lock is left behind."""
+    proc = cli(args)
+    assert proc.returncode == 0, proc.stderr
+    assert records(cut / log) == records(full / log)
+    assert_same_tensors(cut / "model.safetensors", full / "model.safetensors")
+    if train_state:
+        assert_same_tensors(cut / "train_state" / "model.safetensors", full / "train_state" / "model.safetensors")
+    assert not lock_path(cut).exists()
+
+
 @pytest.mark.slow
 def test_pretrain_lte_killed_at_several_points_ends_as_an_uninterrupted_run(bench, tmp_path):
     full, cut = tmp_path / "full", tmp_path / "cut"
@@ -118,12 +130,7 @@ def test_pretrain_lte_killed_at_several_points_ends_as_an_uninterrupted_run(benc
     kills += kill_when(plte_args(bench, cut), lambda: (cut / "train_state").is_dir())
     kills += kill_when(plte_args(bench, cut), lambda: log_lines(cut / "log.jsonl") >= 3, sig=signal.SIGINT)
     assert kills >= 1, "the runs were too fast to be killed"
-    proc = cli(plte_args(bench, cut))
-    assert proc.returncode == 0, proc.stderr
-    assert records(cut / "log.jsonl") == records(full / "log.jsonl")
-    assert_same_tensors(cut / "model.safetensors", full / "model.safetensors")
-    assert_same_tensors(cut / "train_state" / "model.safetensors", full / "train_state" / "model.safetensors")
-    assert not lock_path(cut).exists()
+    rerun_matches_uninterrupted(plte_args(bench, cut), cut, full, "log.jsonl", train_state=True)
 
 
 @pytest.mark.slow
@@ -134,11 +141,7 @@ def test_pretrain_leta_killed_at_several_points_ends_as_an_uninterrupted_run(ben
     kills += kill_when(leta_args(bench, cut), lambda: log_lines(cut / "train_log.jsonl") >= 2)
     kills += kill_when(leta_args(bench, cut), lambda: log_lines(cut / "train_log.jsonl") >= 7)
     assert kills >= 1, "the runs were too fast to be killed"
-    proc = cli(leta_args(bench, cut))
-    assert proc.returncode == 0, proc.stderr
-    assert records(cut / "train_log.jsonl") == records(full / "train_log.jsonl")
-    assert_same_tensors(cut / "model.safetensors", full / "model.safetensors")
-    assert not lock_path(cut).exists()
+    rerun_matches_uninterrupted(leta_args(bench, cut), cut, full, "train_log.jsonl", train_state=False)
 
 
 def probe_args(bench, out: Path) -> list[str]:
@@ -160,12 +163,7 @@ def test_train_probe_killed_at_several_points_ends_as_an_uninterrupted_run(bench
     kills += kill_when(probe_args(bench, cut), lambda: log_lines(cut / "log.jsonl") >= 1)  # after a fit
     assert kills >= 1, "the runs were too fast to be killed"
     assert not (cut / "config.json").exists(), "a killed run leaves no complete-looking probe"
-    proc = cli(probe_args(bench, cut))
-    assert proc.returncode == 0, proc.stderr
-    assert records(cut / "log.jsonl") == records(full / "log.jsonl")
-    assert_same_tensors(cut / "model.safetensors", full / "model.safetensors")
-    assert_same_tensors(cut / "train_state" / "model.safetensors", full / "train_state" / "model.safetensors")
-    assert not lock_path(cut).exists()
+    rerun_matches_uninterrupted(probe_args(bench, cut), cut, full, "log.jsonl", train_state=True)
 
 
 @pytest.mark.slow
@@ -176,13 +174,9 @@ def test_train_classifier_killed_at_several_points_ends_as_an_uninterrupted_run(
     kills += kill_when(classifier_args(bench, cut), lambda: log_lines(cut / "log.jsonl") >= 3)
     assert kills >= 1, "the runs were too fast to be killed"
     assert not (cut / "model.safetensors").exists(), "a killed run leaves no complete-looking model"
-    proc = cli(classifier_args(bench, cut))
-    assert proc.returncode == 0, proc.stderr
-    assert records(cut / "log.jsonl") == records(full / "log.jsonl")
-    assert_same_tensors(cut / "model.safetensors", full / "model.safetensors")
+    rerun_matches_uninterrupted(classifier_args(bench, cut), cut, full, "log.jsonl", train_state=False)
     history = json.loads((cut / "training.json").read_text())["history"]
     assert [{k: v for k, v in r.items() if k not in TIMING} for r in history] == records(full / "log.jsonl")
-    assert not lock_path(cut).exists()
 
 
 # ------------------------------------------------------------------------------------------ two processes

@@ -352,7 +352,6 @@ METHODS: Registry[type[Method]] = Registry(
     unknown="unknown method {name!r}; available: {names}",
     sort=True,
 )
-_REGISTRY = METHODS  # the name older scripts import
 
 
 def register_method(name: str) -> Callable[[type[Method]], type[Method]]:

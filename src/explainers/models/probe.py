@@ -21,6 +21,7 @@ from torch import nn
 from explainers._version import __version__
 from explainers.errors import ModelError
 from explainers.io.atomic import atomic_path, write_text_atomic
+from explainers.io.folder import read_folder_config
 
 FORMAT_NAME = "explainers-linear-probe"
 FORMAT_VERSION = 1
@@ -80,15 +81,13 @@ class LinearProbe(nn.Module):
 def load_probe(directory: str | Path) -> LinearProbe:
     """Load a probe saved by :meth:`LinearProbe.save_pretrained` / ``explainers train-probe``."""
     directory = Path(directory).expanduser()
-    cfg_file = directory / "config.json"
-    if not cfg_file.is_file():
-        raise ModelError(f"{directory} is not a linear-probe directory (no config.json)")
-    try:
-        cfg = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelError(f"{cfg_file} is not valid JSON ({exc})") from None
-    if cfg.get("format") != FORMAT_NAME:
-        raise ModelError(f"{directory} is not a linear probe (config format {cfg.get('format')!r})")
+    cfg = read_folder_config(
+        directory,
+        what="a linear probe",
+        format_name=FORMAT_NAME,
+        newest_version=FORMAT_VERSION,
+        how_to_make="make one with `explainers train-probe`",
+    )
     try:
         tensors = load_file(str(directory / "model.safetensors"))
     except Exception as exc:

@@ -1,6 +1,6 @@
-"""Checkpoint pieces every trainer shares: the training-state folder, and (re-exported from
-:mod:`explainers.models.signature`, where loading needs it too) the one compatibility check between a
-saved explainer/probe and the model it is used with. Resumed training runs apply that check without an
+"""Checkpoint pieces every trainer shares: the training-state folder, the output lock and the data digest.
+The one compatibility check between a saved explainer/probe and the model it is used with lives in
+:mod:`explainers.models.signature` (loading needs it too); resumed training runs apply it without an
 override.
 """
 
@@ -21,7 +21,6 @@ from safetensors.torch import load_file, load_model, save_model
 from explainers.errors import ModelError, OutputError, describe_os_error
 from explainers.io.atomic import fsync_path
 from explainers.io.lock import OutputLock
-from explainers.models.signature import WeightsMismatchError, check_fingerprint  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,7 @@ from explainers.devices import resolve_device
 from explainers.errors import ExplainersError
 from explainers.models import load_explainee
 from explainers.models.base import ExplaineeAdapter
-from explainers.models.loading import load_probe_explainee, probe_explainee  # noqa: F401  (re-exported)
-from explainers.models.probe import FORMAT_NAME, FORMAT_VERSION, LinearProbe, load_probe  # noqa: F401
+from explainers.models.probe import LinearProbe
 from explainers.models.signature import encoder_signature, require_vit
 from explainers.training.checkpoint import output_lock
 from explainers.training.loop import Learner, Runtime, TrainingLoop

@@ -16,6 +16,7 @@ from torch import nn
 from explainers._version import __version__
 from explainers.errors import ExplainersError, ModelError
 from explainers.io.atomic import atomic_path, write_text_atomic
+from explainers.io.folder import read_folder_config
 from explainers.learned.leta.config import LETAConfig
 from explainers.learned.leta.network import LETANetwork, build_network
 from explainers.learned.leta.windows import window_masks
@@ -319,19 +320,9 @@ class LETAExplainer:
 
 def read_leta_config(directory: Path) -> dict[str, Any]:
     """config.json of a saved explainer, with a clear error for anything else."""
-    file = directory / CONFIG_FILE
-    if not file.is_file():
-        raise ModelError(f"{directory} is not a LETA explainer directory (no {CONFIG_FILE})")
-    try:
-        payload = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelError(f"{file} is not valid JSON ({exc})") from None
-    if payload.get("format") != FORMAT_NAME:
-        raise ModelError(f"{directory} is not a LETA explainer (config format {payload.get('format')!r})")
-    if int(payload.get("version", 0)) > FORMAT_VERSION:
-        raise ModelError(
-            f"{directory} was written by a newer explainers (format {payload['version']}); upgrade"
-        )
+    payload = read_folder_config(
+        directory, what="a LETA explainer", format_name=FORMAT_NAME, newest_version=FORMAT_VERSION
+    )
     if not (directory / WEIGHTS_FILE).is_file():
         raise ModelError(f"{directory} has no {WEIGHTS_FILE}: the explainer was not saved completely")
     return payload

@@ -24,6 +24,7 @@ from torch import nn
 from explainers._version import __version__
 from explainers.errors import ExplainersError, ModelError
 from explainers.io.atomic import atomic_path, write_text_atomic
+from explainers.io.folder import read_folder_config
 from explainers.learned.lte.config import LTEConfig
 from explainers.learned.lte.refine import refine_images
 from explainers.maps import resize_maps
@@ -366,25 +367,14 @@ class LTEExplainer:
     @staticmethod
     def read_metadata(path: str | Path) -> dict[str, Any]:
         """The checkpoint's ``config.json`` (format checked)."""
-        path = Path(path).expanduser()
-        file = path / CONFIG_NAME
-        if not path.is_dir() or not file.is_file():
-            raise ModelError(
-                f"{path} is not an LTE explainer checkpoint (no {CONFIG_NAME}); "
-                "make one with `explainers pretrain lte`"
-            )
-        try:
-            meta = json.loads(file.read_text())
-        except json.JSONDecodeError as exc:
-            raise ModelError(f"{file} is not valid JSON ({exc})") from None
-        if meta.get("format") != FORMAT:
-            raise ModelError(f"{path} is not an LTE explainer checkpoint (format {meta.get('format')!r})")
-        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-            raise ModelError(
-                f"{path} uses LTE checkpoint format {meta['format_version']}, newer than this "
-                f"library's {FORMAT_VERSION}; upgrade explainers"
-            )
-        return meta
+        return read_folder_config(
+            Path(path).expanduser(),
+            what="an LTE explainer checkpoint",
+            format_name=FORMAT,
+            newest_version=FORMAT_VERSION,
+            version_key="format_version",
+            how_to_make="make one with `explainers pretrain lte`",
+        )
 
     @classmethod
     def from_pretrained(
