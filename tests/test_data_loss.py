@@ -65,7 +65,8 @@ def cli(args, *, fsize: int | None = None, wait: bool = True):
 def explain_args(setup, out, method="integrated-gradients", batch="1"):
     args = ["explain", "--method", method, "--explainee", setup["vit"], "--data", setup["data"]]
     args += ["--out", str(out), "--batch-size", batch]
-    return args + (["--option", "steps=6"] if method == "integrated-gradients" else [])
+    # 200 steps: about 0.1 s an image, so that a run lasts long enough to be interrupted mid-way
+    return args + (["--option", "steps=200"] if method == "integrated-gradients" else [])
 
 
 def one_error_line(stderr: str) -> str:
@@ -199,6 +200,7 @@ def test_ctrl_c_exits_130_with_one_line_and_resumes(setup, reference, tmp_path):
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline and read_count(partial_path(out)) < 3:
         time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate()
     assert proc.returncode == 130, err
