@@ -44,6 +44,7 @@ def adapter():
 
 def test_randomized_copy_resets_only_the_last_blocks(adapter):
     twin = adapter.randomized_copy(1)
+    assert twin.identifier == f"{adapter.identifier} with its last 1 block(s) randomised"
     before, after = adapter.model.state_dict(), twin.model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(".layers.2." in k for k in changed)  # the last of 3 blocks

@@ -470,6 +470,9 @@ class ViTAdapterBase(ExplaineeAdapter):
                         norm.weight.fill_(1.0)
                     if getattr(norm, "bias", None) is not None:
                         norm.bias.zero_()
+        # Messages about the copy (a learned explainer made for other weights, say) must not read as if
+        # they were about the trained model.
+        twin.identifier = f"{self.identifier} with its last {last_blocks} block(s) randomised"
         return twin
 
     @contextlib.contextmanager
