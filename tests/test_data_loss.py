@@ -52,6 +52,9 @@ def cli(args, *, fsize: int | None = None, wait: bool = True):
     env.pop("EXPLAINERS_DEBUG", None)
 
     def limit() -> None:
+        # Ctrl-C as in a terminal: a suite started as a background job (`cmd &`, nohup) has SIGINT ignored,
+        # and children inherit that, so without this the Ctrl-C tests would send a signal nobody hears.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         if fsize is not None:
             resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
 
