@@ -32,9 +32,9 @@ from tqdm.auto import tqdm
 from explainers.data.base import Batch, ImageDataset
 from explainers.data.loader import BatchLoader, resolve_workers
 from explainers.distributed import barrier, broadcast_from_main, current_shard, gather_to_main
-from explainers.errors import ExplainersError, OutputError, describe_os_error
+from explainers.errors import ExplainersError
 from explainers.heatmap import _class_name, overlay
-from explainers.io.atomic import atomic_path
+from explainers.io.atomic import atomic_path, ensure_folder
 from explainers.io.maskfile import MaskFileWriter
 from explainers.methods.base import Method
 from explainers.provenance import maskfile_provenance
@@ -109,12 +109,7 @@ def explain_dataset(
     wanted = [ids[i] for i in order]
     png = Path(png_dir) if png_dir is not None else None
     if png is not None:
-        try:
-            png.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"cannot create the PNG folder {png}: {describe_os_error(exc)}") from exc
-        if not png.is_dir():
-            raise OutputError(f"--png {png} is not a folder")
+        ensure_folder(png, f"the PNG folder {png}")
 
     shard = current_shard()
     writer: MaskFileWriter | None = None

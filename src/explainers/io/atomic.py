@@ -32,13 +32,21 @@ def ensure_parent(path: str | Path) -> Path:
     """Create ``path``'s folder; a path that cannot hold files (a file in the way, no permission, a
     read-only system folder) is an :class:`OutputError`."""
     parent = Path(path).parent
+    return ensure_folder(parent, f"the folder {parent} for {path}")
+
+
+def ensure_folder(folder: str | Path, what: str) -> Path:
+    """Create ``folder`` and its parents; one :class:`OutputError` line, naming it as ``what`` (e.g. "the
+    PNG folder out/png"), when it cannot hold files (a file in the way, no permission, a read-only system
+    folder)."""
+    folder = Path(folder)
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"cannot create the folder {parent} for {path}: {describe_os_error(exc)}") from exc
-    if not parent.is_dir():
-        raise OutputError(f"cannot write {path}: {parent} is not a folder")
-    return parent
+        raise OutputError(f"cannot create {what}: {describe_os_error(exc)}") from exc
+    if not folder.is_dir():
+        raise OutputError(f"cannot write into {what}: it is not a folder")
+    return folder
 
 
 @contextlib.contextmanager
@@ -105,12 +113,7 @@ def write_files_together(
     folder = Path(folder)
     if last not in files:
         raise ValueError(f"{last!r} must be one of the files written")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create the output folder {folder}: {describe_os_error(exc)}") from exc
-    if not folder.is_dir():
-        raise OutputError(f"cannot write into {folder}: it is not a folder")
+    ensure_folder(folder, f"the output folder {folder}")
     temps: dict[str, Path] = {}
     try:
         for name, data in files.items():
