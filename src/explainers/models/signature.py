@@ -60,12 +60,11 @@ def check_fingerprint(
     )
 
 
-# Description keys that define the embedding (identifier and class count do not: a probe changes them).
-_STRUCTURAL_KEYS = (
+#: describe() keys of a ViT's architecture and patch grid: what any checkpoint made for a model must share
+#: with the model it is loaded for (each checkpoint kind adds what else it depends on).
+ARCHITECTURE_KEYS = (
     "adapter",
     "image_size",
-    "mean",
-    "std",
     "patch_size",
     "grid",
     "num_prefix_tokens",
@@ -73,6 +72,9 @@ _STRUCTURAL_KEYS = (
     "num_heads",
     "embed_dim",
 )
+# Description keys that define the embedding: the architecture and the input normalisation (identifier and
+# class count do not: a probe changes them).
+_STRUCTURAL_KEYS = (*ARCHITECTURE_KEYS, "mean", "std")
 
 
 def require_vit(adapter: ExplaineeAdapter, what: str) -> None:

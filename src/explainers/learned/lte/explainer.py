@@ -30,7 +30,7 @@ from explainers.learned.lte.refine import refine_images
 from explainers.maps import resize_maps
 from explainers.models import load_explainee
 from explainers.models.base import ExplaineeAdapter, Targets, TrainableBackbone, resolve_targets
-from explainers.models.signature import check_fingerprint
+from explainers.models.signature import ARCHITECTURE_KEYS, check_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +40,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 # describe() keys that define what an explainer checkpoint fits: architecture, patch grid, class count.
-_COMPAT_KEYS = (
-    "adapter",
-    "image_size",
-    "patch_size",
-    "grid",
-    "num_prefix_tokens",
-    "num_blocks",
-    "num_heads",
-    "embed_dim",
-    "num_classes",
-)
+_COMPAT_KEYS = (*ARCHITECTURE_KEYS, "num_classes")
 
 
 class CheckpointMismatchError(ModelError):
