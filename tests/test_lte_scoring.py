@@ -8,6 +8,7 @@ from torch import nn
 
 from explainers.learned.lte.scoring import perturbation_auc
 from explainers.metrics import BatchContext, MetricInputs, get_metric
+from explainers.metrics.perturbation import tie_order
 from explainers.models.base import ExplaineeAdapter
 
 
@@ -38,10 +39,12 @@ def reference_auc(adapter, images, maps, classes, order):
     """The POS/NEG definition of docs/metrics.md written out plainly, one image and one point at a time."""
     out = []
     b, _, h, w = images.shape
+    position = {u: i for i, u in enumerate(tie_order(h * w).tolist())}
     for i in range(b):
         v = maps[i].flatten()
         key = v if order == "pos" else -v
-        ranked = sorted(range(h * w), key=lambda j, key=key: (-float(key[j]), j))  # ties: lower index first
+        # ties: the fixed scrambled tie order of docs/metrics.md
+        ranked = sorted(range(h * w), key=lambda j, key=key: (-float(key[j]), position[j]))
         ys = []
         for step in range(10):
             k = (h * w * step) // 10

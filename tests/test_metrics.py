@@ -10,7 +10,7 @@ import torch
 from evalkit import hand_adapter, sigmoid
 from explainers import ExplainersError
 from explainers.metrics import BatchContext, Category, Direction, MetricInputs, available_metrics, get_metric
-from explainers.metrics.perturbation import order_ranks, perturbation_auc, step_counts
+from explainers.metrics.perturbation import order_ranks, perturbation_auc, step_counts, tie_order
 from explainers.metrics.segmentation import average_precision
 
 WHITE = torch.ones(1, 3, 4, 4)
@@ -62,16 +62,27 @@ def test_pos_neg_by_hand():
     assert ctx.forwarded == 18
 
 
-def test_ties_lower_index_goes_first_in_both_orders():
+def test_ties_follow_the_fixed_scrambled_order_in_both_orders():
+    tie = tie_order(16).tolist()
+    assert sorted(tie) == list(range(16)) and tie != list(range(16)) and tie == tie_order(16).tolist()
+    # A constant map: every pixel tied, so POS and NEG both remove pixels in tie order. y = 1 while at most
+    # one top-row (object) pixel is gone (logit0 = 4 − 2r > 0.5).
     flat = torch.zeros(1, 4, 4)
-    # A constant map: every pixel tied, so both POS and NEG remove pixels 0,1,2,… (the top row first).
     out, _ = run(["pos", "neg"], flat)
-    assert out["pos"].values[0] == pytest.approx(15)
-    assert out["neg"].values[0] == pytest.approx(15)
-    ranks = order_ranks(torch.tensor([[0.0, 1.0, 1.0, 0.0]]), most_relevant_first=True)
-    assert ranks.tolist() == [[2, 0, 1, 3]]
-    ranks = order_ranks(torch.tensor([[0.0, 1.0, 1.0, 0.0]]), most_relevant_first=False)
-    assert ranks.tolist() == [[0, 2, 3, 1]]
+    ys = [float(sum(u in (0, 1, 2, 3) for u in tie[:k]) <= 1) for k in step_counts(16, 10, include_end=False)]
+    expected = trapz(ys, 0.1)
+    assert out["pos"].values[0] == pytest.approx(expected)
+    assert out["neg"].values[0] == pytest.approx(expected)
+    # Two tied pairs: {1, 2} (value 1) and {0, 3} (value 0); within a pair the one earlier in tie order leads.
+    position = {u: i for i, u in enumerate(tie_order(4).tolist())}
+    high = sorted([1, 2], key=position.__getitem__)
+    low = sorted([0, 3], key=position.__getitem__)
+    scores = torch.tensor([[0.0, 1.0, 1.0, 0.0]])
+    expected_order = high + low  # most relevant first
+    ranks = order_ranks(scores, most_relevant_first=True)[0].tolist()
+    assert [ranks.index(i) for i in range(4)] == expected_order
+    ranks = order_ranks(scores, most_relevant_first=False)[0].tolist()
+    assert [ranks.index(i) for i in range(4)] == low + high
 
 
 def test_class_conventions():
@@ -130,10 +141,12 @@ def test_patch_insertion_deletion_by_hand():
     y = [sigmoid(p - 0.5) for p in present]
     assert out["patch-insertion"].values[0] == pytest.approx(trapz(y, 0.25), rel=1e-6)
     assert get_metric("patch-deletion").options["fill"] == "mean"
-    # Ties between patches: lower patch index first (a constant map behaves like DESCENDING).
+    # Ties between patches follow the tie order of 4 units: top-row pixels sit in patches 0 and 1, two each.
     out_flat, _ = run(["patch-deletion"], torch.zeros(1, 4, 4), grid=True, **black)
+    tie = tie_order(4).tolist()
+    removed_flat = [2 * sum(u in (0, 1) for u in tie[:k]) for k in range(5)]
     assert out_flat["patch-deletion"].values[0] == pytest.approx(
-        trapz([sigmoid(4 - 2 * r - 0.5) for r in removed], 0.25)
+        trapz([sigmoid(4 - 2 * r - 0.5) for r in removed_flat], 0.25)
     )
 
 
@@ -239,8 +252,9 @@ def naive_curve(model_logits, image, vmap, cls, *, descending: bool):
     """The POS/NEG curve (docs/metrics.md) one image and one point at a time, written plainly."""
     h, w = vmap.shape
     flat = vmap.flatten().tolist()
-    # Stable: sort (−v, index) or (v, index).
-    order = sorted(range(h * w), key=lambda i: (-flat[i] if descending else flat[i], i))
+    # Stable: sort (−v, tie position) or (v, tie position).
+    position = {u: i for i, u in enumerate(tie_order(h * w).tolist())}
+    order = sorted(range(h * w), key=lambda i: (-flat[i] if descending else flat[i], position[i]))
     correct, probs = [], []
     for i in range(10):
         k = (h * w * i) // 10

@@ -23,10 +23,10 @@ class-sensitivity   localization  higher  % of maps favouring the asked class's 
 
 AUCs are 100 × the trapezoid area over the x-axis shown. Removed pixels are black (0 in the [0,1] image)
 before normalisation, except for the patch metrics, which by default fill with the explainee's mean colour
-(the LETA protocol); pixel order comes from one stable sort per map, so among tied values the pixel
-with the lower row-major index goes first. Class convention (evaluation ``classes``): ``target`` (ground
-truth) or ``predicted`` (the clean-image argmax) for every metric that reads a class, by default the one
-the mask files were made with; the segmentation metrics read none and expect maps of the predicted class.
+(the LETA protocol); pixel order comes from one stable sort per map, and tied values go in a fixed
+pseudo-random order (``perturbation.tie_order``), so that a flat map is not biased towards the top rows.
+Class convention (evaluation ``classes``): ``target`` (ground truth) or ``predicted`` (the clean-image
+argmax) for every metric that reads a class, by default the one the mask files were made with; the segmentation metrics read none and expect maps of the predicted class.
 
 Options (``get_metric(name, **options)``; CLI ``--metric-option NAME.KEY=VALUE``):
 ``insertion.steps`` (10: points at i/steps), ``patch-*.fill`` (``mean``, the default: removed patches

@@ -1,7 +1,7 @@
 """Deletion / insertion — probability AUC (docs/metrics.md), pixel and patch level.
 
 All read the softmax probability of the class c along a perturbation curve built with the POS/NEG machinery
-(:mod:`explainers.metrics.perturbation`: one stable sort per image, ties → lower row-major index first,
+(:mod:`explainers.metrics.perturbation`: one stable sort per image, ties in a fixed scrambled order,
 removed pixels black = 0 in the [0,1] image; the patch variants fill with the explainee's mean colour by
 default, ``fill=black`` for black), ×100 trapezoid area.
 
@@ -16,7 +16,7 @@ patch-insertion start black, add whole patches          g²+1: added 0 … 1    
 =============== ======================================= ========================== =========== =========
 
 ``neg-deletion`` is what the LTE reference calls "insertion". Patch variants rank the patches of the
-explainee's g×g grid by the mean of the map over each patch (ties → lower row-major patch index first) and
+explainee's g×g grid by the mean of the map over each patch (ties in the same fixed scrambled order) and
 add/remove k = 0…g² whole patches (the LETA evaluation). Removed patches take the explainee's mean colour
 (``fill=mean``, the default: 0 in its normalised space, how LETA masks its encoder and how its protocol
 scores), or black (``fill=black``).

@@ -7,10 +7,12 @@ most relevant pixels (POS; top-k of v) or least relevant pixels (NEG; top-k of �
 channels of the [0,1] image, which is then normalised and classified; y_i = 1 if argmax = c. AUC = 100 ×
 trapezoid area over x = 0…0.9, range [0, 90]. POS: lower is better; NEG: higher is better.
 
-Ties. Pixels are ordered with one stable sort of the map per image, so among equal values **the pixel
-with the lower row-major index (y·W + x) goes first** — it is removed (or, for insertion, added) before
-its tied neighbours, in every order (POS, NEG, insertion; patch variants order patches the same way by
-row-major patch index).
+Ties. Among equal values the order is a fixed pseudo-random permutation of the units (pixels, or patches
+for the patch variants): :func:`tie_order`, the same for every image and every run, drawn from a seeded
+generator for the number of units. Breaking ties in reading order instead (top row first) would give a map
+with large flat regions — an all-zero map above all — a systematic bias that depends on where the evidence
+sits in the image (a corner cue, an object in the top half); with a scrambled order an uninformative map
+scores what a random map scores, in expectation, in every scenario.
 
 Batching. One sort per image gives every pixel's rank; the keep-mask of point i is ``rank >= k_i`` for
 removal and ``rank < k_i`` for insertion, so the masks for all points come from that one sort. The
@@ -50,12 +52,24 @@ def step_counts(num_units: int, steps: int, *, include_end: bool) -> tuple[int, 
     return tuple(num_units * i // steps for i in range(last))
 
 
+#: Seed of the tie order (changing it changes the scores of maps with ties; recorded here, not an option).
+TIE_ORDER_SEED = 0
+
+
+def tie_order(num_units: int) -> torch.Tensor:
+    """The order in which tied units are taken: a permutation of 0…num_units−1, fixed by
+    ``TIE_ORDER_SEED`` and ``num_units`` (CPU int64)."""
+    return torch.randperm(num_units, generator=torch.Generator().manual_seed(TIE_ORDER_SEED))
+
+
 def order_ranks(scores: torch.Tensor, *, most_relevant_first: bool) -> torch.Tensor:
     """rank[b, u] = position of unit u (pixel or patch, row-major) in the order of removal/insertion.
 
-    One stable sort per row: ties keep index order, so the lower index goes first.
+    One stable sort per row of the units laid out in :func:`tie_order`, so that among equal values the unit
+    that comes earlier in the tie order goes first.
     """
-    order = torch.sort(scores, dim=1, descending=most_relevant_first, stable=True).indices
+    shuffle = tie_order(scores.shape[1]).to(scores.device)
+    order = shuffle[torch.sort(scores[:, shuffle], dim=1, descending=most_relevant_first, stable=True).indices]
     ranks = torch.empty_like(order)
     ranks.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
     return ranks
@@ -280,5 +294,6 @@ __all__ = [
     "perturbation_auc",
     "perturbation_curves",
     "step_counts",
+    "tie_order",
     "trapezoid_auc",
 ]
