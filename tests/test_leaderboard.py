@@ -112,7 +112,25 @@ def test_random_not_last_is_reported():
     assert sep["floor_last"] is False
     # random is best on both metrics here: every other method ranks below it, and the text says so.
     assert sep["below_floor"] == {"pos": ["good", "twin", "fair"], "miou": ["good", "twin", "fair"]}
-    assert "ranked below it: pos: good, twin, fair; miou: good, twin, fair" in to_markdown(board)
+    assert "worse than it by the paired test: pos: good, twin, fair; miou: good, twin, fair" in to_markdown(board)
+
+
+def test_a_method_tied_with_random_is_at_chance_not_below_it():
+    # "flat" is worse than random on the mean but only by noise: 10 images a little worse, 10 a little
+    # better (signed-rank p = 1 by symmetry of the magnitudes); "bad" is worse on every image.
+    res = scenario_a()
+    rnd = res.files[3].per_image
+    noise = np.where(np.arange(20) < 10, 0.5, -0.4)
+    res.files.append(file_result("flat", {"pos": rnd["pos"] + noise, "miou": rnd["miou"] - noise}))
+    board = build_leaderboard({"a": res})
+    sep = separation(board)["a"]
+    assert board.cell("flat", "a", "pos").rank > board.cell("random", "a", "pos").rank
+    assert sep["floor_last"] is True and sep["below_floor"] == {}
+    assert sep["at_chance"] == {"pos": ["flat"], "miou": ["flat"]}
+    assert "at chance): pos: flat; miou: flat" in to_markdown(board)
+    res.files.append(file_result("bad", {"pos": rnd["pos"] + 3, "miou": rnd["miou"] - 3}))
+    sep = separation(build_leaderboard({"a": res}))["a"]
+    assert sep["floor_last"] is False and sep["below_floor"] == {"pos": ["bad"], "miou": ["bad"]}
 
 
 def test_sanity_table_verdicts():

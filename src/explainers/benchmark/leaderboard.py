@@ -140,8 +140,7 @@ def build_leaderboard(
     for scenario, result in results.items():
         labels = [f.label for f in result.files]
         methods += [m for m in labels if m not in methods]
-        common = set.intersection(*(set(f.ids) for f in result.files)) if result.files else set()
-        ids = [i for i in result.files[0].ids if i in common] if result.files else []
+        ids = _common_ids(result)
         if any(len(f.ids) != len(ids) for f in result.files):
             notes.append(f"{scenario}: paired tests use the {len(ids)} images every method explained")
         for m in result.metrics:
@@ -190,28 +189,51 @@ def build_leaderboard(
     )
 
 
+def _common_ids(result: EvaluationResult) -> list[str]:
+    """The images every file of ``result`` scored, in the first file's order (what paired tests compare)."""
+    if not result.files:
+        return []
+    common = set.intersection(*(set(f.ids) for f in result.files))
+    return [i for i in result.files[0].ids if i in common]
+
+
 def separation(board: Leaderboard, floor: str = "random") -> dict[str, dict[str, Any]]:
-    """Per scenario: is ``floor`` last on every metric, which methods rank below it where it is not
-    (``below_floor``: metric → methods), and on which metrics do two other methods differ beyond their
-    95 % confidence intervals (the intervals do not overlap)?"""
+    """Per scenario: is ``floor`` last on every metric, and on which metrics do two other methods differ
+    beyond their 95 % confidence intervals (the intervals do not overlap)?
+
+    A method ranked below ``floor`` counts against it only when the paired test over the same images says
+    the two differ (p < ``board.alpha``): ``below_floor`` (metric → methods). One ranked below it but tied
+    with it is at chance level, which is what an uninformative map scores (a class-blind map on the
+    class-sensitivity test, an all-zero map on a perturbation test); those go to ``at_chance``. Without
+    per-image values (a board read back from JSON) every method ranked below counts."""
     out: dict[str, dict[str, Any]] = {}
     for scenario in board.scenarios:
         cols = [c for c in board.columns if c.scenario == scenario]
+        result = board.results.get(scenario)
+        ids = _common_ids(result) if result is not None else []
         separated: list[str] = []
         below: dict[str, list[str]] = {}
+        at_chance: dict[str, list[str]] = {}
         for c in cols:
             here = {m: board.cells[(m, c.key)] for m in board.methods if (m, c.key) in board.cells}
             floor_rank = here[floor].rank if floor in here else None
             if floor_rank is not None:
-                worse = [m for m, cell in here.items() if cell.rank is not None and cell.rank > floor_rank]
-                if worse:
-                    below[c.metric] = worse
+                for m, cell in here.items():
+                    if cell.rank is None or cell.rank <= floor_rank:
+                        continue
+                    p = (
+                        paired_p_value(_aligned(result, c.metric, ids, m), _aligned(result, c.metric, ids, floor))
+                        if result is not None and ids
+                        else None
+                    )
+                    (at_chance if p is not None and p >= board.alpha else below).setdefault(c.metric, []).append(m)
             others = [cell for m, cell in here.items() if m != floor and None not in cell.ci95]
             if any(a.ci95[1] < b.ci95[0] for a in others for b in others):  # type: ignore[operator]
                 separated.append(c.metric)
         out[scenario] = {
             "floor_last": not below if floor in board.methods else None,
             "below_floor": below,
+            "at_chance": at_chance,
             "separated": separated,
         }
     return out
@@ -220,6 +242,20 @@ def separation(board: Leaderboard, floor: str = "random") -> dict[str, dict[str,
 def _below_floor_text(below: Mapping[str, Sequence[str]]) -> str:
     """``metric: a, b; metric: c`` — who ranks below random, per metric."""
     return "; ".join(f"{metric}: {', '.join(methods)}" for metric, methods in below.items())
+
+
+def floor_text(s: Mapping[str, Any], floor: str = "random") -> str:
+    """One sentence on where ``floor`` ranks in a scenario (``separation``'s entry), Markdown-free."""
+    if s["floor_last"] is None:
+        return ""
+    if s["floor_last"]:
+        text = f"{floor} is last on every metric (no method is worse than it by the paired test)"
+    else:
+        worse = _below_floor_text(s["below_floor"])
+        text = f"{floor} is NOT last on every metric (worse than it by the paired test: {worse})"
+    if s.get("at_chance"):
+        text += f"; ranked below it but tied with it (at chance): {_below_floor_text(s['at_chance'])}"
+    return text
 
 
 # ---------------------------------------------------------------------------------------------------- output
@@ -336,13 +372,8 @@ def to_markdown(board: Leaderboard, title: str = "Leaderboard") -> str:
     for scenario in board.scenarios:
         lines += ["", f"## {scenario}", "", *_scenario_table_md(board, scenario), ""]
         s = sep[scenario]
-        floor = {
-            True: "random is last on every metric",
-            False: f"random is NOT last on every metric (ranked below it: {_below_floor_text(s['below_floor'])})",
-            None: "",
-        }
         lines.append(
-            f"{floor[s['floor_last']]}; metrics where two methods differ beyond their 95 % CIs: "
+            f"{floor_text(s)}; metrics where two methods differ beyond their 95 % CIs: "
             f"{', '.join(s['separated']) or 'none'}."
         )
     if board.sanity:
@@ -452,9 +483,8 @@ def to_html(board: Leaderboard, title: str = "Leaderboard", plots: bool = True) 
         parts.append("</tbody></table>")
         s = sep[scenario]
         if s["floor_last"] is not None:
-            below = "" if s["floor_last"] else f" (ranked below it: {esc(_below_floor_text(s['below_floor']))})"
             parts.append(
-                f'<p class="legend">random is {"" if s["floor_last"] else "<b>not</b> "}last on every metric{below}; '
+                f'<p class="legend">{esc(floor_text(s))}; '
                 f"methods differ beyond their 95 % CIs on: {esc(', '.join(s['separated']) or 'none')}.</p>"
             )
         result = board.results.get(scenario)
