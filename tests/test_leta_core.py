@@ -135,6 +135,39 @@ def test_transfer_rule_equals_the_head_applied_to_psi(encoder, explainer):
     assert maps.shape == (2, 32, 32) and maps.min() >= 0 and maps.max() <= 1
 
 
+def test_pool_radius_zero_keeps_each_patchs_window_score(explainer):
+    torch.manual_seed(1)
+    images = torch.rand(2, 3, 32, 32)
+    pooled = explainer.attribute(images)  # the reference: pooled over the 3×3 window (r = 1)
+    sharp = explainer.attribute(images, pool_radius=0)
+    assert torch.equal(sharp.scores, pooled.scores)
+    lo = sharp.scores.flatten(1).min(1).values[:, None, None]
+    hi = sharp.scores.flatten(1).max(1).values[:, None, None]
+    assert torch.allclose(sharp.maps, (sharp.scores - lo) / (hi - lo), atol=1e-6)
+    # An explicit radius equal to the window's is the default.
+    assert torch.allclose(explainer.attribute(images, pool_radius=1).maps, pooled.maps)
+    # A wider pool: patch (0, 0) of the 4×4 grid averages the 3×3 real patches of its 5×5 window.
+    wide = explainer.attribute(images, pool_radius=2)
+    raw = sharp.scores.clone()
+    raw_corner = raw[:, :3, :3].mean(dim=(1, 2))
+    assert torch.allclose(pool_patch_scores(raw, 2)[:, 0, 0], raw_corner, atol=1e-6)
+    wide_raw = pool_patch_scores(raw, 2)
+    lo = wide_raw.flatten(1).min(1).values[:, None, None]
+    hi = wide_raw.flatten(1).max(1).values[:, None, None]
+    assert torch.allclose(wide.maps, (wide_raw - lo) / (hi - lo), atol=1e-6)
+    assert not torch.allclose(wide.maps, pooled.maps)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "x", True])
+def test_bad_pool_radius_is_refused(explainer, bad):
+    from explainers.methods import get_method
+
+    with pytest.raises(ExplainersError, match="pool_radius"):
+        explainer.attribute(torch.rand(1, 3, 32, 32), pool_radius=bad)
+    with pytest.raises(ExplainersError, match="pool_radius"):
+        get_method("leta", explainer.encoder, explainer=explainer, pool_radius=bad)
+
+
 def test_default_head_is_the_encoders_classifier(encoder, explainer):
     images = torch.rand(2, 3, 32, 32)
     a = explainer.attribute(images)
@@ -161,11 +194,7 @@ def test_save_load_round_trip(tmp_path, encoder, layout):
     ex.save_pretrained(tmp_path / "leta")
     assert sorted(p.name for p in (tmp_path / "leta").iterdir()) == ["config.json", "model.safetensors"]
     cfg = json.loads((tmp_path / "leta" / "config.json").read_text())
-    assert (
-        cfg["encoder"]["embed_dim"] == 32
-        and cfg["encoder"]["grid"] == [4, 4]
-        and cfg["config"]["layout"] == layout
-    )
+    assert cfg["encoder"]["embed_dim"] == 32 and cfg["encoder"]["grid"] == [4, 4] and cfg["config"]["layout"] == layout
     loaded = LETAExplainer.from_pretrained(tmp_path / "leta", encoder=encoder)
     images = torch.rand(2, 3, 32, 32)
     for a, b in zip(ex.predict(images), loaded.predict(images), strict=True):
@@ -200,12 +229,16 @@ def test_leta_method_through_the_registry(tmp_path, encoder, explainer):
     maps = method(images)
     assert maps.shape == (3, 32, 32) and float(maps.min()) >= 0 and float(maps.max()) <= 1
     direct = explainer.attribute(images, lambda_neg=0.0).maps
-    up = torch.nn.functional.interpolate(
-        direct[:, None], size=(32, 32), mode="bilinear", align_corners=False
-    )[:, 0]
+    up = torch.nn.functional.interpolate(direct[:, None], size=(32, 32), mode="bilinear", align_corners=False)[:, 0]
     lo, hi = up.flatten(1).min(1).values, up.flatten(1).max(1).values
     assert torch.allclose(maps, (up - lo[:, None, None]) / (hi - lo)[:, None, None], atol=1e-5)
     assert method.config()["lambda_neg"] == 0.0
+    assert "pool_radius" not in method.config()  # the default's recorded config is unchanged
+    sharp = get_method("leta", encoder, explainer=str(tmp_path / "leta"), pool_radius="0")
+    assert sharp.config()["pool_radius"] == 0
+    up = explainer(images, pool_radius=0)  # bilinear upsampling of the unpooled patch map
+    lo, hi = up.flatten(1).min(1).values, up.flatten(1).max(1).values
+    assert torch.allclose(sharp(images), (up - lo[:, None, None]) / (hi - lo)[:, None, None], atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------ backbones
@@ -228,9 +261,7 @@ def test_mae_backbone_encoder_decoder_round_trip(tmp_path, encoder, decoder):
         decoder_intermediate_size=48,
     )
     ViTMAEForPreTraining(cfg).save_pretrained(tmp_path / "mae")
-    config = LETAConfig(
-        backbone=f"mae:{tmp_path / 'mae'}", mae_decoder=decoder, layout="two-branch", head_depth=2
-    )
+    config = LETAConfig(backbone=f"mae:{tmp_path / 'mae'}", mae_decoder=decoder, layout="two-branch", head_depth=2)
     ex = LETAExplainer.build(encoder, config)
     assert ex.network.backbones[0].dim == (24 if decoder else 32)
     images = torch.rand(2, 3, 32, 32)
@@ -268,8 +299,14 @@ def test_timm_backbone_copy_has_no_classifier_head(layout, tmp_path):
     unused timm classifier head in the backbone copy broke the second step and bloated checkpoints."""
     timm = pytest.importorskip("timm")
     model = timm.create_model(
-        "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, num_classes=3,
-        embed_dim=32, depth=2, num_heads=4,
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        num_classes=3,
+        embed_dim=32,
+        depth=2,
+        num_heads=4,
     )
     enc = load_explainee(model.eval())
     ex = LETAExplainer.build(enc, LETAConfig(head_depth=1, radius=1, layout=layout))

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from explainers.errors import ExplainersError
-from explainers.learned.leta.explainer import HeadLike, LETAExplainer
+from explainers.learned.leta.explainer import HeadLike, LETAExplainer, check_pool_radius
 from explainers.methods.base import Attribution, Cost, Method, Need, register_method
 from explainers.models.base import ExplaineeAdapter
 from explainers.models.signature import require_vit
@@ -29,6 +29,9 @@ def shipped_explainer_dir() -> Path:
 @register_method("leta")
 class LETAMethod(Method):
     """LETA attributions a_c = λ⁺·h(ψ⁺_c)[ŷ] − λ⁻·h(ψ⁻_c)[ŷ], pooled, for the head ``head``.
+
+    ``pool_radius``: the mean pool's radius in patches (default: the explainer's window radius, as the
+    reference; 0: no pooling).
 
     The explained head need not be the adapter's classifier: the predicted class ŷ, the clean logits and
     the class names are the head's, from the encoder forward the transfer rule runs anyway."""
@@ -47,6 +50,7 @@ class LETAMethod(Method):
         head: HeadLike = None,
         lambda_pos: float = 1.0,
         lambda_neg: float = 1.0,
+        pool_radius: int | str | None = None,
         normalize: bool = True,
         allow_other_weights: bool = False,
     ) -> None:
@@ -74,8 +78,12 @@ class LETAMethod(Method):
         self.head = self.explainer.resolve_head(head)
         self.lambda_pos = float(lambda_pos)
         self.lambda_neg = float(lambda_neg)
+        # None: pool over the explainer's own window (the reference); 0: no pooling (sharper patch maps).
+        self.pool_radius = None if pool_radius is None else check_pool_radius(pool_radius)
 
     def config(self) -> dict[str, Any]:
+        # pool_radius only when given: the default's config (recorded in mask files) stays as it was.
+        pooling = {} if self.pool_radius is None else {"pool_radius": self.pool_radius}
         return {
             **super().config(),
             "explainer": self.explainer_source,
@@ -85,6 +93,7 @@ class LETAMethod(Method):
             "lambda_pos": self.lambda_pos,
             "lambda_neg": self.lambda_neg,
             "radius": self.explainer.radius,
+            **pooling,
         }
 
     @property
@@ -97,7 +106,12 @@ class LETAMethod(Method):
 
     def attribute(self, images: torch.Tensor, classes: torch.Tensor | None) -> Attribution:
         result = self.explainer.attribute(
-            images, self.head.linear, classes, lambda_pos=self.lambda_pos, lambda_neg=self.lambda_neg
+            images,
+            self.head.linear,
+            classes,
+            lambda_pos=self.lambda_pos,
+            lambda_neg=self.lambda_neg,
+            pool_radius=self.pool_radius,
         )
         # maps: B×gh×gw; the base upsamples them to the image size
         return Attribution(maps=result.maps, logits=result.logits, classes=result.targets)

@@ -40,7 +40,8 @@ class LETAAttribution:
     """What the transfer rule computes for a batch.
 
     scores: B×gh×gw raw patch attributions a_c = λ⁺·h(ψ⁺_c)[ŷ] − λ⁻·h(ψ⁻_c)[ŷ].
-    maps: B×gh×gw after the (2r+1)² mean pool (padding not counted) and per-image min–max.
+    maps: B×gh×gw after the (2p+1)² mean pool (padding not counted; p = the pooling radius, by default the
+    window radius r) and per-image min–max.
     targets: B explained classes ŷ; logits: B×C head logits of the clean images.
     """
 
@@ -65,6 +66,17 @@ def pool_patch_scores(scores: torch.Tensor, radius: int) -> torch.Tensor:
         scores[:, None], kernel_size=2 * radius + 1, stride=1, padding=radius, count_include_pad=False
     )
     return pooled[:, 0]
+
+
+def check_pool_radius(value: object) -> int:
+    """A pooling radius: a whole number ≥ 0 (as given, or as the text of one from ``--option``)."""
+    try:
+        radius = int(value) if not isinstance(value, (bool, float)) else None
+    except (TypeError, ValueError):
+        radius = None
+    if radius is None or radius < 0:
+        raise ExplainersError(f"LETA's pool_radius must be a whole number of patches ≥ 0, got {value!r}")
+    return radius
 
 
 def _linear_of_sequential(module: nn.Sequential) -> nn.Linear | None:
@@ -278,8 +290,13 @@ class LETAExplainer:
         targets: Targets = None,
         lambda_pos: float = 1.0,
         lambda_neg: float = 1.0,
+        pool_radius: int | None = None,
     ) -> LETAAttribution:
-        """The transfer rule on the patch grid (see :class:`LETAAttribution`)."""
+        """The transfer rule on the patch grid (see :class:`LETAAttribution`).
+
+        ``pool_radius``: radius of the mean pool over the patch scores; None (the reference) pools over the
+        window the explainer was trained for (r), 0 keeps each patch's own window score."""
+        pool = check_pool_radius(self.radius if pool_radius is None else pool_radius)
         images = self._prepare(images)
         linear = self.resolve_head(head).linear.to(images.device)
         logits = linear(self.encoder.cls_embedding(self.encoder.normalize(images)).float())
@@ -291,7 +308,7 @@ class LETAExplainer:
         s_pos = torch.einsum("bpd,bd->bp", psi_pos.float(), w) + b[:, None]
         s_neg = torch.einsum("bpd,bd->bp", psi_neg.float(), w) + b[:, None]
         scores = (lambda_pos * s_pos - lambda_neg * s_neg).reshape(-1, *self.grid)
-        maps = minmax_normalize(pool_patch_scores(scores, self.radius))
+        maps = minmax_normalize(pool_patch_scores(scores, pool))
         return LETAAttribution(scores=scores, maps=maps, targets=target_t, logits=logits)
 
     def __call__(
@@ -301,9 +318,10 @@ class LETAExplainer:
         targets: Targets = None,
         lambda_pos: float = 1.0,
         lambda_neg: float = 1.0,
+        pool_radius: int | None = None,
     ) -> torch.Tensor:
         """B×H×W maps in [0,1] at the encoder's input size (bilinear upsampling of :meth:`attribute`)."""
-        result = self.attribute(images, head, targets, lambda_pos, lambda_neg)
+        result = self.attribute(images, head, targets, lambda_pos, lambda_neg, pool_radius)
         return self.encoder.patch_map_to_image(result.maps)
 
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
@@ -352,4 +370,3 @@ def _adapter_head(adapter: ExplaineeAdapter, source: str) -> ResolvedHead:
             "heads on the CLS embedding: pass adapter.parts().heads[0].linear to explain the CLS head"
         )
     return ResolvedHead(heads[0].linear, adapter.class_names, source)
-
