@@ -42,6 +42,7 @@ import explainers
 from _timing import interleaved_medians, machine
 from explainers.data import open_dataset
 from explainers.data.base import iter_batches
+from explainers.io.atomic import write_text_atomic
 from explainers.learned.leta.explainer import pool_patch_scores
 from explainers.maps import minmax_normalize
 from explainers.methods import get_method
@@ -423,7 +424,7 @@ def render(results: list[dict[str, Any]], lat: dict[str, float], args, leta_cfg:
         "## Latency",
         "",
         f"Median over round-robin repeats of one call on a batch of {lat_batch} images "
-        "(the `color` task's adapter; all tasks share the architecture).",
+        f"(the `{results[0]['task']}` task's adapter; all tasks share the architecture).",
         "",
         "| method | ms / image | × explainee forward |",
         "|---|---:|---:|",
@@ -450,30 +451,46 @@ def render(results: list[dict[str, Any]], lat: dict[str, float], args, leta_cfg:
             )
     plte_lines = []
     for res in results:
+        sel = res["selection"]
+        choice = f"{sel['leta_grid_seconds']:.0f}" if sel else "—"
         for name, folder in pltes_for(res["task"], args).items():
             rec = plte_record(folder)
-            sel = res["selection"]
-            choice = (
-                f" LETA's λ choice on validation for this task took {sel['leta_grid_seconds']:.0f} s." if sel else ""
-            )
+            chosen = " (chosen on val)" if name == res["plte"] else ""
             plte_lines.append(
-                f"| `{res['task']}` | {name}{' (chosen on val)' if name == res['plte'] else ''} | {rec['head']} | "
-                f"{rec['epochs']} (best {rec['best_epoch']}) | {rec['train_s']} | 0 |{choice} `{rec['command']}` |"
+                f"| `{res['task']}` | {name}{chosen} | {rec['head']} | {rec['epochs']} (best {rec['best_epoch']}) | "
+                f"{rec['train_s']} | 0 | {choice} | `{rec['command']}` |"
             )
     if plte_lines:
         lines += [
             "",
             "Per-task cost: training the task's pLTE (wall time: the last record's `time_s` in the pLTE folder's "
-            "`log.jsonl`) against LETA's per-task training (none).",
+            "`log.jsonl`) against LETA's per-task training (none) and the time LETA's λ/pooling choice took on "
+            "the validation images (explaining and scoring its grid; needed only when a variant other than the "
+            "default is used).",
             "",
-            "| task | pLTE | head | epochs | pLTE training s | LETA training s | notes and command |",
-            "|---|---|---|---|---:|---:|---|",
+            "| task | pLTE | head | epochs | pLTE training s | LETA training s | LETA choice on val s | pLTE command |",
+            "|---|---|---|---|---:|---:|---:|---|",
             *plte_lines,
         ]
     if args.plte_note:
         lines += ["", args.plte_note]
     lines.append("")
     return "\n".join(lines)
+
+
+def raw_results(results: list[dict[str, Any]], lat: dict[str, float]) -> dict[str, Any]:
+    tasks = {
+        r["task"]: {
+            "images": r["images"],
+            "accuracy": r["accuracy"],
+            "rows": r["rows"],
+            "chosen_leta": r["chosen_leta"],
+            "plte": r["plte"],
+            "selection": r["selection"],
+        }
+        for r in results
+    }
+    return {"tasks": tasks, "latency_s_per_image": lat}
 
 
 def main() -> None:
@@ -502,28 +519,19 @@ def main() -> None:
     if args.select_images > 0 and args.select_split == "test":
         parser.error("--select-split test would choose on the images the report scores; use val")
     torch.set_num_threads(args.threads)
-    results = []
+    leta_cfg = json.loads((args.explainer / "config.json").read_text())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    results: list[dict[str, Any]] = []
+    lat: dict[str, float] = {}
     for task in args.tasks:
         print(f"task {task}", file=sys.stderr)
         results.append(evaluate_task(task, args))
-    lat_task = next((r for r in results if r["task"] == "color"), results[0])
-    lat = latency(lat_task, args.data, args.latency_batch, args.repeats)
-    leta_cfg = json.loads((args.explainer / "config.json").read_text())
-    text = render(results, lat, args, leta_cfg, args.latency_batch)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    raw = {
-        r["task"]: {
-            "images": r["images"],
-            "accuracy": r["accuracy"],
-            "rows": r["rows"],
-            "chosen_leta": r["chosen_leta"],
-            "plte": r["plte"],
-            "selection": {k: v for k, v in r["selection"].items()} if r["selection"] else None,
-        }
-        for r in results
-    }
-    args.out.with_suffix(".json").write_text(json.dumps({"tasks": raw, "latency_s_per_image": lat}, indent=1))
+        if not lat:  # timed on the first task's adapter (all tasks share the architecture)
+            lat = latency(results[0], args.data, args.latency_batch, args.repeats)
+        # Written after every task, so that an interrupted run leaves the tasks it finished.
+        text = render(results, lat, args, leta_cfg, args.latency_batch)
+        write_text_atomic(args.out, text)
+        write_text_atomic(args.out.with_suffix(".json"), json.dumps(raw_results(results, lat), indent=1))
     print(text)
 
 
