@@ -94,6 +94,13 @@ LETA_WEIGHTS: list[tuple[float, float]] = [
 ]
 LETA_GRID: list[tuple[float, float, int | None]] = [(*w, pool) for pool in (None, 0) for w in LETA_WEIGHTS]
 DEFAULT_LETA: tuple[float, float, int | None] = (1.0, 1.0, None)
+# What ``--lever`` explainers are scored with (a variant whose pool equals another's is scored once).
+LEVER_VARIANTS: list[tuple[float, float, int | None]] = [
+    (1.0, 1.0, None),
+    (1.0, 0.0, None),
+    (1.0, 1.0, 0),
+    (1.0, 0.0, 0),
+]
 BOOTSTRAP = 1000
 
 
@@ -141,11 +148,10 @@ def pltes_for(task: str, args) -> dict[str, Path]:
     return out
 
 
-def leta_method(adapter, args, variant: tuple[float, float, int | None]):
+def leta_method(adapter, args, variant: tuple[float, float, int | None], explainer: Path | None = None):
     lam_pos, lam_neg, pool = variant
-    return get_method(
-        "leta", adapter, explainer=args.explainer, lambda_pos=lam_pos, lambda_neg=lam_neg, pool_radius=pool
-    )
+    folder = args.explainer if explainer is None else explainer
+    return get_method("leta", adapter, explainer=folder, lambda_pos=lam_pos, lambda_neg=lam_neg, pool_radius=pool)
 
 
 def score_methods(
@@ -238,6 +244,54 @@ def select_on_val(task: str, adapter, args) -> dict[str, Any]:
         "plte": choose(rows, list(pltes)) if pltes else None,
         "leta_grid_seconds": sum(rows[name]["seconds"] for name in leta_names),
     }
+
+
+def levers_on_val(args) -> str:
+    """A markdown section: LETA explainers pre-trained otherwise (``--lever LABEL=DIR``) next to the shipped
+    one, each with :data:`LEVER_VARIANTS`, on the validation images only (a lever is judged before any
+    test image is read)."""
+    explainers_ = {"shipped": args.explainer, **{k: Path(v) for k, v in (i.split("=", 1) for i in args.lever)}}
+    lines = [
+        "## Re-pretraining levers (validation only)",
+        "",
+        f"Generated {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by "
+        f"`python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}` on {machine()}. Each LETA "
+        f"explainer on the first {args.select_images} images of the `{args.select_split}` split, with "
+        "λ⁻ ∈ {1, 0} (λ⁺ = 1), pooled over its own window or not at all.",
+        "",
+        "| explainer | radius | pre-training | val loss ψ⁺ / ψ⁻ (R²) |",
+        "|---|---:|---|---|",
+    ]
+    for label, folder in explainers_.items():
+        cfg = json.loads((folder / "config.json").read_text())
+        train, val = cfg["training"], cfg["training"].get("final_val", {})
+        lines.append(
+            f"| {label} | {cfg['config']['radius']} | {train['steps']} steps, {train['wall_s']} s: "
+            f"`{train['command']}` | {val.get('val_loss_pos', float('nan')):.3f} "
+            f"({val.get('val_r2_pos', float('nan')):.2f}) / {val.get('val_loss_neg', float('nan')):.3f} "
+            f"({val.get('val_r2_neg', float('nan')):.2f}) |"
+        )
+    labels = [label for _, _, label in SELECT_METRICS]
+    for task in args.tasks:
+        print(f"levers: task {task}", file=sys.stderr)
+        adapter, _ = task_adapter(task, args)
+        candidates = {}
+        for label, folder in explainers_.items():
+            radius = json.loads((folder / "config.json").read_text())["config"]["radius"]
+            for lam_pos, lam_neg, pool in LEVER_VARIANTS:
+                pooled = radius if pool is None else pool
+                name = f"{label}: λ⁻={lam_neg:g}, pool {pooled}"
+                if name not in candidates:
+                    candidates[name] = leta_method(adapter, args, (lam_pos, lam_neg, pool), folder)
+        rows, _, _ = score_methods(
+            adapter, args.select_split, task, args.select_images, candidates, SELECT_METRICS, args
+        )
+        lines += ["", f"### `{task}`", "", "| explainer: variant | " + " | ".join(labels) + " |"]
+        lines.append("|---|" + "---:|" * len(labels))
+        for name, row in rows.items():
+            lines.append(f"| {name} | " + " | ".join(f"{row[lb][0]:.2f} ± {row[lb][1]:.2f}" for lb in labels) + " |")
+    lines.append("")
+    return "\n".join(lines)
 
 
 def methods_for(task: str, adapter, args, chosen: tuple[float, float, int | None]) -> dict[str, Any]:
@@ -511,6 +565,14 @@ def main() -> None:
     parser.add_argument(
         "--select-images", type=int, default=200, help="images of --select-split per task (0: no selection)"
     )
+    parser.add_argument(
+        "--lever",
+        nargs="*",
+        default=[],
+        help="LABEL=DIR of a LETA explainer pre-trained otherwise: with --levers-only, score it next to the "
+        "shipped one on the validation images and write only that table to --out",
+    )
+    parser.add_argument("--levers-only", action="store_true", help="only the --lever validation table")
     parser.add_argument("--latency-batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
@@ -521,6 +583,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     leta_cfg = json.loads((args.explainer / "config.json").read_text())
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.levers_only:
+        if args.select_split == "test":
+            parser.error("levers are judged on validation images; use --select-split val")
+        text = levers_on_val(args)
+        write_text_atomic(args.out, text)
+        print(text)
+        return
     results: list[dict[str, Any]] = []
     lat: dict[str, float] = {}
     for task in args.tasks:
