@@ -44,6 +44,7 @@ from explainers.data.synthetic import SyntheticDataset
 from explainers.devices import resolve_device
 from explainers.errors import DatasetError, ExplainersError
 from explainers.models import ExplaineeAdapter, load_explainee
+from explainers.models.loading import quiet_transformers
 from explainers.training.checkpoint import find_training_state, output_lock, pixel_digest
 from explainers.training.config import build
 from explainers.training.loop import Learner, Runtime, TrainingLoop, check_precision, load_images
@@ -630,7 +631,8 @@ def _initial_model(config: ClassifierTrainConfig, image_size: int, class_names: 
     weights = folder / "model.safetensors"
     if not (folder / "config.json").is_file() or not weights.is_file():
         raise ExplainersError(f"init_from {folder} is not a train-classifier output (config.json, model.safetensors)")
-    model = ViTForImageClassification.from_pretrained(folder)
+    with quiet_transformers():
+        model = ViTForImageClassification.from_pretrained(folder)
     c = model.config
     mismatches = [
         f"{name} {theirs} (this run: {ours})"
