@@ -18,6 +18,7 @@ from explainers.training.classifier import (
     _dihedral,
     _quadrant_permutation,
     evaluate_accuracy,
+    resample_position_embeddings,
     train_classifier,
 )
 
@@ -206,6 +207,34 @@ def test_shipped_explainee_matches_its_recorded_accuracy() -> None:
 
 
 @pytest.mark.trainer
+def test_position_embeddings_resample_by_hand() -> None:
+    # CLS row kept; a constant patch grid stays constant; the same grid is the identity.
+    cls, patch = torch.randn(1, 1, 3), torch.full((1, 4, 3), 2.5)
+    out = resample_position_embeddings(torch.cat([cls, patch], 1), (2, 2), (3, 3))
+    assert out.shape == (1, 10, 3) and torch.equal(out[:, :1], cls)
+    assert torch.allclose(out[:, 1:], torch.full((1, 9, 3), 2.5))
+    emb = torch.randn(1, 5, 2)
+    assert torch.equal(resample_position_embeddings(emb, (2, 2), (2, 2)), emb)
+    # Doubling a 2×2 grid with align_corners=False samples the old grid at (i + 0.5)/2 − 0.5 = −0.25, 0.25,
+    # 0.75, 1.25. Along a row of values 0, 1 each sample is the cubic-convolution sum (Keys' kernel,
+    # a = −0.75) over the 4 nearest old columns, indices clamped to the edge: written out below.
+    ramp = torch.tensor([0.0, 1.0, 0.0, 1.0]).reshape(1, 4, 1)
+    row = resample_position_embeddings(torch.cat([torch.zeros(1, 1, 1), ramp], 1), (2, 2), (4, 4))[0, 1:5, 0]
+
+    def w(t: float, a: float = -0.75) -> float:
+        t = abs(t)
+        return (a + 2) * t**3 - (a + 3) * t**2 + 1 if t <= 1 else a * t**3 - 5 * a * t**2 + 8 * a * t - 4 * a
+
+    values = [0.0, 1.0]
+    expected = []
+    for x in (-0.25, 0.25, 0.75, 1.25):
+        base = int(np.floor(x))
+        expected.append(sum(w(x - (base + k)) * values[min(max(base + k, 0), 1)] for k in (-1, 0, 1, 2)))
+    assert torch.allclose(row, torch.tensor(expected), atol=1e-6)
+    with pytest.raises(ExplainersError, match="do not form a 3×3 grid"):
+        resample_position_embeddings(emb, (3, 3), (4, 4))
+
+
 def test_init_from_continues_from_earlier_weights(tiny_run: tuple[Path, Path, dict], tmp_path: Path) -> None:
     data, first, record = tiny_run
     # A learning rate of ~0: the continued run must save the earlier weights, not a fresh initialisation.
@@ -220,6 +249,18 @@ def test_init_from_continues_from_earlier_weights(tiny_run: tuple[Path, Path, di
     go_on = ClassifierTrainConfig(**{**TINY_MODEL.to_dict(), "epochs": 1, "init_from": str(first)})
     continued = train_classifier(data, tmp_path / "more", go_on, progress=False)
     assert continued["history"][0]["loss"] < record["history"][0]["loss"]
+    # Another image size: the same weights, position embeddings resampled to the new grid (recorded).
+    bigger = generate_synthetic(tmp_path / "big", SyntheticConfig(**{**TINY_DATA.to_dict(), "image_size": 48}))
+    still_big = ClassifierTrainConfig(**{**TINY_MODEL.to_dict(), "epochs": 1, "lr": 1e-12, "init_from": str(first)})
+    grown = train_classifier(bigger, tmp_path / "grown", still_big, progress=False)
+    resized = load_file(tmp_path / "grown" / "model.safetensors")
+    key = "vit.embeddings.position_embeddings"
+    old_grid, new_grid = 32 // TINY_MODEL.patch_size, 48 // TINY_MODEL.patch_size
+    assert grown["init"]["position_embeddings_resampled"]["to_grid"] == new_grid
+    assert resized[key].shape[1] == 1 + new_grid**2
+    expected = resample_position_embeddings(before[key], (old_grid, old_grid), (new_grid, new_grid))
+    assert torch.allclose(resized[key], expected, atol=1e-6)
+    assert all(torch.allclose(before[k], resized[k], atol=1e-6) for k in before if k != key)
     wider = ClassifierTrainConfig(**{**TINY_MODEL.to_dict(), "hidden_size": 32, "init_from": str(first)})
     with pytest.raises(ExplainersError, match="hidden_size 16 \\(this run: 32\\)"):
         train_classifier(data, tmp_path / "wider", wider, progress=False)

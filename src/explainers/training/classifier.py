@@ -44,6 +44,7 @@ from explainers.data.synthetic import SyntheticDataset
 from explainers.devices import resolve_device
 from explainers.errors import DatasetError, ExplainersError
 from explainers.models import ExplaineeAdapter, load_explainee
+from explainers.models.loading import quiet_transformers
 from explainers.training.checkpoint import find_training_state, output_lock, pixel_digest
 from explainers.training.config import build
 from explainers.training.loop import Learner, Runtime, TrainingLoop, check_precision, load_images
@@ -601,9 +602,28 @@ def _train_classifier(
     return record
 
 
+def resample_position_embeddings(
+    embeddings: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int], prefix_tokens: int = 1
+) -> torch.Tensor:
+    """1×(prefix + gh·gw)×C position embeddings on ``old_grid`` → the same on ``new_grid``: the prefix (CLS)
+    rows are kept, the patch rows are laid out on their grid and resized bicubically (align_corners=False,
+    so that each patch's embedding stays at its patch centre)."""
+    (oh, ow), (nh, nw) = old_grid, new_grid
+    prefix, patches = embeddings[:, :prefix_tokens], embeddings[:, prefix_tokens:]
+    if patches.shape[1] != oh * ow:
+        raise ExplainersError(f"{patches.shape[1]} patch position embeddings do not form a {oh}×{ow} grid")
+    if (oh, ow) == (nh, nw):
+        return embeddings.clone()
+    grid = patches.reshape(1, oh, ow, -1).permute(0, 3, 1, 2).float()
+    grid = torch.nn.functional.interpolate(grid, size=(nh, nw), mode="bicubic", align_corners=False)
+    patches = grid.permute(0, 2, 3, 1).reshape(1, nh * nw, -1).to(embeddings.dtype)
+    return torch.cat([prefix, patches], dim=1)
+
+
 def _initial_model(config: ClassifierTrainConfig, image_size: int, class_names: list[str]) -> tuple[Any, dict]:
-    """The model in ``config.init_from``, checked against this run's architecture, classes and image size,
-    and a record of where it came from (its path, weight digest and recorded accuracies)."""
+    """The model in ``config.init_from``, checked against this run's architecture and classes, and a record
+    of where it came from (its path, weight digest and recorded accuracies). Trained at another image size,
+    its position embeddings are resampled to this run's patch grid (recorded too)."""
     import hashlib
 
     _, ViTForImageClassification, _ = _vit_classes()
@@ -611,12 +631,12 @@ def _initial_model(config: ClassifierTrainConfig, image_size: int, class_names: 
     weights = folder / "model.safetensors"
     if not (folder / "config.json").is_file() or not weights.is_file():
         raise ExplainersError(f"init_from {folder} is not a train-classifier output (config.json, model.safetensors)")
-    model = ViTForImageClassification.from_pretrained(folder)
+    with quiet_transformers():
+        model = ViTForImageClassification.from_pretrained(folder)
     c = model.config
     mismatches = [
         f"{name} {theirs} (this run: {ours})"
         for name, theirs, ours in (
-            ("image_size", c.image_size, image_size),
             ("patch_size", c.patch_size, config.patch_size),
             ("hidden_size", c.hidden_size, config.hidden_size),
             ("num_layers", c.num_hidden_layers, config.num_layers),
@@ -631,6 +651,17 @@ def _initial_model(config: ClassifierTrainConfig, image_size: int, class_names: 
     if getattr(c, "image_mean", None) is None or getattr(c, "image_std", None) is None:
         raise ExplainersError(f"init_from {folder} records no input normalisation (image_mean/image_std)")
     info: dict[str, Any] = {"path": str(folder.resolve()), "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+    if c.image_size != image_size:
+        # Another input size: the same weights on a larger/smaller patch grid, the position embeddings
+        # resampled to it (how ViTs are fine-tuned at a new resolution); everything else carries over.
+        old_grid, new_grid = c.image_size // c.patch_size, image_size // config.patch_size
+        resized = build_vit(config, image_size, class_names, list(c.image_mean), list(c.image_std))
+        state = model.state_dict()
+        key = "vit.embeddings.position_embeddings"
+        state[key] = resample_position_embeddings(state[key], (old_grid, old_grid), (new_grid, new_grid))
+        resized.load_state_dict(state)
+        model = resized
+        info["position_embeddings_resampled"] = {"from_grid": old_grid, "to_grid": new_grid, "mode": "bicubic"}
     try:
         earlier = json.loads((folder / "training.json").read_text())
         info.update({k: earlier.get(k) for k in ("command", "val_accuracy", "test_accuracy", "train_wall_seconds")})
