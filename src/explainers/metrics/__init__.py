@@ -26,7 +26,8 @@ before normalisation, except for the patch metrics, which by default fill with t
 (the LETA protocol); pixel order comes from one stable sort per map, and tied values go in a fixed
 pseudo-random order (``perturbation.tie_order``), so that a flat map is not biased towards the top rows.
 Class convention (evaluation ``classes``): ``target`` (ground truth) or ``predicted`` (the clean-image
-argmax) for every metric that reads a class, by default the one the mask files were made with; the segmentation metrics read none and expect maps of the predicted class.
+argmax) for every metric that reads a class, by default the one the mask files were made with; the
+segmentation metrics read none and expect maps of the predicted class.
 
 Options (``get_metric(name, **options)``; CLI ``--metric-option NAME.KEY=VALUE``):
 ``insertion.steps`` (10: points at i/steps), ``patch-*.fill`` (``mean``, the default: removed patches
