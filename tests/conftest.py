@@ -71,6 +71,23 @@ def build_hf_model(kind: str = "vit", seed: int = 0, **kw):
     return model
 
 
+def build_timm_vit(seed: int = 0):
+    """A tiny random timm ViT (32 px, patch 8, 2 blocks × 32-d, 3 classes) in eval mode; skips without timm."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(seed)
+    model = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        num_classes=3,
+        embed_dim=32,
+        depth=2,
+        num_heads=4,
+    )
+    return model.eval()
+
+
 @pytest.fixture
 def images() -> torch.Tensor:
     g = torch.Generator().manual_seed(0)

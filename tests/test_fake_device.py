@@ -245,19 +245,9 @@ def test_plte_forward_refinement_and_a_training_step_on_the_device(kind, images)
 
 
 def _timm_encoder():
-    timm = pytest.importorskip("timm")
-    torch.manual_seed(0)
-    model = timm.create_model(
-        "vit_tiny_patch16_224",
-        pretrained=False,
-        img_size=32,
-        patch_size=8,
-        num_classes=3,
-        embed_dim=32,
-        depth=2,
-        num_heads=4,
-    )
-    return load_explainee(model.eval())
+    from conftest import build_timm_vit
+
+    return load_explainee(build_timm_vit())
 
 
 @pytest.mark.parametrize("encoder_kind", ["hf", "timm"])

@@ -274,18 +274,9 @@ def test_mae_backbone_encoder_decoder_round_trip(tmp_path, encoder, decoder):
 
 
 def test_timm_encoder(tmp_path):
-    timm = pytest.importorskip("timm")
-    model = timm.create_model(
-        "vit_tiny_patch16_224",
-        pretrained=False,
-        img_size=32,
-        patch_size=8,
-        num_classes=3,
-        embed_dim=32,
-        depth=2,
-        num_heads=4,
-    )
-    enc = load_explainee(model.eval())
+    from conftest import build_timm_vit
+
+    enc = load_explainee(build_timm_vit())
     ex = LETAExplainer.build(enc, LETAConfig(head_depth=2, radius=1))
     images = torch.rand(2, 3, 32, 32)
     ex.save_pretrained(tmp_path / "leta")
@@ -297,18 +288,9 @@ def test_timm_encoder(tmp_path):
 def test_timm_backbone_copy_has_no_classifier_head(layout, tmp_path):
     """DDP (find_unused_parameters=False) needs every parameter to get a gradient at every step; the
     unused timm classifier head in the backbone copy broke the second step and bloated checkpoints."""
-    timm = pytest.importorskip("timm")
-    model = timm.create_model(
-        "vit_tiny_patch16_224",
-        pretrained=False,
-        img_size=32,
-        patch_size=8,
-        num_classes=3,
-        embed_dim=32,
-        depth=2,
-        num_heads=4,
-    )
-    enc = load_explainee(model.eval())
+    from conftest import build_timm_vit
+
+    enc = load_explainee(build_timm_vit())
     ex = LETAExplainer.build(enc, LETAConfig(head_depth=1, radius=1, layout=layout))
     names = [n for n, _ in ex.network.named_parameters()]
     assert not [n for n in names if n.startswith("backbones.") and ".head" in n], names
