@@ -83,3 +83,29 @@ def test_randomized_copy_of_a_timm_vit_reaches_the_fused_qkv():
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert {"blocks.1.attn.qkv.weight", "blocks.1.attn.proj.weight", "blocks.1.mlp.fc1.weight"} <= changed
     assert not any(k.startswith("blocks.0.") for k in changed)
+
+
+def test_a_learned_explainer_is_checked_against_the_randomised_copies_without_a_warning_each(
+    adapter, tmp_path, caplog
+):
+    # pLTE is tied to the weights it was trained for; the check uses it with the randomised copies on
+    # purpose, so the loader's "used anyway" warning would only repeat for every copy.
+    import logging
+
+    from explainers.learned import LTEConfig, LTEExplainer
+
+    torch.manual_seed(0)
+    LTEExplainer(adapter, LTEConfig()).save_pretrained(tmp_path / "plte")
+    images = torch.rand(2, 3, *adapter.image_size)
+    targets = torch.zeros(2, dtype=torch.long)
+    with caplog.at_level(logging.WARNING):
+        result = randomization_test("plte", adapter, images, targets, options={"explainer": str(tmp_path / "plte")})
+    assert set(result) == {1, adapter.num_blocks}
+    np.testing.assert_allclose(result[adapter.num_blocks], 1.0, atol=1e-6)  # its own network: unchanged maps
+    assert not [r for r in caplog.records if "used anyway" in r.getMessage()]
+    # Outside the check the mismatch is still told.
+    from explainers.methods import get_method
+
+    with caplog.at_level(logging.WARNING):
+        get_method("plte", adapter.randomized_copy(1), explainer=str(tmp_path / "plte"), allow_other_weights=True)
+    assert [r for r in caplog.records if "used anyway" in r.getMessage()]

@@ -388,7 +388,9 @@ def to_markdown(board: Leaderboard, title: str = "Leaderboard") -> str:
 _SANITY_TEXT = (
     "Mean Spearman correlation between each method's maps for the trained explainee and for copies whose "
     f"last block, or every block, is re-initialised (lower is better). A method fails at ρ ≥ {FAIL_AT} with "
-    "every block randomised: its maps do not depend on what the model learned. Not part of the ranking."
+    "every block randomised: its maps do not depend on what the model learned. Learned explainers (pLTE, LTE, "
+    "LETA) are the ones trained for the original weights, used with the randomised copies on purpose. Not part "
+    "of the ranking."
 )
 
 

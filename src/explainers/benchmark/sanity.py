@@ -10,7 +10,9 @@ the explainee): it **fails** when the mean correlation is at least :data:`FAIL_A
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -23,6 +25,18 @@ from explainers.models.base import ExplaineeAdapter
 
 #: Mean rank correlation at or above which a method fails the check (its maps survive randomisation).
 FAIL_AT = 0.5
+
+
+@contextlib.contextmanager
+def _quiet_weight_mismatch():
+    """No "made for other weights … used anyway" warning from the weights check while this runs."""
+    logger = logging.getLogger("explainers.models.signature")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def average_ranks(values: torch.Tensor) -> torch.Tensor:
@@ -79,6 +93,10 @@ def randomization_test(
         # whether its maps follow the model, so the fingerprint mismatch is intended here.
         if randomized and "allow_other_weights" in inspect.signature(METHODS[method]).parameters:
             opts.setdefault("allow_other_weights", True)
+            # The mismatch is the point of the check, so the loader's "used anyway" warning (one per
+            # randomised copy and learned method) says nothing here; the leaderboard states it once.
+            with _quiet_weight_mismatch():
+                return get_method(method, model, **opts)
         return get_method(method, model, **opts)
 
     # The same seed before both runs: a method that draws random numbers (RISE, random) draws the same ones.
