@@ -23,6 +23,7 @@ nothing is left (insertion's start, patch deletion's end) share one forward of t
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -56,9 +57,11 @@ def step_counts(num_units: int, steps: int, *, include_end: bool) -> tuple[int, 
 TIE_ORDER_SEED = 0
 
 
+@functools.lru_cache(maxsize=8)
 def tie_order(num_units: int) -> torch.Tensor:
     """The order in which tied units are taken: a permutation of 0…num_units−1, fixed by
-    ``TIE_ORDER_SEED`` and ``num_units`` (CPU int64)."""
+    ``TIE_ORDER_SEED`` and ``num_units`` (CPU int64). Drawn once per size (every batch's sort reads it);
+    the cached tensor is shared, so callers must not modify it."""
     return torch.randperm(num_units, generator=torch.Generator().manual_seed(TIE_ORDER_SEED))
 
 
