@@ -218,14 +218,12 @@ def separation(board: Leaderboard, floor: str = "random") -> dict[str, dict[str,
             here = {m: board.cells[(m, c.key)] for m in board.methods if (m, c.key) in board.cells}
             floor_rank = here[floor].rank if floor in here else None
             if floor_rank is not None:
+                paired = result is not None and bool(ids)
+                floor_values = _aligned(result, c.metric, ids, floor) if paired else None
                 for m, cell in here.items():
                     if cell.rank is None or cell.rank <= floor_rank:
                         continue
-                    p = (
-                        paired_p_value(_aligned(result, c.metric, ids, m), _aligned(result, c.metric, ids, floor))
-                        if result is not None and ids
-                        else None
-                    )
+                    p = paired_p_value(_aligned(result, c.metric, ids, m), floor_values) if paired else None
                     (at_chance if p is not None and p >= board.alpha else below).setdefault(c.metric, []).append(m)
             others = [cell for m, cell in here.items() if m != floor and None not in cell.ci95]
             if any(a.ci95[1] < b.ci95[0] for a in others for b in others):  # type: ignore[operator]
