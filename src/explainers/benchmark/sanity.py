@@ -89,15 +89,16 @@ def randomization_test(
         if not isinstance(method, str):
             return method(model)
         opts = dict(options)
+        quiet: contextlib.AbstractContextManager = contextlib.nullcontext()
         # A learned explainer (pLTE/LTE) stays the one trained for the original weights: the check asks
-        # whether its maps follow the model, so the fingerprint mismatch is intended here.
+        # whether its maps follow the model, so the fingerprint mismatch is intended here, and the loader's
+        # "used anyway" warning (one per randomised copy and learned method) says nothing; the leaderboard
+        # states it once.
         if randomized and "allow_other_weights" in inspect.signature(METHODS[method]).parameters:
             opts.setdefault("allow_other_weights", True)
-            # The mismatch is the point of the check, so the loader's "used anyway" warning (one per
-            # randomised copy and learned method) says nothing here; the leaderboard states it once.
-            with _quiet_weight_mismatch():
-                return get_method(method, model, **opts)
-        return get_method(method, model, **opts)
+            quiet = _quiet_weight_mismatch()
+        with quiet:
+            return get_method(method, model, **opts)
 
     # The same seed before both runs: a method that draws random numbers (RISE, random) draws the same ones.
     torch.manual_seed(seed)
