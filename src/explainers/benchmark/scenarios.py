@@ -65,7 +65,9 @@ SCENARIOS: dict[str, Scenario] = {
             "one class object among thin clutter (the easy case)",
             {},
             explainee="explainee",
-            plte="plte",
+            # The decoder-head pLTE (its README): the root assets/plte is the reference head, the default of
+            # `plte`/`lte` on the embedded explainee and of the speed measurements.
+            plte="scenarios/single/plte",
             leta="leta",
         ),
         Scenario(
