@@ -23,10 +23,13 @@ import argparse
 import json
 from pathlib import Path
 
+from explainers.methods import METHODS, Need
+
 TARGET_METRICS = ("pos", "neg", "deletion", "insertion", "miou", "pointing-game", "energy-in-gt")
 #: The metrics pLTE's target counts over (pointing game and energy are LTE's extra targets).
 CORE_METRICS = TARGET_METRICS[:5]
-LEARNED = ("lte", "plte", "leta")
+#: The learned explainers: every registered method that needs a trained checkpoint (pLTE, LTE, LETA).
+LEARNED = frozenset(name for name in METHODS.names() if Need.CHECKPOINT in METHODS[name].needs)
 FLOOR = "random"
 
 
@@ -55,10 +58,8 @@ def targets_markdown(board: dict) -> str:
             n += 1
             best = next(m for m, c in column.items() if c["best"])
             base = [m for m in baselines if m in column]
-            top_base = base[0]
-            for m in base[1:]:
-                if _better(column[m]["value"], column[top_base]["value"], direction):
-                    top_base = m
+            pick = min if direction == "lower" else max  # the first of equal values, like the leaderboard's best
+            top_base = pick(base, key=lambda m: column[m]["value"])
             lte, plte = column.get("lte"), column.get("plte")
             lte_best = bool(lte and (lte["best"] or lte["tied_with_best"]))
             plte_beats = bool(plte and _better(plte["value"], column[top_base]["value"], direction))

@@ -22,6 +22,7 @@ import torch
 from explainers.methods import get_method
 from explainers.methods.base import METHODS, Method
 from explainers.models.base import ExplaineeAdapter
+from explainers.models.signature import log as signature_log
 
 #: Mean rank correlation at or above which a method fails the check (its maps survive randomisation).
 FAIL_AT = 0.5
@@ -30,13 +31,12 @@ FAIL_AT = 0.5
 @contextlib.contextmanager
 def _quiet_weight_mismatch():
     """No "made for other weights … used anyway" warning from the weights check while this runs."""
-    logger = logging.getLogger("explainers.models.signature")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    level = signature_log.level
+    signature_log.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        signature_log.setLevel(level)
 
 
 def average_ranks(values: torch.Tensor) -> torch.Tensor:
